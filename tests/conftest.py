@@ -1,0 +1,34 @@
+"""Shared fixtures: where the golden reference data lives."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_golden_dir() -> Path | None:
+    """GOLDEN_DIR wins; otherwise the shared set beside the checkout."""
+    env = os.environ.get("GOLDEN_DIR")
+    if env:
+        return Path(env)
+    candidate = REPO_ROOT.parent / "shared" / "golden"
+    return candidate if candidate.is_dir() else None
+
+
+def golden_cases(predicate) -> list[Path]:
+    """Case folders under the golden dir that satisfy `predicate(folder)`; used for parametrisation."""
+    root = resolve_golden_dir()
+    if root is None or not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and predicate(p))
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    root = resolve_golden_dir()
+    if root is None or not root.is_dir():
+        pytest.skip("golden data not found: set GOLDEN_DIR or place it at ../shared/golden")
+    return root
