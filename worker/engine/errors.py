@@ -1,0 +1,38 @@
+"""Exception types raised by the inference engine.
+
+The engine never builds user-facing job errors itself; the worker catches these types and maps
+them to `worker.errors.ErrorCode` values. Keeping one root (`EngineError`) lets the worker tell
+engine failures it understands from genuine bugs.
+"""
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Root of every failure the engine raises on purpose."""
+
+
+class AudioDecodeError(EngineError):
+    """An audio input could not be turned into a usable 16 kHz waveform (corrupt, empty, too short)."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{message} ({path})" if path else message)
+
+
+class WeightLoadError(EngineError):
+    """A checkpoint tensor could not be loaded; names the file and the key so an operator can act."""
+
+    def __init__(self, file: str, key: str | None, reason: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.reason = reason
+        where = f"key {key!r} of {self.file}" if key is not None else self.file
+        super().__init__(f"cannot load weights: {where}: {reason}")
+
+
+class EngineOOMError(EngineError):
+    """The accelerator ran out of memory; raised so the worker can suggest a smaller job."""
+
+
+class GenerationCancelled(EngineError):
+    """The job was cancelled between steps; not a failure of the engine."""
