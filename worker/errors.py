@@ -1,0 +1,211 @@
+"""Errors that reach users.
+
+Runpod carries a failed job's error as a plain string, so every user-facing failure is a
+`JobError` whose `to_error_string()` is compact JSON that clients can parse back
+(`{"code", "message", "hint", "details"}`). Engine code raises its own exception types;
+the worker maps them onto these codes at the boundary.
+"""
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # pydantic is light, but only the helper below needs it
+    from pydantic import ValidationError
+
+
+class ErrorCode(str, Enum):
+    E_INPUT_VALIDATION = "E_INPUT_VALIDATION"
+    E_DOWNLOAD_FAILED = "E_DOWNLOAD_FAILED"
+    E_AUDIO_EMBEDDING = "E_AUDIO_EMBEDDING"
+    E_PIPELINE_LOAD = "E_PIPELINE_LOAD"
+    E_OOM = "E_OOM"
+    E_TIMEOUT = "E_TIMEOUT"
+    E_FFMPEG = "E_FFMPEG"
+    E_UPLOAD = "E_UPLOAD"
+    E_CANCELLED = "E_CANCELLED"
+    E_INTERNAL = "E_INTERNAL"
+
+    def __str__(self) -> str:  # so f"{code}" gives "E_OOM", not "ErrorCode.E_OOM"
+        return self.value
+
+    @property
+    def default_hint(self) -> str:
+        return DEFAULT_HINTS[self]
+
+
+DEFAULT_HINTS: Mapping[ErrorCode, str] = {
+    ErrorCode.E_INPUT_VALIDATION: "Fix the listed fields in the job input and resubmit.",
+    ErrorCode.E_DOWNLOAD_FAILED: "Check that every media URL is publicly reachable, not too large, "
+    "and of the expected type (image, video or audio).",
+    ErrorCode.E_AUDIO_EMBEDDING: "Check that the audio decodes (WAV/MP3/FLAC/M4A), is not silent "
+    "and is not empty; or try again.",
+    ErrorCode.E_PIPELINE_LOAD: "A weight file is missing or corrupt: check CKPT_DIR, INFINITETALK_DIR, "
+    "WAV2VEC_DIR (and QUANT_DIR) on the worker.",
+    ErrorCode.E_OOM: "Out of GPU memory: use size=infinitetalk-480, fewer sample_steps or frames, "
+    "a larger GPU tier, or enable offloading.",
+    ErrorCode.E_TIMEOUT: "The job ran out of time: shorten the audio, lower sample_steps, "
+    "or raise the endpoint's execution timeout.",
+    ErrorCode.E_FFMPEG: "Encoding the MP4 failed: check that ffmpeg is installed in the image "
+    "and that the audio decodes.",
+    ErrorCode.E_UPLOAD: "Uploading the result failed: check the S3 endpoint, bucket and credentials "
+    "(or choose another output target).",
+    ErrorCode.E_CANCELLED: "The job was cancelled before it finished.",
+    ErrorCode.E_INTERNAL: "An unexpected worker error; retry, and report the job id if it persists.",
+}
+
+# Codes whose failure leaves the GPU (or the process) in a state a retry on the same
+# worker will not fix by default; the handler asks Runpod to replace the worker.
+_REFRESH_BY_DEFAULT = frozenset()  # OOM usually clears after freeing tensors; callers decide.
+
+
+class JobError(Exception):
+    """A failure reported to the caller as code + message + hint + details."""
+
+    def __init__(
+        self,
+        code: ErrorCode | str,
+        message: str,
+        hint: str | None = None,
+        details: Any = None,
+        *,
+        refresh_worker: bool | None = None,
+    ) -> None:
+        self.code = ErrorCode(code)
+        self.message = str(message)
+        self.hint = hint if hint is not None else self.code.default_hint
+        self.details = details
+        self.refresh_worker = (
+            bool(refresh_worker) if refresh_worker is not None else self.code in _REFRESH_BY_DEFAULT
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"JobError({self.code.value!r}, {self.message!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code.value,
+            "message": self.message,
+            "hint": self.hint,
+            "details": _jsonable(self.details),
+        }
+
+    def to_error_string(self) -> str:
+        """Compact JSON, because Runpod only accepts a string as a job's error."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False, default=str)
+
+    @classmethod
+    def from_error_string(cls, text: str) -> "JobError":
+        """Parse what `to_error_string` produced (clients and tests use it)."""
+        data = json.loads(text)
+        return cls(data["code"], data["message"], data.get("hint"), data.get("details"))
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        if isinstance(value, Mapping):
+            return {str(k): _jsonable(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [_jsonable(v) for v in value]
+        return str(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Safe previews of user values (for error details and logs)
+
+_SECRETISH = re.compile(r"(key|secret|token|password|passwd|authorization|credential|signature)", re.I)
+_NOT_SECRET_NAMES = frozenset({"key_prefix", "object_key", "s3_key", "cache_key"})
+_QUERY = re.compile(r"\?.*$", re.S)
+MAX_PREVIEW_CHARS = 80
+
+
+def is_secret_name(name: str) -> bool:
+    """True when a field or log key name suggests its value is a credential."""
+    return name.lower() not in _NOT_SECRET_NAMES and bool(_SECRETISH.search(name))
+
+
+def safe_preview(value: Any) -> Any:
+    """A short, secret-free stand-in for a user value.
+
+    data: URIs keep only their media type and length; URLs lose their query string (presigned
+    signatures live there); long strings are cut. Containers are summarised, never echoed.
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        if value[:5].lower() == "data:":
+            head = value[: min(len(value), 64)].split(",", 1)[0]
+            return f"{head},…({len(value)} chars)"
+        if "://" in value[:16]:
+            value = _QUERY.sub("?…", value)
+        if len(value) > MAX_PREVIEW_CHARS:
+            return value[:MAX_PREVIEW_CHARS] + f"…({len(value)} chars)"
+        return value
+    if isinstance(value, Mapping):
+        keys = [str(k) for k in list(value.keys())[:10]]
+        return f"<object with keys {keys}>"
+    if isinstance(value, (list, tuple)):
+        return f"<list of {len(value)}>"
+    return f"<{type(value).__name__}>"
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(input)"
+
+
+def error_from_pydantic(exc: "ValidationError", *, message: str | None = None) -> JobError:
+    """Turn a pydantic ValidationError into one E_INPUT_VALIDATION listing each bad field.
+
+    Each entry has the field's location, pydantic's error type and message, and a safe preview
+    of the offending value (never the value itself when the field looks like a secret, never a
+    whole data: URI).
+    """
+    errors = []
+    for err in exc.errors(include_url=False, include_context=False, include_input=True):
+        loc = tuple(err.get("loc", ()))
+        # pydantic appends union member / function tags to loc; keep names users wrote.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        path = _loc_to_path(loc)
+        entry: dict[str, Any] = {"field": path, "type": err.get("type"), "message": _scrub_msg(err.get("msg", ""))}
+        if "input" in err and err.get("type") != "missing":
+            secret = any(isinstance(p, str) and is_secret_name(p) for p in loc)
+            entry["input"] = "[REDACTED]" if secret else safe_preview(err["input"])
+        errors.append(entry)
+    # Deduplicate (union branches can produce the same message twice).
+    seen, unique = set(), []
+    for e in errors:
+        k = (e["field"], e["message"])
+        if k not in seen:
+            seen.add(k)
+            unique.append(e)
+    fields = sorted({e["field"] for e in unique})
+    msg = message or (
+        f"invalid job input: {len(unique)} problem(s) in " + ", ".join(fields[:8]) + ("…" if len(fields) > 8 else "")
+    )
+    return JobError(ErrorCode.E_INPUT_VALIDATION, msg, details={"errors": unique})
+
+
+_DATA_URI_IN_TEXT = re.compile(r"data:[^\s,'\"]{0,64},[A-Za-z0-9+/=_-]{16,}")
+
+
+def _scrub_msg(msg: str) -> str:
+    """pydantic messages can quote the input (e.g. literal errors); cut data: payloads out."""
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    msg = _DATA_URI_IN_TEXT.sub("data:…", msg)
+    return msg if len(msg) <= 300 else msg[:300] + "…"
