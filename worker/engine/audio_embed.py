@@ -1,0 +1,236 @@
+"""wav2vec2 audio features for InfiniteTalk (chinese-wav2vec2-base: 12 layers x 768).
+
+InfiniteTalk does not use wav2vec2's own 50 Hz frame rate. The conv feature encoder's output is
+resampled along time (linear, align_corners=True) to exactly one frame per 25 fps video frame,
+``seq_len = int(n_samples / 16000 * 25)``, *before* the feature projection and the transformer, so
+every transformer layer already runs at video rate. The DiT then consumes hidden states 1..L
+(the transformer layer outputs, not the pre-transformer state 0) as ``[seq_len, L, hidden]``.
+
+We reuse transformers' ``Wav2Vec2Model`` submodules (``feature_extractor``, ``feature_projection``,
+``encoder``) and only drive them in that order ourselves. The encoder loop is ours because
+transformers 5 no longer returns per-layer states from ``Wav2Vec2Encoder.forward`` (they are
+collected by hooks on the top-level model); running the layers directly gives the same states on
+transformers 4 and 5.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .audio_io import MIN_SAMPLES, SAMPLE_RATE, VIDEO_FPS, video_frames_for
+from .errors import AudioDecodeError, WeightLoadError
+
+# Heads of the pre-training / CTC checkpoints that a bare Wav2Vec2Model does not have.
+_IGNORED_PREFIXES = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_features.")
+# Present only when spec-augment masking is configured; unused at inference.
+_OPTIONAL_KEYS = ("masked_spec_embed",)
+# Old (torch.nn.utils.weight_norm) and new (parametrizations) names of the same tensors.
+_WEIGHT_NORM_ALIASES = (("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1"))
+
+
+@dataclass(frozen=True)
+class Wav2Vec2Intermediates:
+    """Every stage of one embedding run, batch dimension kept where the model has one (for tests/debugging)."""
+
+    input_values: torch.Tensor  # [n] normalised waveform
+    conv_features: torch.Tensor  # [1, C, T_conv] conv feature encoder output
+    interp_features: torch.Tensor  # [1, seq_len, C] after resampling to video rate
+    projected: torch.Tensor  # [1, seq_len, hidden] feature projection output
+    hidden_states: torch.Tensor  # [L + 1, seq_len, hidden]; 0 is the transformer input
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    st = sorted(folder.glob("*.safetensors"))
+    if st:
+        return st
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if bins:
+        return bins
+    raise WeightLoadError(str(folder), None, "no model.safetensors or pytorch_model.bin in the wav2vec2 folder")
+
+
+def _read_state_dict(files: list[Path]) -> dict[str, tuple[Path, torch.Tensor]]:
+    out: dict[str, tuple[Path, torch.Tensor]] = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                sd = load_file(str(f), device="cpu")
+            else:
+                sd = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise WeightLoadError(str(f), None, f"unreadable checkpoint: {exc}") from exc
+        if not isinstance(sd, dict):
+            raise WeightLoadError(str(f), None, "checkpoint does not hold a flat state dict")
+        for k, v in sd.items():
+            if not isinstance(v, torch.Tensor):
+                raise WeightLoadError(str(f), k, "value is not a tensor")
+            out[k] = (f, v)
+    return out
+
+
+def _canonical_key(key: str, expected: set[str], prefix: str) -> str | None:
+    """Map a checkpoint key onto the module's key space, or None when the module has no such tensor."""
+    if key.startswith(prefix + "."):
+        key = key[len(prefix) + 1 :]
+    if key in expected:
+        return key
+    for old, new in _WEIGHT_NORM_ALIASES:
+        if key.endswith("." + old):
+            alt = key[: -len(old)] + new
+            if alt in expected:
+                return alt
+        if key.endswith("." + new):
+            alt = key[: -len(new)] + old
+            if alt in expected:
+                return alt
+    return None
+
+
+class Wav2Vec2Embedder:
+    """Turns a prepared 16 kHz waveform into InfiniteTalk's per-video-frame audio embedding."""
+
+    def __init__(self, model, feature_extractor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.model = model.eval().requires_grad_(False)
+        self.feature_extractor = feature_extractor
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Wav2Vec2Embedder:
+        """Load a ``save_pretrained``-style folder (config.json, weights, optional preprocessor_config.json).
+
+        Both weight-norm key styles of the positional convolution are accepted, as are checkpoints
+        saved from the pre-training model (``wav2vec2.`` prefix, quantizer heads). Missing or
+        mis-shaped tensors raise WeightLoadError naming the file and key.
+        """
+        from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise WeightLoadError(str(cfg_path), None, "wav2vec2 config.json not found")
+        try:
+            config = Wav2Vec2Config.from_json_file(str(cfg_path))
+        except Exception as exc:
+            raise WeightLoadError(str(cfg_path), None, f"invalid wav2vec2 config: {exc}") from exc
+        # The reference ran SDPA; eager gives the same math, so SDPA is only a speed choice.
+        config._attn_implementation = "sdpa"
+        model = Wav2Vec2Model(config)
+
+        expected = dict(model.state_dict())
+        expected_keys = set(expected)
+        prefix = getattr(Wav2Vec2Model, "base_model_prefix", "wav2vec2")
+        loaded: dict[str, torch.Tensor] = {}
+        for key, (file, tensor) in _read_state_dict(_weight_files(folder)).items():
+            target = _canonical_key(key, expected_keys, prefix)
+            if target is None:
+                stripped = key[len(prefix) + 1 :] if key.startswith(prefix + ".") else key
+                if stripped.startswith(_IGNORED_PREFIXES):
+                    continue
+                # Unknown extras are tolerated (e.g. heads of fine-tuned variants) as long as
+                # everything the encoder needs is present; a wrong folder shows up as missing keys.
+                continue
+            if tuple(tensor.shape) != tuple(expected[target].shape):
+                raise WeightLoadError(
+                    str(file), key, f"shape {tuple(tensor.shape)} does not match expected {tuple(expected[target].shape)}"
+                )
+            loaded[target] = tensor
+        missing = sorted(k for k in expected_keys - set(loaded) if k not in _OPTIONAL_KEYS)
+        if missing:
+            raise WeightLoadError(str(folder), missing[0], f"missing key ({len(missing)} missing in all)")
+        model.load_state_dict(loaded, strict=False)
+        model.to(device=device, dtype=dtype)
+
+        if (folder / "preprocessor_config.json").is_file():
+            fe = Wav2Vec2FeatureExtractor.from_pretrained(str(folder), local_files_only=True)
+        else:
+            fe = Wav2Vec2FeatureExtractor(
+                feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=False
+            )
+        return cls(model, fe, device=device, dtype=dtype)
+
+    def normalize(self, audio_16k: np.ndarray) -> np.ndarray:
+        """The feature extractor's per-utterance zero-mean/unit-variance normalisation (float32)."""
+        values = self.feature_extractor(np.asarray(audio_16k), sampling_rate=SAMPLE_RATE).input_values
+        return np.asarray(np.squeeze(np.asarray(values)), dtype=np.float32).reshape(-1)
+
+    def _run_encoder(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        enc = self.model.encoder
+        states: list[torch.Tensor] = []
+
+        def run_layer(layer, h: torch.Tensor) -> torch.Tensor:
+            out = layer(h, attention_mask=None)
+            return out[0] if isinstance(out, tuple) else out
+
+        h = hidden + enc.pos_conv_embed(hidden)
+        if getattr(self.model.config, "do_stable_layer_norm", False):
+            # Pre-LN variant: states are layer inputs, the last one gets the final norm.
+            h = enc.dropout(h)
+            for layer in enc.layers:
+                states.append(h)
+                h = run_layer(layer, h)
+            states.append(enc.layer_norm(h))
+        else:
+            h = enc.dropout(enc.layer_norm(h))
+            states.append(h)
+            for layer in enc.layers:
+                h = run_layer(layer, h)
+                states.append(h)
+        return states
+
+    def _forward(self, audio_16k: np.ndarray, seq_len: int | None, keep: bool):
+        audio = np.asarray(audio_16k).reshape(-1)
+        if audio.shape[0] < MIN_SAMPLES:
+            raise AudioDecodeError(
+                f"audio too short for an embedding: {audio.shape[0]} samples at {SAMPLE_RATE} Hz, "
+                f"need at least {MIN_SAMPLES} (one video frame at {VIDEO_FPS} fps)"
+            )
+        if seq_len is None:
+            seq_len = video_frames_for(audio)
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        normed = self.normalize(audio)
+        with torch.inference_mode():
+            x = torch.from_numpy(normed).to(device=self.device, dtype=self.dtype).unsqueeze(0)
+            conv = self.model.feature_extractor(x)  # [1, C, T_conv]
+            interp = F.interpolate(conv, size=seq_len, mode="linear", align_corners=True).transpose(1, 2)
+            projected, _ = self.model.feature_projection(interp)
+            states = self._run_encoder(projected)
+            emb = torch.stack(states[1:], dim=1)[0].permute(1, 0, 2).float().cpu().contiguous()
+            inter = None
+            if keep:
+                inter = Wav2Vec2Intermediates(
+                    input_values=torch.from_numpy(normed),
+                    conv_features=conv.float().cpu(),
+                    interp_features=interp.float().cpu(),
+                    projected=projected.float().cpu(),
+                    hidden_states=torch.cat(states, dim=0).float().cpu(),
+                )
+        return emb, inter
+
+    def embed(self, audio_16k: np.ndarray, seq_len: int | None = None) -> torch.Tensor:
+        """``[seq_len, num_layers, hidden]`` float32 on the CPU; seq_len defaults to the 25 fps frame count."""
+        return self._forward(audio_16k, seq_len, keep=False)[0]
+
+    def embed_with_intermediates(
+        self, audio_16k: np.ndarray, seq_len: int | None = None
+    ) -> tuple[torch.Tensor, Wav2Vec2Intermediates]:
+        emb, inter = self._forward(audio_16k, seq_len, keep=True)
+        assert inter is not None
+        return emb, inter
