@@ -1,0 +1,212 @@
+"""The one place where the engine computes softmax attention.
+
+Every attention call of the DiT (self, text/image cross, audio cross) goes through `attention`, so a GPU
+tier can swap the kernel (torch SDPA, flash-attn, SageAttention, xformers) with one setting and parity
+tests only have to trust one function. Layout is batch-first, tokens, heads, channels (`[B, L, N, C]`),
+the layout of flash-attn and xformers, so the fast backends need no transposes.
+
+Semantics shared by all backends: scale `softmax_scale` or 1/sqrt(C); for batch b only keys
+`0..k_lens[b]-1` are attended; `causal` lets query i see keys j <= i (square attention only);
+the result has the dtype of q.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from worker.engine.errors import EngineError
+
+BACKENDS: tuple[str, ...] = ("sdpa", "flash_attn", "sageattention", "xformers")
+
+# The pip package an operator must install for each optional backend (named in errors).
+_PACKAGES = {
+    "flash_attn": "flash-attn (module flash_attn) or flash-attn 3 (module flash_attn_interface)",
+    "sageattention": "sageattention",
+    "xformers": "xformers",
+}
+
+_backend = "sdpa"
+
+
+class AttentionBackendUnavailable(EngineError):
+    """The configured attention backend cannot be used on this machine (its package is not importable)."""
+
+
+def _import_first(*names: str):
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def _flash_module():
+    # flash-attn 3 (Hopper) first, then flash-attn 2.
+    return _import_first("flash_attn_interface", "flash_attn")
+
+
+def _module_for(name: str):
+    if name == "flash_attn":
+        return _flash_module()
+    if name == "sageattention":
+        return _import_first("sageattention")
+    if name == "xformers":
+        return _import_first("xformers.ops")
+    return torch
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def backend_available(name: str) -> bool:
+    """True when `name` can run here (its package imports)."""
+    return _module_for(_check_name(name)) is not None
+
+
+def _require(name: str):
+    module = _module_for(name)
+    if module is None:
+        raise AttentionBackendUnavailable(
+            f"attention backend {name!r} needs the package {_PACKAGES[name]}, which is not importable here; "
+            f"install it or choose another backend (available: "
+            f"{', '.join(b for b in BACKENDS if backend_available(b))})"
+        )
+    return module
+
+
+def set_attention_backend(name: str) -> None:
+    """Select the process-wide default backend; fails at once (not mid-job) if its package is missing."""
+    global _backend
+    _check_name(name)
+    if name != "sdpa":
+        _require(name)
+    _backend = name
+
+
+def get_attention_backend() -> str:
+    return _backend
+
+
+def _key_lengths(k_lens, batch: int, lk: int) -> list[int] | None:
+    """Python lengths when some key is masked out, None when every key is attended.
+
+    Only host-side lengths are inspected; lengths living on an accelerator are handled by the caller
+    without a device sync (SDPA builds the mask on device).
+    """
+    if k_lens is None:
+        return None
+    if isinstance(k_lens, torch.Tensor):
+        lens = [int(v) for v in k_lens.reshape(-1).tolist()]
+    else:
+        lens = [int(v) for v in k_lens]
+    if len(lens) != batch:
+        raise ValueError(f"k_lens has {len(lens)} entries for a batch of {batch}")
+    if any(n < 0 for n in lens):
+        raise ValueError(f"negative key length in {lens}")
+    if all(n >= lk for n in lens):
+        return None
+    return [min(n, lk) for n in lens]
+
+
+def _sdpa(q, k, v, k_lens, causal, scale):
+    b, lq, _, _ = q.shape
+    lk = k.shape[1]
+    mask = None
+    if k_lens is not None:
+        if isinstance(k_lens, torch.Tensor) and k_lens.device.type != "cpu":
+            lens = k_lens.reshape(-1).to(device=q.device)
+            mask = torch.arange(lk, device=q.device)[None, :] < lens[:, None]
+        else:
+            lens = _key_lengths(k_lens, b, lk)
+            if lens is not None:
+                lens_t = torch.tensor(lens, device=q.device)
+                mask = torch.arange(lk, device=q.device)[None, :] < lens_t[:, None]
+    if mask is not None:
+        mask = mask[:, None, None, :]  # [B, 1, 1, Lk]
+        if causal:
+            tri = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+            mask = mask & tri[None, None]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale
+        )
+    else:
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal, scale=scale
+        )
+    return out.transpose(1, 2)
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float16, torch.bfloat16) else x.to(torch.bfloat16)
+
+
+def _flash(q, k, v, causal, scale):
+    module = _require("flash_attn")
+    out = module.flash_attn_func(_half(q), _half(k), _half(v), softmax_scale=scale, causal=causal)
+    if isinstance(out, tuple):  # some flash-attn 3 builds also return the log-sum-exp
+        out = out[0]
+    return out
+
+
+def _sage(q, k, v, causal, scale):
+    module = _require("sageattention")
+    return module.sageattn(_half(q), _half(k), _half(v), tensor_layout="NHD", is_causal=causal, sm_scale=scale)
+
+
+def _xformers(q, k, v, causal, scale):
+    ops = _require("xformers")
+    bias = ops.LowerTriangularMask() if causal else None
+    return ops.memory_efficient_attention(q, k, v, attn_bias=bias, scale=scale)
+
+
+_KERNELS = {"flash_attn": _flash, "sageattention": _sage, "xformers": _xformers}
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    k_lens: torch.Tensor | Sequence[int] | None = None,
+    causal: bool = False,
+    softmax_scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Softmax attention: q `[B, Lq, N, C]`, k/v `[B, Lk, N, C]` -> `[B, Lq, N, C]` in q's dtype."""
+    name = _check_name(backend or _backend)
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"attention expects 4-D [B, L, N, C] tensors, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"incompatible attention shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if causal and q.shape[1] != k.shape[1]:
+        raise ValueError("causal attention is only defined here for Lq == Lk")
+    out_dtype = q.dtype
+    q = q.to(v.dtype)
+    k = k.to(v.dtype)
+
+    if name == "sdpa":
+        return _sdpa(q, k, v, k_lens, causal, softmax_scale).to(out_dtype)
+
+    kernel = _KERNELS[name]
+    lens = _key_lengths(k_lens, q.shape[0], k.shape[1])
+    if lens is None:
+        out = kernel(q, k, v, causal, softmax_scale)
+    else:
+        # The fused kernels take dense batches; ragged key lengths are run one batch element at a time
+        # (batches are small here: guidance passes), which keeps every backend exact.
+        if causal:
+            raise ValueError(f"causal attention with k_lens is only supported by the sdpa backend, not {name!r}")
+        parts = []
+        for i, n in enumerate(lens):
+            if n == 0:
+                raise ValueError(f"batch element {i} has no keys to attend (k_lens 0)")
+            parts.append(kernel(q[i : i + 1], k[i : i + 1, :n], v[i : i + 1, :n], causal, softmax_scale))
+        out = torch.cat(parts, dim=0)
+    return out.to(out_dtype)
