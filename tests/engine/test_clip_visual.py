@@ -146,3 +146,14 @@ def test_factory_overrides() -> None:
         CLIPVisionConfig.from_factory_overrides({"vision_post_norm": True})
     with pytest.raises(ValueError):
         CLIPVisionConfig.from_factory_overrides({"vision_width": 3})
+
+
+@pytest.mark.parametrize("case", CLIP_CASES, ids=lambda p: p.name)
+def test_from_original_pth_checkpoint(golden_dir: Path, case: Path, tmp_path: Path) -> None:
+    meta = json.loads((case / "meta.json").read_text())
+    cfg = CLIPVisionConfig.from_factory_overrides(meta["factory_overrides"])
+    pth = tmp_path / "clip.pth"
+    torch.save(load_file(case / "weights.safetensors"), pth)
+    model = CLIPVisionTower.from_original_checkpoint(pth, cfg, dtype=torch.float32)
+    tensors = load_file(case / "tensors.safetensors")
+    torch.testing.assert_close(model.encode(tensors["input_image"]), tensors["features"], atol=ATOL, rtol=0)

@@ -179,3 +179,16 @@ def test_tiny_tokenizer_round_trip(tmp_path: Path) -> None:
         full = encoder.model(ids, mask)
     for i, o in enumerate(out):
         torch.testing.assert_close(o, full[i, : o.shape[0]])
+
+
+@pytest.mark.parametrize("case", T5_CASES, ids=lambda p: p.name)
+def test_from_original_pth_checkpoint(golden_dir: Path, case: Path, tmp_path: Path) -> None:
+    meta = json.loads((case / "meta.json").read_text())
+    cfg = T5Config.from_factory_overrides(meta["factory_overrides"])
+    pth = tmp_path / "t5.pth"
+    torch.save(load_file(case / "weights.safetensors"), pth)
+    model = UMT5Encoder.from_original_checkpoint(pth, cfg, dtype=torch.float32)
+    tensors = load_file(case / "tensors.safetensors")
+    with torch.no_grad():
+        out = model(tensors["ids"], tensors["mask"])
+    torch.testing.assert_close(out, tensors["output_full"], atol=ATOL, rtol=0)

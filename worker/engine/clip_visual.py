@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -184,6 +185,21 @@ class CLIPVisionTower(nn.Module):
     def load_original_state_dict(self, sd: Mapping[str, torch.Tensor], assign: bool = False) -> None:
         """Strictly load `visual.*` of the original flat CLIP dict; `textual.*` and `log_scale` are ignored."""
         self.load_state_dict(split_original_state_dict(sd), strict=True, assign=assign)
+
+    @classmethod
+    def from_original_checkpoint(
+        cls,
+        path: str | Path,
+        cfg: CLIPVisionConfig | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str = "cpu",
+    ) -> CLIPVisionTower:
+        """Build on the meta device and fill from the original CLIP `.pth`; the text tower is never converted."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        sd = split_original_state_dict(torch.load(str(path), map_location="cpu", mmap=True, weights_only=True))
+        model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+        return model.eval().requires_grad_(False)
 
     def preprocess(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """`[B, 3, T, H, W]` (or a list of `[3, T, H, W]`) in [-1, 1] -> normalised `[B*T, 3, S, S]` float32.

@@ -225,6 +225,21 @@ class UMT5Encoder(nn.Module):
         """Strictly load the flat dict of `models_t5_umt5-xxl-enc-bf16.pth` (names are identical)."""
         self.load_state_dict(dict(sd), strict=True, assign=assign)
 
+    @classmethod
+    def from_original_checkpoint(
+        cls,
+        path: str | Path,
+        cfg: T5Config | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str = "cpu",
+    ) -> UMT5Encoder:
+        """Build on the meta device and fill from the original `.pth` (memory-mapped, one tensor at a time)."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        model.load_original_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, assign=True)
+        return model.eval().requires_grad_(False)
+
 
 # --------------------------------------------------------------------------- tokenizer side
 
