@@ -243,3 +243,33 @@ def test_merge_is_frozen_and_rejects_unknown_mode():
         m.soundtrack[0] = 1.0
     with pytest.raises(ValueError):
         merge_speakers(np.zeros(10, np.float32), np.zeros(10, np.float32), "mix")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_audio_track_of_video_container(tmp_path: Path):
+    src = tmp_path / "src.wav"
+    _write_tone(src, 1.0, sr=48000, channels=2)
+    out = tmp_path / "clip.mp4"
+    proc = subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x64:r=25:d=1",
+         "-i", str(src), "-map", "0:v", "-map", "1:a", "-c:v", "mpeg4", "-c:a", "aac", "-shortest", str(out)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"ffmpeg cannot write mp4: {proc.stderr.strip()[:200]}")
+    y = load_audio_16k(out)
+    assert abs(duration_s(y) - 1.0) < 0.06
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_video_without_audio_raises(tmp_path: Path):
+    out = tmp_path / "silent.mp4"
+    proc = subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=gray:s=64x64:r=25:d=1",
+         "-c:v", "mpeg4", str(out)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"ffmpeg cannot write mp4: {proc.stderr.strip()[:200]}")
+    with pytest.raises(AudioDecodeError, match="no audio stream"):
+        load_audio_16k(out)

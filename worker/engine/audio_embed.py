@@ -206,7 +206,8 @@ class Wav2Vec2Embedder:
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         normed = self.normalize(audio)
-        with torch.inference_mode():
+        # no_grad rather than inference_mode: callers may edit the returned tensor in place.
+        with torch.no_grad():
             x = torch.from_numpy(normed).to(device=self.device, dtype=self.dtype).unsqueeze(0)
             conv = self.model.feature_extractor(x)  # [1, C, T_conv]
             interp = F.interpolate(conv, size=seq_len, mode="linear", align_corners=True).transpose(1, 2)

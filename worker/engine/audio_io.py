@@ -6,7 +6,10 @@ Numerics follow the reference pipeline so the wav2vec2 features match it:
   float32, channels are averaged, and librosa's default resampler (soxr "HQ") converts the
   rate, with librosa's output length ``ceil(n * 16000 / sr)``. Files libsndfile cannot open
   (m4a/aac, video containers, ...) are decoded by PyAV to float32 instead and then go through
-  the very same mono + soxr path, so only the codec's own decoder differs.
+  the very same mono + soxr path, so only the codec's own decoder differs. (For video containers
+  the reference shells out to ffmpeg for a 16 kHz s16 stereo wav first; we skip that detour, so
+  mp4/mov audio differs from it by ffmpeg's resampler and 16-bit rounding, well below what the
+  model can notice.)
 * loudness normalisation uses pyloudnorm's BS.1770-4 meter. The reference ran under numpy<2,
   where ``float64_scalar * float32_array`` stays float32 (the gain is rounded to float32 first);
   numpy 2 would promote to float64. We apply the gain as a float32 scalar explicitly so the
