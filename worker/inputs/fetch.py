@@ -188,19 +188,19 @@ def _dispatch(ref: str, shown: str, tmp: Path, policy: FetchPolicy, kind: str) -
     )
 
 
-def _refused(kind: str, shown: str, reason: str, hint: str | None = None, **details: Any) -> JobError:
+def _refused(kind: str, shown: str, what: str, hint: str | None = None, **details: Any) -> JobError:
     return JobError(
         ErrorCode.E_INPUT_VALIDATION,
-        f"{kind} reference {shown} refused: {reason}",
+        f"{kind} reference {shown} refused: {what}",
         hint=hint,
         details={"ref": shown, **details} if details else {"ref": shown},
     )
 
 
-def _failed(kind: str, shown: str, reason: str, hint: str | None = None, **details: Any) -> JobError:
+def _failed(kind: str, shown: str, what: str, hint: str | None = None, **details: Any) -> JobError:
     return JobError(
         ErrorCode.E_DOWNLOAD_FAILED,
-        f"could not download {kind} {shown}: {reason}",
+        f"could not download {kind} {shown}: {what}",
         hint=hint,
         details={"ref": shown, **details},
     )
