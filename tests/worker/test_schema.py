@@ -1,0 +1,230 @@
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from worker.errors import ErrorCode, JobError
+from worker.schema import (
+    JobInput,
+    JobOutput,
+    job_input_json_schema,
+    media_ref_kind,
+    parse_job_input,
+    validate_media_ref,
+)
+
+IMG = "https://example.com/face.png"
+AUD = "https://example.com/speech.wav"
+
+
+def base(**kw):
+    d = {"image": IMG, "audio": AUD}
+    d.update(kw)
+    return d
+
+
+def fields_of(exc: JobError) -> set[str]:
+    return {e["field"] for e in exc.details["errors"]}
+
+
+def bad(payload, **kw) -> JobError:
+    with pytest.raises(JobError) as ei:
+        parse_job_input(payload, **kw)
+    assert ei.value.code is ErrorCode.E_INPUT_VALIDATION
+    return ei.value
+
+
+def test_minimal_and_audio_shorthand():
+    j = parse_job_input(base())
+    assert j.audio.person1 == AUD and j.audio.person2 is None and j.speakers == 1
+    assert j.effective_audio_type is None
+    assert j.media_refs() == {"image": IMG, "audio.person1": AUD}
+
+
+def test_seed_aliases():
+    j = parse_job_input({
+        "cond_video": "s3://bucket/v.mp4",
+        "cond_audio": {"person1": "/runpod-volume/a.wav", "person2": "data:audio/wav;base64,UklGRg=="},
+        "audio_type": "para",
+        "sample_text_guide_scale": 3.5,
+        "sample_audio_guide_scale": 2.5,
+        "base_seed": 42,
+        "max_duration": 10,
+        "n_prompt": "blurry",
+        "sample_steps": 8,
+        "sample_shift": 2,
+        "use_teacache": True,
+        "teacache_thresh": 0.3,
+        "use_apg": True,
+        "color_correction_strength": 0.5,
+        "motion_frame": 9,
+        "frame_num": 81,
+        "size": "infinitetalk-720",
+        "mode": "streaming",
+        "bbox": {"person1": [0, 0, 10, 10], "person2": [10, 0, 20, 10]},
+    })
+    assert j.video == "s3://bucket/v.mp4" and j.image is None
+    assert j.text_guide_scale == 3.5 and j.audio_guide_scale == 2.5 and j.seed == 42
+    assert j.max_duration_s == 10 and j.negative_prompt == "blurry"
+    assert j.speakers == 2 and j.effective_audio_type == "para"
+    tts = parse_job_input({"cond_image": IMG, "tts_audio": {"text": "(s1) hi (s2) yo", "human1_voice": "a",
+                                                              "human2_voice": "b"}})
+    assert tts.tts.voice == "a" and tts.tts.voice2 == "b" and tts.speakers == 2
+    assert tts.effective_audio_type == "add"
+
+
+def test_duplicate_alias_refused():
+    e = bad({"image": IMG, "cond_image": IMG, "audio": AUD})
+    assert "only one of" in e.to_error_string()
+
+
+@pytest.mark.parametrize("payload", [
+    {"audio": AUD},
+    {"image": IMG, "video": "https://e.com/v.mp4", "audio": AUD},
+    {"image": IMG},
+    {"image": IMG, "audio": AUD, "tts": {"text": "hi"}},
+])
+def test_exactly_one_rules(payload):
+    bad(payload)
+
+
+def test_unknown_field_forbidden_top_level_and_nested():
+    e = bad(base(sampel_steps=4))
+    assert fields_of(e) == {"sampel_steps"}
+    e = bad(base(output={"target": "s3", "bucket": "x"}))
+    assert "output.bucket" in fields_of(e)
+    e = bad(base(audio={"person1": AUD, "person3": AUD}))
+    assert "audio.person3" in fields_of(e)
+
+
+def test_two_speakers_need_audio_type():
+    e = bad(base(audio={"person1": AUD, "person2": AUD}))
+    assert "audio_type" in e.to_error_string()
+    # meaningful only with two speakers: accepted but ignored with one
+    assert parse_job_input(base(audio_type="add")).effective_audio_type is None
+    bad(base(audio_type="mix", audio={"person1": AUD, "person2": AUD}))
+
+
+def test_bbox_rules():
+    assert parse_job_input(base(bbox={"person1": [1, 2, 3, 4]})).bbox == {"person1": [1, 2, 3, 4]}
+    assert "bbox.person1" in fields_of(bad(base(bbox={"person1": [3, 2, 1, 4]})))
+    bad(base(bbox={"person1": [1, 4, 3, 2]}))
+    bad(base(bbox={"person1": [1, 2, 3]}))
+    bad(base(bbox={"person1": [-1, 2, 3, 4]}))
+    bad(base(bbox={"person3": [1, 2, 3, 4]}))
+    bad(base(bbox={"person2": [1, 2, 3, 4]}))  # one speaker only
+
+
+@pytest.mark.parametrize("name,ok,ko", [
+    ("sample_steps", [1, 100], [0, 101]),
+    ("sample_shift", [0.5, 20], [0.4, 20.5]),
+    ("text_guide_scale", [0, 20], [-0.1, 20.1]),
+    ("audio_guide_scale", [0, 20], [-1, 21]),
+    ("frame_num", [5, 81, 201], [1, 4, 80, 205]),
+    ("motion_frame", [1, 9], [0, 2, 8]),
+    ("max_duration_s", [0.5, 1800], [0.4, 1801]),
+    ("seed", [0, 2**32 - 1], [-1, 2**32]),
+    ("teacache_thresh", [0.01, 1], [0, 1.5]),
+    ("color_correction_strength", [0, 1], [-0.1, 1.1]),
+    ("size", ["infinitetalk-480", "infinitetalk-720"], ["infinitetalk-1080", "480"]),
+    ("mode", ["clip", "streaming"], ["stream"]),
+    ("sampler", ["quality", "fast", "turbo"], ["slow"]),
+])
+def test_bounds(name, ok, ko):
+    for v in ok:
+        assert getattr(parse_job_input(base(**{name: v})), name) == v
+    for v in ko:
+        assert name in fields_of(bad(base(**{name: v}))), (name, v)
+
+
+def test_motion_frame_below_frame_num():
+    bad(base(frame_num=9, motion_frame=9))
+    assert parse_job_input(base(frame_num=9, motion_frame=5)).motion_frame == 5
+
+
+def test_output_spec():
+    j = parse_job_input(base(output={"target": "inline", "key_prefix": "a/b-c_", "presign_expiry_s": 600}))
+    assert j.output.target == "inline"
+    for o in ({"target": "ftp"}, {"key_prefix": "../x"}, {"key_prefix": "/abs"}, {"key_prefix": "a b"},
+              {"presign_expiry_s": 10}, {"presign_expiry_s": 8 * 86400}):
+        bad(base(output=o))
+
+
+@pytest.mark.parametrize("ref,kind", [
+    ("https://e.com/a.png", "https"),
+    ("data:image/png;base64,iVBORw0KGgo=", "data"),
+    ("s3://my-bucket/path/to/a.png", "s3"),
+    ("/runpod-volume/in/a.png", "path"),
+    ("in/a.png", "path"),
+])
+def test_media_ref_kinds(ref, kind):
+    assert validate_media_ref(ref) == ref and media_ref_kind(ref) == kind
+
+
+@pytest.mark.parametrize("ref,needle", [
+    ("file:///etc/passwd", "unsupported scheme file"),
+    ("ftp://e.com/a.png", "unsupported scheme ftp"),
+    ("gopher://e.com/", "unsupported scheme"),
+    ("http://e.com/a.png", "http://"),
+    ("s3://", "s3://bucket/key"),
+    ("s3://bucket", "s3://bucket/key"),
+    ("data:image/png,plain", "base64"),
+    ("https://user:pw@e.com/a.png", "credentials"),
+    ("https:///nohost", "no host"),
+    ("", "empty"),
+])
+def test_media_ref_refused(ref, needle):
+    with pytest.raises(ValueError) as ei:
+        validate_media_ref(ref)
+    assert needle in str(ei.value)
+    e = bad({"image": ref, "audio": AUD})
+    assert "image" in fields_of(e)
+
+
+def test_http_only_when_allowed():
+    bad(base(image="http://e.com/a.png"))
+    assert parse_job_input(base(image="http://e.com/a.png"), allow_http=True).image == "http://e.com/a.png"
+    assert parse_job_input(base(audio={"person1": "http://e.com/a.wav"}), allow_http=True).audio.person1
+
+
+def test_error_does_not_echo_data_uri():
+    blob = "data:audio/wav;base64," + "Q" * 5000
+    e = bad({"image": IMG, "audio": blob, "size": "nope"})
+    s = e.to_error_string()
+    assert "QQQQQQQQQQQQ" not in s
+
+
+def test_non_mapping_payload():
+    bad(["x"])
+
+
+def test_tts_rules():
+    assert parse_job_input({"image": IMG, "tts": {"text": "hello"}}).speakers == 1
+    bad({"image": IMG, "tts": {"text": ""}})
+    bad({"image": IMG, "tts": {"text": "hi", "voice2": "v"}})  # voice2 without (s2)
+
+
+def test_json_schema_export():
+    schema = job_input_json_schema()
+    json.dumps(schema)
+    props = schema["properties"]
+    assert "cond_image" in json.dumps(schema) or "image" in props
+    assert schema.get("additionalProperties") is False
+    assert JobInput.model_json_schema()["properties"]["sample_steps"]["anyOf"][0]["maximum"] == 100
+
+
+def test_log_summary_hides_payloads():
+    j = parse_job_input({"image": "data:image/png;base64," + "A" * 1000, "audio": "https://e.com/a.wav?X-Amz-Signature=zz"})
+    s = json.dumps(j.log_summary())
+    assert "AAAAAAAA" not in s and "zz" not in s
+
+
+def test_job_output():
+    o = JobOutput(video_url="https://x/y.mp4", storage="s3", duration_s=2.0, num_frames=50, fps=25, width=640,
+                  height=640, seed=1, timings_s={"sampling": 1.0})
+    assert o.model_dump()["video_url"]
+    with pytest.raises(ValidationError):
+        JobOutput(storage="s3", duration_s=2.0, num_frames=50, fps=25, width=640, height=640, seed=1)
+    with pytest.raises(ValidationError):
+        JobOutput(video_url="u", video_path="p", storage="s3", duration_s=2.0, num_frames=50, fps=25,
+                  width=640, height=640, seed=1)
