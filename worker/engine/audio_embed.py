@@ -24,8 +24,6 @@ import torch.nn.functional as F
 from .audio_io import MIN_SAMPLES, SAMPLE_RATE, VIDEO_FPS, video_frames_for
 from .errors import AudioDecodeError, WeightLoadError
 
-# Heads of the pre-training / CTC checkpoints that a bare Wav2Vec2Model does not have.
-_IGNORED_PREFIXES = ("quantizer.", "project_q.", "project_hid.", "lm_head.", "dropout_features.")
 # Present only when spec-augment masking is configured; unused at inference.
 _OPTIONAL_KEYS = ("masked_spec_embed",)
 # Old (torch.nn.utils.weight_norm) and new (parametrizations) names of the same tensors.
@@ -140,11 +138,8 @@ class Wav2Vec2Embedder:
         for key, (file, tensor) in _read_state_dict(_weight_files(folder)).items():
             target = _canonical_key(key, expected_keys, prefix)
             if target is None:
-                stripped = key[len(prefix) + 1 :] if key.startswith(prefix + ".") else key
-                if stripped.startswith(_IGNORED_PREFIXES):
-                    continue
-                # Unknown extras are tolerated (e.g. heads of fine-tuned variants) as long as
-                # everything the encoder needs is present; a wrong folder shows up as missing keys.
+                # Pre-training heads (quantizer, project_q/hid) and heads of fine-tuned variants are
+                # not part of the encoder; a wrong folder still shows up below as missing keys.
                 continue
             if tuple(tensor.shape) != tuple(expected[target].shape):
                 raise WeightLoadError(
