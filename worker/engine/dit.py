@@ -137,9 +137,10 @@ class InfiniteTalkDiT(nn.Module):
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> "InfiniteTalkDiT":
         """Random weights for tests and benchmarks (never needed for inference): matrices and kernels
-        N(0, 1/fan_in), norm scales 1 + 0.1 N(0, 1), biases 0.05 N(0, 1), modulation tables N(0, 1)/sqrt(dim)."""
+        N(0, 1/fan_in), norm scales 1 + 0.1 N(0, 1), biases 0.05 N(0, 1), modulation tables N(0, 1)/sqrt(dim).
+        Drawn on the parameters' device (after `to_empty`), so `generator` must live there too."""
         for name, p in self.named_parameters():
-            draw = torch.randn(p.shape, generator=generator, dtype=torch.float32)
+            draw = torch.randn(p.shape, generator=generator, dtype=torch.float32, device=p.device)
             if name.endswith("modulation"):
                 value = draw / math.sqrt(p.shape[-1])
             elif p.ndim >= 2:
