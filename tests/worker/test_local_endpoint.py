@@ -50,7 +50,8 @@ class Server:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()}")
             try:
                 r = requests.get(f"{self.base}/{ENDPOINT_ID}/health", headers={"Authorization": "test"}, timeout=1)
-                if r.ok and r.json()["workers"]["idle"] >= 1:
+                workers = r.json()["workers"] if r.ok else {}
+                if workers.get("idle", 0) >= 1 or workers.get("unhealthy", 0) >= 1:
                     return
             except requests.RequestException:
                 pass
@@ -270,6 +271,7 @@ def test_webhook_posts_final_status_with_retries(endpoint: runpod.Endpoint) -> N
         deadline = time.monotonic() + 10
         while len(_Hook.received) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        time.sleep(0.5)  # room for a wrongful third delivery to show up
         assert len(_Hook.received) == 2  # the first answer was a 500, so it was sent again
         assert _Hook.received[0] == _Hook.received[1] == final
         assert final["status"] == "COMPLETED" and final["output"]["echo"] == "hooked"
@@ -301,3 +303,34 @@ def test_api_key_required_when_configured(stream_server: Server) -> None:
         stream_server.endpoint("wrong").health()
     r = requests.get(f"{stream_server.base}/{ENDPOINT_ID}/health", headers={"Authorization": "Bearer test"}, timeout=5)
     assert r.status_code == 200
+
+
+def test_handler_that_cannot_import_leaves_jobs_queued(tmp_path: Path) -> None:
+    srv = Server("tests.worker.no_such_module:handler", tmp_path)
+    try:
+        ep = srv.endpoint()
+        health = ep.health()
+        assert health["workers"]["unhealthy"] == 1 and health["workers"]["idle"] == 0
+        job = ep.run({"mode": "echo"})
+        time.sleep(0.3)
+        assert job.status() == "IN_QUEUE"  # as on Runpod: no healthy worker, the job waits
+        assert "handler_import_failed" in srv.log_path.read_text()
+    finally:
+        srv.stop()
+
+
+def test_several_workers_run_jobs_side_by_side(tmp_path: Path) -> None:
+    srv = Server(f"{HANDLERS}:handler", tmp_path, "--workers", "2")
+    try:
+        ep = srv.endpoint()
+        deadline = time.monotonic() + 20
+        while ep.health()["workers"]["idle"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        jobs = [ep.run({"mode": "sleep", "seconds": 1}) for _ in range(2)]
+        for job in jobs:
+            assert wait_final(ep, job.job_id)["status"] == "COMPLETED"
+        assert time.monotonic() - started < 1.9
+        assert len({raw_status(ep, j.job_id)["workerId"] for j in jobs}) == 2
+    finally:
+        srv.stop()

@@ -200,6 +200,13 @@ class Dispatcher:
                 if worker.respawn_at is not None and now >= worker.respawn_at:
                     self.pool.replace(worker)
                 continue
+            if not worker.process.is_alive() and worker.state is WorkerState.INITIALIZING:
+                # died before it could even report an import error (segfault, os._exit in the module)
+                worker.state = WorkerState.UNHEALTHY
+                worker.last_error = f"worker process exited during start (exit code {worker.process.exitcode})"
+                worker.respawn_at = now + self.settings.worker_restart_backoff_s
+                log.error("worker_start_failed", worker_id=worker.id, exitcode=worker.process.exitcode)
+                continue
             if not worker.process.is_alive():
                 code = worker.process.exitcode
                 job = self.store.get(worker.job_id) if worker.job_id else None
