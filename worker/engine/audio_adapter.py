@@ -54,12 +54,14 @@ class AudioProjModel(nn.Module):
         output_dim: int = 768,
         context_tokens: int = 32,
         norm_output_audio: bool = True,
+        audio_layers: int = AUDIO_LAYERS,
+        audio_dim: int = AUDIO_CHANNELS,
     ) -> None:
         super().__init__()
         self.context_tokens = context_tokens
         self.output_dim = output_dim
-        self.proj1 = nn.Linear(seq_len * AUDIO_LAYERS * AUDIO_CHANNELS, intermediate_dim)
-        self.proj1_vf = nn.Linear(seq_len_vf * AUDIO_LAYERS * AUDIO_CHANNELS, intermediate_dim)
+        self.proj1 = nn.Linear(seq_len * audio_layers * audio_dim, intermediate_dim)
+        self.proj1_vf = nn.Linear(seq_len_vf * audio_layers * audio_dim, intermediate_dim)
         self.proj2 = nn.Linear(intermediate_dim, intermediate_dim)
         self.proj3 = nn.Linear(intermediate_dim, context_tokens * output_dim)
         self.norm = nn.LayerNorm(output_dim) if norm_output_audio else nn.Identity()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.engine.audio_adapter import AUDIO_CHANNELS, AUDIO_LAYERS, AudioProjModel, split_audio_windows
+from worker.engine.audio_adapter import AudioProjModel, split_audio_windows
 from worker.engine.dit_blocks import DiTBlock, Float32Sequential, Head, MLPProj
 from worker.engine.rope import Rope3DCache
 
@@ -51,6 +51,11 @@ class DiTConfig:
     vae_scale: int = 4
     norm_input_visual: bool = True
     norm_output_audio: bool = True
+    # Widths fixed by the published encoders (CLIP ViT-H/14, chinese-wav2vec2-base); only the tiny
+    # model changes them, so that its encoders can stay tiny too.
+    clip_dim: int = 1280
+    audio_layers: int = 12
+    audio_dim: int = 768
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
@@ -120,7 +125,7 @@ class InfiniteTalkDiT(nn.Module):
             for _ in range(c.num_layers)
         )
         self.head = Head(c.dim, c.out_dim, c.patch_size, c.eps)
-        self.img_emb = MLPProj(CLIP_DIM, c.dim)
+        self.img_emb = MLPProj(c.clip_dim, c.dim)
         self.audio_proj = AudioProjModel(
             seq_len=c.audio_window,
             seq_len_vf=c.audio_window + c.vae_scale - 1,
@@ -128,6 +133,8 @@ class InfiniteTalkDiT(nn.Module):
             output_dim=c.output_dim,
             context_tokens=c.context_tokens,
             norm_output_audio=c.norm_output_audio,
+            audio_layers=c.audio_layers,
+            audio_dim=c.audio_dim,
         )
         # Not a buffer: kept out of the state dict and of `.to(dtype)`, built lazily on the compute device.
         self._rope = Rope3DCache(c.head_dim)
@@ -165,9 +172,10 @@ class InfiniteTalkDiT(nn.Module):
 
     def _audio_tokens(self, audio: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
         b, humans = audio.shape[:2]
-        if audio.shape[-2:] != (AUDIO_LAYERS, AUDIO_CHANNELS) or audio.shape[3] != self.config.audio_window:
+        cfg = self.config
+        if audio.shape[-2:] != (cfg.audio_layers, cfg.audio_dim) or audio.shape[3] != cfg.audio_window:
             raise ValueError(
-                f"audio must be [B, speakers, F, {self.config.audio_window}, {AUDIO_LAYERS}, {AUDIO_CHANNELS}], "
+                f"audio must be [B, speakers, F, {cfg.audio_window}, {cfg.audio_layers}, {cfg.audio_dim}], "
                 f"got {tuple(audio.shape)}"
             )
         first, later = split_audio_windows(
@@ -217,8 +225,8 @@ class InfiniteTalkDiT(nn.Module):
 
         if context.shape[1] > cfg.text_len:
             raise ValueError(f"context has {context.shape[1]} tokens, the model takes at most {cfg.text_len}")
-        if clip_fea.shape[-2:] != (CLIP_TOKENS, CLIP_DIM):
-            raise ValueError(f"clip_fea must be [B, {CLIP_TOKENS}, {CLIP_DIM}], got {tuple(clip_fea.shape)}")
+        if clip_fea.shape[-2:] != (CLIP_TOKENS, cfg.clip_dim):
+            raise ValueError(f"clip_fea must be [B, {CLIP_TOKENS}, {cfg.clip_dim}], got {tuple(clip_fea.shape)}")
 
         # Patch embedding of noisy latent + (mask, VAE latent) condition.
         x = self.patch_embedding(torch.cat([latent, y], dim=1).to(device=device, dtype=dtype))

@@ -1,0 +1,210 @@
+"""The tiny model: every component at toy size with deterministic random weights.
+
+It is written once to a cache folder in the same file formats and names as the published
+checkpoints (7 DiT shards + adapter safetensors, T5/CLIP/VAE `.pth`, a tokenizer folder, a
+wav2vec2 `save_pretrained` folder), so the production loaders are what runs it. A whole job
+then runs on a CPU in seconds: the embedded default for local runs and tests.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .clip_visual import CLIPVisionConfig, CLIPVisionTower
+from .dit import DiTConfig, InfiniteTalkDiT
+from .layout import (
+    CLIP_FILE,
+    COMPONENTS_FILE,
+    DIT_CONFIG,
+    DIT_SHARD_COUNT,
+    T5_FILE,
+    T5_TOKENIZER_DIR,
+    VAE_FILE,
+    CheckpointLayout,
+    dit_shard_names,
+    is_adapter_key,
+)
+from .t5 import T5Config, UMT5Encoder, write_tiny_tokenizer
+from .vae import VAEConfig, WanVAEModel
+
+TINY_VERSION = "v1"
+TINY_SEED = 20261125
+
+TINY_T5 = T5Config.tiny()
+TINY_CLIP = CLIPVisionConfig.tiny()
+TINY_VAE = VAEConfig(dim=8)
+TINY_WAV2VEC = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": [16] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False,
+    "feat_extract_norm": "group",
+    "do_stable_layer_norm": False,
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+}
+TINY_DIT = DiTConfig(
+    dim=64,
+    ffn_dim=128,
+    num_heads=4,
+    num_layers=2,
+    text_dim=TINY_T5.dim,
+    text_len=64,
+    freq_dim=64,
+    intermediate_dim=8,
+    output_dim=32,
+    context_tokens=4,
+    clip_dim=TINY_CLIP.dim,
+    audio_layers=TINY_WAV2VEC["num_hidden_layers"],
+    audio_dim=TINY_WAV2VEC["hidden_size"],
+)
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("INFINITETALK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "infinitetalk")
+    return Path(root) / f"tiny-{TINY_VERSION}"
+
+
+def tiny_layout(root: Path) -> CheckpointLayout:
+    return CheckpointLayout(
+        ckpt_dir=root / "Wan2.1-I2V-14B-480P",
+        infinitetalk_file=root / "InfiniteTalk" / "single" / "infinitetalk.safetensors",
+        wav2vec_dir=root / "chinese-wav2vec2-base",
+    )
+
+
+def randomise(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded weights with no trivially zero or one tensor: matrices N(0, 1/fan_in), norm scales
+    1 + 0.1 N, other vectors 0.05 N. Returned in state-dict order, float32, on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, ref in module.state_dict().items():
+        shape = tuple(ref.shape)
+        if not ref.is_floating_point():
+            out[name] = torch.zeros(shape, dtype=ref.dtype)
+            continue
+        if len(shape) >= 2:
+            fan_in = math.prod(shape[1:])
+            if name.endswith("modulation") or fan_in == 0:
+                fan_in = shape[-1]
+            value = torch.randn(shape, generator=g) / math.sqrt(max(fan_in, 1))
+        elif "norm" in name and name.endswith(("weight", "gamma", "scale")):
+            value = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            value = 0.05 * torch.randn(shape, generator=g)
+        out[name] = value.contiguous()
+    return out
+
+
+def _meta(factory):
+    with torch.device("meta"):
+        return factory()
+
+
+def _write_dit(ckpt_dir: Path, adapter_file: Path) -> None:
+    sd = randomise(_meta(lambda: InfiniteTalkDiT(TINY_DIT)), TINY_SEED + 1)
+    base = {k: v for k, v in sd.items() if not is_adapter_key(k)}
+    adapter = {k: v for k, v in sd.items() if is_adapter_key(k)}
+    names = dit_shard_names()
+    keys = list(base)
+    per = math.ceil(len(keys) / DIT_SHARD_COUNT)
+    weight_map = {}
+    for i, name in enumerate(names):
+        part = {k: base[k] for k in keys[i * per : (i + 1) * per]}
+        save_file(part, str(ckpt_dir / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    (ckpt_dir / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": sum(v.numel() * 4 for v in base.values())}, "weight_map": weight_map})
+    )
+    config = {k: v for k, v in asdict(TINY_DIT).items()}
+    config.update({"_class_name": "WanModel", "model_type": "i2v"})
+    (ckpt_dir / DIT_CONFIG).write_text(json.dumps(config, indent=2))
+    adapter_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file(adapter, str(adapter_file), metadata={"format": "pt"})
+
+
+def _write_t5(ckpt_dir: Path) -> None:
+    sd = randomise(_meta(lambda: UMT5Encoder(TINY_T5)), TINY_SEED + 2)
+    torch.save({k: v.to(torch.bfloat16) for k, v in sd.items()}, ckpt_dir / T5_FILE)
+    write_tiny_tokenizer(ckpt_dir / T5_TOKENIZER_DIR, vocab_size=TINY_T5.vocab_size)
+
+
+def _write_clip(ckpt_dir: Path) -> None:
+    sd = randomise(_meta(lambda: CLIPVisionTower(TINY_CLIP)), TINY_SEED + 3)
+    full = {f"visual.{k}": v for k, v in sd.items()}
+    # The published file also carries the text tower and a logit scale, which the loader must skip.
+    full["textual.token_embedding.weight"] = torch.zeros(8, 4)
+    full["log_scale"] = torch.tensor(4.6052)
+    torch.save(full, ckpt_dir / CLIP_FILE)
+
+
+def _write_vae(ckpt_dir: Path) -> None:
+    torch.save(randomise(_meta(lambda: WanVAEModel(TINY_VAE)), TINY_SEED + 4), ckpt_dir / VAE_FILE)
+
+
+def _write_wav2vec(folder: Path) -> None:
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(TINY_SEED + 5)
+    model = Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC))
+    model.save_pretrained(str(folder), safe_serialization=True)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+    ).save_pretrained(str(folder))
+
+
+def _write_components(ckpt_dir: Path) -> None:
+    (ckpt_dir / COMPONENTS_FILE).write_text(
+        json.dumps(
+            {
+                "t5": asdict(TINY_T5),
+                "t5_text_len": TINY_DIT.text_len,
+                "clip": asdict(TINY_CLIP),
+                "vae": {k: v for k, v in asdict(TINY_VAE).items()},
+                "bucket_scale": 1 / 8,
+            },
+            indent=2,
+        )
+    )
+
+
+def ensure_tiny_checkpoint(cache_dir: Path | None = None) -> CheckpointLayout:
+    """Write the tiny checkpoint once (atomically: built in a temp folder, then renamed) and return its layout."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    layout = tiny_layout(root)
+    if (root / ".complete").is_file():
+        return layout
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
+    try:
+        staged = tiny_layout(tmp)
+        staged.ckpt_dir.mkdir(parents=True)
+        _write_dit(staged.ckpt_dir, staged.infinitetalk_file)
+        _write_t5(staged.ckpt_dir)
+        _write_clip(staged.ckpt_dir)
+        _write_vae(staged.ckpt_dir)
+        _write_wav2vec(staged.wav2vec_dir)
+        _write_components(staged.ckpt_dir)
+        (tmp / ".complete").write_text(TINY_VERSION)
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not (root / ".complete").is_file():  # a half-written folder from a crash: replace it
+                shutil.rmtree(root, ignore_errors=True)
+                os.rename(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return layout
