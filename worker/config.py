@@ -65,6 +65,8 @@ __all__ = [
     "apply_job_overrides",
     "template_env",
     "secret_values",
+    "describe",
+    "iter_overrides_for",
 ]
 
 GROUPS = ("model", "gpu", "sampler", "storage", "deploy")
@@ -727,7 +729,9 @@ def _hydra_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${")
+        # Hydra keeps backslashes literal except before a quote, before `${` and at the end.
+        escaped = re.sub(r"(\\+)(?='|\$\{|$)", lambda m: m.group(1) * 2, value)
+        escaped = escaped.replace("'", "\\'").replace("${", "\\${")
         return f"'{escaped}'"
     if isinstance(value, Mapping):
         return "{" + ",".join(f"{k}:{_hydra_value(v)}" for k, v in value.items()) + "}"

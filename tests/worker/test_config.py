@@ -1,0 +1,217 @@
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from worker.config import (
+    GROUP_ENV_VARS,
+    OVERRIDES_ENV_VAR,
+    AppConfig,
+    ConfigError,
+    apply_job_overrides,
+    compose_config,
+    default_conf_dir,
+    iter_overrides_for,
+    secret_values,
+    template_env,
+)
+from worker.errors import ErrorCode, JobError
+from worker.schema import parse_job_input
+
+CONF = default_conf_dir()
+IMG = "https://example.com/face.png"
+AUD = "https://example.com/a.wav"
+
+
+@pytest.fixture(scope="module")
+def cfg() -> AppConfig:
+    return compose_config(env={})
+
+
+def test_defaults(cfg):
+    assert cfg.choices == {"model": "tiny", "gpu": "cpu", "sampler": "quality", "storage": "local",
+                           "deploy": "default"}
+    assert cfg.model.kind == "tiny" and cfg.gpu.device == "cpu"
+    assert cfg.sampler.sample_steps == 40 and cfg.sampler.text_guide_scale == 5.0
+    assert cfg.sampler.audio_guide_scale == 4.0 and (cfg.sampler.shift_480, cfg.sampler.shift_720) == (7.0, 11.0)
+    assert cfg.storage.target == "local" and cfg.storage.s3.bucket is None
+    assert cfg.server.allow_loopback_hosts == [] and cfg.server.allow_http is False
+    assert cfg.job_defaults.size == "infinitetalk-480" and cfg.job_defaults.use_teacache is False
+    assert set(cfg.sampler_presets) == {"quality", "fast", "turbo"}
+    assert cfg.model.ckpt_dir.startswith(cfg.server.cache_dir)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sampler.sample_steps = 3  # type: ignore[misc]
+
+
+def test_every_option_extends_its_base_and_composes():
+    for group in ("model", "gpu", "sampler", "storage", "deploy"):
+        options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        assert options, group
+        for opt in options:
+            data = yaml.safe_load((CONF / group / f"{opt}.yaml").read_text())
+            assert data["defaults"] == [f"base_{group}", "_self_"], (group, opt)
+            c = compose_config([f"{group}={opt}"], env={})
+            assert c.choices[group] == opt
+
+
+def test_overrides(cfg):
+    c = compose_config(["sampler=turbo", "gpu=cpu"], env={})
+    assert c.sampler.name == "turbo" and c.sampler.sample_steps == 4
+    assert (c.sampler.text_guide_scale, c.sampler.audio_guide_scale, c.sampler.shift_480) == (1.0, 2.0, 2.0)
+    assert c.sampler.lora_file
+    f = compose_config(["sampler=fast", "gpu=h200_141"], env={})
+    assert f.sampler.sample_steps == 8 and f.sampler.lora_file and f.gpu.runpod_pools == ["HOPPER_141"]
+    assert compose_config(["gpu=h100_80"], env={}).gpu.price_per_hour_usd > 0
+    assert compose_config(["gpu=l40s_48"], env={}).gpu.runpod_pools == ["ADA_48_PRO"]
+    c = compose_config(["server.download.retries=9", "sampler.sample_steps=12"], env={})
+    assert c.server.download.retries == 9 and c.sampler_presets["quality"].sample_steps == 12
+    assert c.sampler_presets["turbo"].sample_steps == 4
+
+
+def test_bad_overrides_are_config_errors():
+    for ov in (["sampler=nope"], ["server.nope=1"], ["server.download.retries=abc"]):
+        with pytest.raises(ConfigError):
+            compose_config(ov, env={})
+
+
+def test_env_vars_honoured():
+    env = {
+        "INFINITETALK_MODEL": "infinitetalk_single_fp8", "INFINITETALK_GPU": "a100_80",
+        "INFINITETALK_SAMPLER": "fast", "INFINITETALK_STORAGE": "s3",
+        "CKPT_DIR": "/w/base", "INFINITETALK_DIR": "/w/it.safetensors", "WAV2VEC_DIR": "/w/w2v",
+        "QUANT_DIR": "/w/q", "S3_ENDPOINT": "https://s3.example.com", "S3_REGION": "eu-west-1",
+        "S3_ACCESS_KEY": "AKIAEXAMPLE", "S3_SECRET_KEY": "s3cr3t-value", "S3_BUCKET": "bkt",
+        "S3_PUBLIC_BASE": "https://cdn.example.com", "DEFAULT_SIZE": "infinitetalk-720",
+        "DEFAULT_SAMPLE_STEPS": "12", "ENABLE_TECACHE": "true", "ENABLE_APG": "1",
+    }
+    c = compose_config(env=env)
+    assert c.choices["model"] == "infinitetalk_single_fp8" and c.gpu.name == "a100_80"
+    assert c.sampler.name == "fast" and c.storage.target == "s3"
+    assert (c.model.ckpt_dir, c.model.infinitetalk_file, c.model.wav2vec_dir) == ("/w/base", "/w/it.safetensors", "/w/w2v")
+    assert c.model.quant == "fp8" and c.model.quant_file == "/w/q/infinitetalk_single_fp8.safetensors"
+    assert c.model.weights[0].local_dir == "/w/base"
+    s3 = c.storage.s3
+    assert (s3.endpoint, s3.region, s3.access_key, s3.secret_key, s3.bucket, s3.public_base) == (
+        "https://s3.example.com", "eu-west-1", "AKIAEXAMPLE", "s3cr3t-value", "bkt", "https://cdn.example.com")
+    assert c.job_defaults.size == "infinitetalk-720" and c.job_defaults.sample_steps == 12
+    assert c.job_defaults.use_teacache is True and c.job_defaults.use_apg is True
+    assert sorted(secret_values(c)) == ["AKIAEXAMPLE", "s3cr3t-value"]
+    # explicit overrides beat the env's group choice
+    assert compose_config(["sampler=turbo"], env=env).sampler.name == "turbo"
+    # operator overrides through the env
+    c = compose_config(env={OVERRIDES_ENV_VAR: json.dumps(["server.download.retries=1"])})
+    assert c.server.download.retries == 1
+    with pytest.raises(ConfigError):
+        compose_config(env={"DEFAULT_SIZE": "infinitetalk-1080"})
+    with pytest.raises(ConfigError):
+        compose_config(env={OVERRIDES_ENV_VAR: "not json"})
+
+
+def test_env_param_does_not_leak(monkeypatch):
+    monkeypatch.setenv("S3_BUCKET", "from-process")
+    assert compose_config(env={}).storage.s3.bucket is None
+    assert compose_config().storage.s3.bucket == "from-process"
+    import os
+    assert os.environ["S3_BUCKET"] == "from-process"
+
+
+# -- job overrides ----------------------------------------------------------------------
+
+def job(**kw):
+    d = {"image": IMG, "audio": AUD, "seed": 7}
+    d.update(kw)
+    return parse_job_input(d)
+
+
+def test_job_defaults_from_preset(cfg):
+    r = apply_job_overrides(cfg, job())
+    assert (r.sampler, r.sample_steps, r.sample_shift, r.text_guide_scale, r.audio_guide_scale) == (
+        "quality", 40, 7.0, 5.0, 4.0)
+    assert (r.frame_num, r.motion_frame, r.size, r.mode, r.seed, r.output_target) == (
+        81, 9, "infinitetalk-480", "clip", 7, "local")
+    assert r.speakers == 1 and r.audio_type is None and r.lora_file is None
+    json.dumps(r.to_dict())
+    r2 = apply_job_overrides(cfg, parse_job_input({"image": IMG, "audio": AUD}))
+    assert 0 <= r2.seed < 2**32
+
+
+def test_job_overrides_allow_list(cfg):
+    r = apply_job_overrides(cfg, job(sampler="turbo", sample_steps=6, text_guide_scale=1.5, use_teacache=True,
+                                     teacache_thresh=0.4, frame_num=41, motion_frame=5, max_duration_s=12,
+                                     color_correction_strength=0.2, mode="streaming",
+                                     output={"target": "inline", "key_prefix": "x/"}))
+    assert (r.sampler, r.sample_steps, r.sample_shift, r.text_guide_scale, r.audio_guide_scale) == (
+        "turbo", 6, 2.0, 1.5, 2.0)
+    assert r.use_teacache and r.teacache_thresh == 0.4 and (r.frame_num, r.motion_frame) == (41, 5)
+    assert r.lora_file and r.output_target == "inline" and r.key_prefix == "x/"
+    assert r.max_duration_s == 12 and r.color_correction_strength == 0.2 and r.mode == "streaming"
+    # the only way in is JobInput: anything else is refused before reaching the config
+    with pytest.raises(JobError):
+        parse_job_input({"image": IMG, "audio": AUD, "model": "infinitetalk_multi"})
+    with pytest.raises(JobError):
+        parse_job_input({"image": IMG, "audio": AUD, "overrides": ["gpu=h100_80"]})
+
+
+def test_job_default_steps_env_only_for_default_preset():
+    c = compose_config(env={"DEFAULT_SAMPLE_STEPS": "12"})
+    assert apply_job_overrides(c, job()).sample_steps == 12
+    assert apply_job_overrides(c, job(sampler="turbo")).sample_steps == 4
+    assert apply_job_overrides(c, job(sample_steps=3)).sample_steps == 3
+
+
+def test_job_limits(cfg):
+    def refused(j, c=cfg):
+        with pytest.raises(JobError) as ei:
+            apply_job_overrides(c, j)
+        assert ei.value.code is ErrorCode.E_INPUT_VALIDATION
+        return ei.value
+
+    e = refused(job(size="infinitetalk-720"))  # cpu tier max 480
+    assert e.details["errors"][0]["field"] == "size"
+    assert apply_job_overrides(compose_config(["gpu=h100_80"], env={}), job(size="infinitetalk-720")).sample_shift == 11.0
+    refused(job(motion_frame=81))  # preset frame_num is 81
+    refused(job(output={"target": "s3"}))  # no bucket configured
+    single = compose_config(["model=infinitetalk_single"], env={})
+    refused(job(audio={"person1": AUD, "person2": AUD}, audio_type="add"), single)
+    two = apply_job_overrides(cfg, job(audio={"person1": AUD, "person2": AUD}, audio_type="para"))
+    assert two.speakers == 2 and two.audio_type == "para"
+    short = compose_config(["server.max_duration_s=60"], env={})
+    refused(job(max_duration_s=120), short)
+
+
+# -- template env ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides,env", [
+    ([], {}),
+    (["sampler=turbo", "gpu=h100_80", "model=infinitetalk_multi_fp8", "storage=s3", "deploy=production",
+      "server.download.retries=7", "server.allowed_roots=['/a','/b c']", "sampler.sample_steps=6",
+      *iter_overrides_for({"storage.key_prefix": "it's/odd\\path/${x}", "deploy.workers_max": 9})],
+     {"S3_BUCKET": "bkt", "S3_SECRET_KEY": "sekrit-123", "S3_ACCESS_KEY": "AKIA1234", "DEFAULT_SAMPLE_STEPS": "12",
+      "ENABLE_APG": "true", "CKPT_DIR": "/w/ck", "DEFAULT_SIZE": "infinitetalk-720"}),
+    (["storage.s3.secret_key=from-override-secret", "model=infinitetalk_single", "storage.s3.bucket=null"],
+     {"S3_BUCKET": "bkt"}),
+])
+def test_template_env_round_trip(overrides, env):
+    cfg = compose_config(overrides, env=env)
+    t = template_env(cfg)
+    for var in GROUP_ENV_VARS.values():
+        assert var in t.plain
+    again = compose_config(env=t.merged())
+    assert again == cfg
+    assert again.tree() == cfg.tree() and again.choices == cfg.choices
+    # secrets only in the secret part
+    plain_text = json.dumps(t.plain)
+    for s in secret_values(cfg):
+        assert s not in plain_text
+        assert s in json.dumps(t.secret)
+    assert all(isinstance(v, str) for v in {**t.plain, **t.secret}.values())
+
+
+def test_template_env_secrets_separated():
+    cfg = compose_config(["storage=s3"], env={"S3_BUCKET": "b", "S3_ACCESS_KEY": "AKIAXX", "S3_SECRET_KEY": "zzsecret"})
+    t = template_env(cfg)
+    assert t.secret == {"S3_ACCESS_KEY": "AKIAXX", "S3_SECRET_KEY": "zzsecret"}
+    assert t.plain["S3_BUCKET"] == "b" and t.plain["INFINITETALK_STORAGE"] == "s3"
+    assert "S3_ACCESS_KEY" not in t.plain and "S3_SECRET_KEY" not in t.plain
