@@ -25,6 +25,7 @@ import email.utils
 import os
 import re
 import socket
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -481,9 +482,7 @@ def _fetch_volume(ref: str, shown: str, tmp: Path, policy: FetchPolicy, kind: st
         raise _failed(kind, shown, f"cannot open ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as src:
         st = os.fstat(src.fileno())
-        import stat as _stat
-
-        if not _stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             raise _refused(kind, shown, "not a regular file")
         if st.st_size > cap:
             raise _too_large(kind, shown, cap, st.st_size)
