@@ -73,7 +73,7 @@ def _setup(case: Path, **overrides):
     weights = meta.get("weights", {})
     dit = _dit(str((case / weights.get("dit", "../dit_single")).resolve()))
     vae = _vae(str((case / weights.get("vae", "../vae")).resolve()))
-    settings = GenerationSettings(
+    fields = dict(
         steps=meta["sampling_steps"],
         shift=meta["shift"],
         text_scale=meta["text_guide_scale"],
@@ -85,8 +85,8 @@ def _setup(case: Path, **overrides):
         mode=meta["mode"],
         color_strength=meta["color_correction_strength"],
         bucket=meta.get("bucket_table_used") or meta["size_bucket_name"],
-        **overrides,
     )
+    settings = GenerationSettings(**{**fields, **overrides})
     audio = tuple(
         tensors[k] for k in sorted(k for k in tensors if k.startswith("full_audio_embedding"))
     )
@@ -212,3 +212,50 @@ def test_speaker_masks():
     assert bool(boxes[0, :, :4].eq(1).all()) and bool(boxes[1, :, 4:].eq(1).all()) and boxes[2].sum() == 0
     with pytest.raises(ValueError):
         speaker_masks((10, 10), (8, 8), 3)
+
+
+def _first_case():
+    clip = [c for c in CASES if json.loads((c / "meta.json").read_text())["mode"] == "clip"]
+    if not clip:
+        pytest.skip("no clip-mode generation case")
+    return clip[0]
+
+
+def _video(dit, vae, clip_encode, inputs, settings):
+    return torch.cat([c.frames for c in generate(dit, vae, clip_encode, inputs, settings)], dim=1)
+
+
+def test_two_speakers_batched_equals_separate():
+    """Two speakers: cond/drop_text share a call, uncond (one silent speaker) runs alone."""
+    meta, tensors, dit, vae, settings, inputs, clip_encode, _ = _setup(_first_case())
+    a = inputs.audio[0]
+    two = GenerationInputs(
+        cond=inputs.cond,
+        audio=(a, torch.flip(a, dims=[0]) * 0.5),
+        context=inputs.context,
+        context_null=inputs.context_null,
+    )
+    batched = _video(dit, vae, clip_encode, two, settings)
+    separate = _video(dit, vae, clip_encode, two, GenerationSettings(**{**settings.__dict__, "batch_passes": False}))
+    assert batched.shape == tensors["final_video"].shape
+    torch.testing.assert_close(batched, separate, atol=VIDEO_ATOL, rtol=0)
+    assert (batched - tensors["final_video"]).abs().max() > 1e-3  # the second speaker matters
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"text_scale": 1.0}, {"use_apg": True}, {"use_apg": True, "text_scale": 1.0}, {"color_strength": 0.0}],
+    ids=["two_pass", "apg", "apg_two_pass", "no_color"],
+)
+def test_guidance_variants_run(overrides):
+    meta, tensors, dit, vae, settings, inputs, clip_encode, _ = _setup(_first_case(), **overrides)
+    traced: dict[str, torch.Tensor] = {}
+    chunks = list(generate(dit, vae, clip_encode, inputs, settings, trace=lambda n, t: traced.__setitem__(n, t)))
+    video = torch.cat([c.frames for c in chunks], dim=1)
+    assert video.shape == tensors["final_video"].shape
+    assert bool(torch.isfinite(video).all()) and float(video.abs().max()) <= 1.0
+    branches = {k.split(".")[2] for k in traced if ".step" in k and k.endswith(".out")}
+    assert branches == ({"cond", "drop_audio"} if settings.text_scale == 1.0 else {"cond", "drop_text", "uncond"})
+    if settings.color_strength == 0.0:
+        assert not any(k.endswith(".color_out") for k in traced)
+        torch.testing.assert_close(video, traced["chunk0.decoded"], atol=0, rtol=0)
