@@ -211,6 +211,8 @@ class _FrameSource:
         self._iter: Iterator[Frame] | None = None
         self._pos = -1
         self._last: Image.Image | None = None
+        if isinstance(cond, np.ndarray) and cond.ndim == 4:
+            cond = list(cond)  # a stacked [n, H, W, 3] clip
         if isinstance(cond, (Image.Image, np.ndarray)):
             self._single = _as_pil(cond)
         elif isinstance(cond, Sequence):
@@ -331,7 +333,8 @@ def generate(
     `vae` offers `encode([B,3,F,H,W]) -> [B,16,T,h,w]` and `decode([B,16,T,h,w]) -> [B,3,F,H,W]` clamped;
     `clip_encode([1,3,1,H,W] in [-1,1]) -> [1,257,1280]`. `should_cancel()` is polled before every step
     (raises GenerationCancelled); `on_step` is told after every step. `trace(name, tensor)` receives
-    intermediates under the golden data's names, for parity tests and debugging.
+    intermediates under the golden data's names, for parity tests and debugging; the tensors may be
+    live buffers of the loop, so clone what you keep.
     """
     try:
         yield from _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, trace)
