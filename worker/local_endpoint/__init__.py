@@ -1,6 +1,14 @@
 """A local server that speaks Runpod's public serverless endpoint API and runs a handler in worker processes.
 
-Point the runpod SDK at it with `runpod.endpoint_url_base = "http://127.0.0.1:PORT/v2"`.
+Run it with `python -m worker.local_endpoint --handler module:func --port 8000 --workers 1`
+(or `serve(ServerSettings(...))`), then point the unchanged runpod SDK at it:
+`runpod.endpoint_url_base = "http://127.0.0.1:8000/v2"`; `runpod.Endpoint(any_id).run(...)`.
+
+Choices where Runpod's documentation leaves room: a job whose ttl passes while queued becomes
+TIMED_OUT (Runpod's job-state docs: "expired before it was picked up"); purged jobs become
+CANCELLED; webhooks fire for every final state; /health counts TIMED_OUT under `failed`; the
+policy minimums Runpod enforces (executionTimeout > 5 s, ttl >= 10 s) are not enforced so tests
+can use short ones; `lowPriority` and `s3Config` are accepted and ignored.
 
 Exports resolve lazily: spawned worker processes import this package to reach
 `worker_process`, and should not pay for FastAPI/uvicorn they never use.
