@@ -1,0 +1,202 @@
+"""The engine as the worker sees it: load every component once, then turn plain requests into frames.
+
+The worker talks to this module with plain data (numpy audio, PIL images, frozen dataclasses),
+so nothing outside `worker/engine/` needs torch. Loading goes through `loaders.load_module`,
+which names the file and key of any bad weight.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .attention import set_attention_backend
+from .audio_embed import Wav2Vec2Embedder
+from .buckets import BUCKET_TABLES
+from .clip_visual import CLIPVisionConfig, CLIPVisionTower, original_key_map
+from .dit import DiTConfig, InfiniteTalkDiT
+from .errors import EngineOOMError, WeightLoadError
+from .generation import ChunkResult, GenerationInputs, GenerationSettings, StepInfo, generate
+from .layout import CheckpointLayout
+from .loaders import load_module
+from .t5 import T5Config, T5TextEncoder, UMT5Encoder
+from .vae import VAEConfig, WanVAE, WanVAEModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Placement choices, filled from the GPU tier config."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    attention_backend: str = "sdpa"
+    offload_text_encoder: bool = False  # keep umT5 on the CPU (it is used once per prompt)
+    text_cache_size: int = 16
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One generation, already decoded by the worker: condition frames, 16 kHz audio per speaker, prompts."""
+
+    cond: Image.Image | Iterable[Image.Image]
+    audio_tracks: tuple[np.ndarray, ...]
+    prompt: str
+    negative_prompt: str
+    settings: GenerationSettings
+    bboxes: tuple[tuple[float, float, float, float], ...] | None = None
+
+
+@dataclass
+class LoadReport:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _bucket_scale(table: dict, scale: float) -> dict:
+    """A smaller copy of a bucket table (the tiny model renders at 1/8 of the real sizes)."""
+    def snap(v: int) -> int:
+        return max(16, int(round(v * scale / 16)) * 16)
+
+    return {ratio: ([snap(h), snap(w)], n) for ratio, ([h, w], n) in table.items()}
+
+
+class Engine:
+    """All components on their devices, plus a small per-prompt text cache."""
+
+    def __init__(self, layout: CheckpointLayout, options: EngineOptions) -> None:
+        self.layout = layout
+        self.options = options
+        self.device = torch.device(options.device)
+        self.dtype = DTYPES[options.dtype]
+        self.report = LoadReport()
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._components = layout.component_overrides()
+        set_attention_backend(options.attention_backend)
+        layout.check()
+        self.dit = self._timed("dit", self._load_dit)
+        self.vae = self._timed("vae", self._load_vae)
+        self.text_encoder = self._timed("t5", self._load_t5)
+        self.clip = self._timed("clip", self._load_clip)
+        self.audio_embedder = self._timed("wav2vec2", self._load_wav2vec)
+
+    @classmethod
+    def load(cls, layout: CheckpointLayout, options: EngineOptions | None = None) -> Engine:
+        return cls(layout, options or EngineOptions())
+
+    # ------------------------------------------------------------------ loading
+
+    def _timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn()
+        except torch.OutOfMemoryError as exc:
+            raise EngineOOMError(f"out of memory while loading {name}: {exc}") from exc
+        finally:
+            self.report.seconds[name] = round(time.perf_counter() - start, 3)
+
+    def _config(self, name: str, cls, default):
+        data = self._components.get(name)
+        return cls(**data) if data else default
+
+    def _load_dit(self) -> InfiniteTalkDiT:
+        try:
+            cfg = DiTConfig.from_json(self.layout.dit_config)
+        except (OSError, ValueError, TypeError) as exc:
+            raise WeightLoadError(str(self.layout.dit_config), None, f"invalid DiT config: {exc}") from exc
+        with torch.device("meta"):
+            dit = InfiniteTalkDiT(cfg)
+        load_module(dit, self.layout.dit_files, device=self.device, dtype=self.dtype)
+        return dit.eval().requires_grad_(False)
+
+    def _load_vae(self) -> WanVAE:
+        cfg = self._config("vae", lambda **kw: VAEConfig.from_dict(kw), VAEConfig())
+        model = WanVAEModel.on_meta(cfg)
+        load_module(model, [self.layout.vae_file], device=self.device, dtype=self.dtype)
+        return WanVAE(model)
+
+    def _load_t5(self) -> T5TextEncoder:
+        cfg = self._config("t5", lambda **kw: T5Config(**kw), T5Config())
+        device = torch.device("cpu") if self.options.offload_text_encoder else self.device
+        with torch.device("meta"):
+            model = UMT5Encoder(cfg)
+        load_module(model, [self.layout.t5_file], device=device, dtype=self.dtype)
+        text_len = int(self._components.get("t5_text_len", 512))
+        if not self.layout.t5_tokenizer.is_dir():
+            raise WeightLoadError(str(self.layout.t5_tokenizer), None, "tokenizer folder not found")
+        try:
+            return T5TextEncoder(model.eval().requires_grad_(False), self.layout.t5_tokenizer, text_len=text_len)
+        except Exception as exc:  # transformers raises many types for a broken tokenizer folder
+            raise WeightLoadError(str(self.layout.t5_tokenizer), None, f"cannot load tokenizer: {exc}") from exc
+
+    def _load_clip(self) -> CLIPVisionTower:
+        cfg = self._config("clip", lambda **kw: CLIPVisionConfig(**kw), CLIPVisionConfig())
+        with torch.device("meta"):
+            tower = CLIPVisionTower(cfg)
+        load_module(tower, [self.layout.clip_file], device=self.device, dtype=self.dtype, key_map=original_key_map)
+        return tower.eval().requires_grad_(False)
+
+    def _load_wav2vec(self) -> Wav2Vec2Embedder:
+        return Wav2Vec2Embedder.from_pretrained(self.layout.wav2vec_dir, device=self.device, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ encoders
+
+    def bucket_table(self, size: str) -> dict:
+        table = BUCKET_TABLES[size]
+        scale = float(self._components.get("bucket_scale", 1.0))
+        return table if scale == 1.0 else _bucket_scale(table, scale)
+
+    def embed_audio(self, tracks: Iterable[np.ndarray]) -> tuple[torch.Tensor, ...]:
+        return tuple(self.audio_embedder.embed(t) for t in tracks)
+
+    def encode_text(self, text: str) -> torch.Tensor:
+        """T5 context `[L, dim]` on the compute device; cached per prompt (prompts repeat across jobs)."""
+        hit = self._text_cache.get(text)
+        if hit is not None:
+            self._text_cache.move_to_end(text)
+            return hit
+        context = self.text_encoder.encode([text])[0].to(self.device, self.dtype)
+        self._text_cache[text] = context
+        while len(self._text_cache) > self.options.text_cache_size:
+            self._text_cache.popitem(last=False)
+        return context
+
+    def encode_clip(self, image: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode(image.to(self.device))
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        request: EngineRequest,
+        *,
+        on_step: Callable[[StepInfo], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> Iterator[ChunkResult]:
+        settings = request.settings
+        if isinstance(settings.bucket, str):
+            settings = replace(settings, bucket=self.bucket_table(settings.bucket))
+        audio = self.embed_audio(request.audio_tracks)
+        inputs = GenerationInputs(
+            cond=request.cond,
+            audio=audio,
+            context=self.encode_text(request.prompt),
+            context_null=self.encode_text(request.negative_prompt),
+            bboxes=request.bboxes,
+        )
+        with torch.inference_mode():
+            yield from generate(
+                self.dit,
+                self.vae,
+                self.encode_clip,
+                inputs,
+                settings,
+                on_step=on_step,
+                should_cancel=should_cancel,
+            )
