@@ -85,6 +85,18 @@ class T5Config:
         return cls(**kwargs)
 
 
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding that skips its normal_ init on the meta device.
+
+    On meta, `normal_` is routed through torch's Python reference kernels, whose first use
+    imports seconds of modules; on real devices torch's default init is kept.
+    """
+    emb = nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+    if not emb.weight.is_meta:
+        emb.reset_parameters()
+    return emb
+
+
 class T5RMSNorm(nn.Module):
     """Scale-only RMS norm; the statistic is taken in float32 even for half-precision weights."""
 
@@ -114,7 +126,7 @@ class RelativePositionBias(nn.Module):
         self.num_buckets = num_buckets
         self.num_heads = num_heads
         self.max_distance = max_distance
-        self.embedding = nn.Embedding(num_buckets, num_heads)
+        self.embedding = _embedding(num_buckets, num_heads)
 
     def buckets(self, lq: int, lk: int, device: torch.device | None = None) -> torch.Tensor:
         device = device if device is not None else self.embedding.weight.device
@@ -201,7 +213,7 @@ class UMT5Encoder(nn.Module):
         super().__init__()
         cfg = cfg or T5Config()
         self.cfg = cfg
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.token_embedding = _embedding(cfg.vocab_size, cfg.dim)
         if cfg.shared_pos:
             self.pos_embedding = RelativePositionBias(cfg.num_buckets, cfg.num_heads, cfg.max_distance)
         self.blocks = nn.ModuleList(T5Block(cfg) for _ in range(cfg.num_layers))
