@@ -483,6 +483,23 @@ def compose_config(
     INFINITETALK_* selectors read it); None means the process environment.
     """
     conf_path = Path(conf_dir).resolve() if conf_dir else default_conf_dir()
+    snapshot = dict(os.environ) if env is None else {str(k): str(v) for k, v in env.items()}
+    key = (str(conf_path), tuple(overrides), tuple(sorted(snapshot.items())))
+    with _lock:
+        cached = _cache.get(key)
+        if cached is None:
+            cached = _compose_uncached(overrides, env, conf_path)
+            if len(_cache) >= 64:
+                _cache.pop(next(iter(_cache)))
+            _cache[key] = cached
+        return cached
+
+
+# Composition costs Hydra ~0.7 s; template_env and tests compose the same inputs repeatedly.
+_cache: dict[tuple[Any, ...], AppConfig] = {}
+
+
+def _compose_uncached(overrides: Sequence[str], env: Mapping[str, str] | None, conf_path: Path) -> AppConfig:
     with _lock, _environment(env):
         all_overrides = _dedupe(_env_overrides(os.environ) + list(overrides))
         try:

@@ -6,7 +6,8 @@ names are accepted as aliases (`cond_image`, `cond_video`, `cond_audio`, `tts_au
 so payloads written for the seed keep working. Unknown top-level keys are refused so that
 typos are reported instead of silently ignored.
 
-The JSON schema for clients is `JobInput.model_json_schema()` (or `job_input_json_schema()`).
+The JSON schema for clients is `JobInput.model_json_schema()` (or `job_input_json_schema()`;
+`python -m worker.schema` prints it). It lists canonical names; the aliases are accepted too.
 
 Only shape and bounds are checked here. Whether a path lies under an allowed root, whether
 a host is private, and whether a value fits the worker's GPU tier are decided later
@@ -442,3 +443,9 @@ class JobOutput(BaseModel):
         if len(given) != 1:
             raise ValueError("exactly one of video_url, video_path or video_base64 must be set")
         return self
+
+
+if __name__ == "__main__":  # `python -m worker.schema` prints the input schema for clients
+    import json as _json
+
+    print(_json.dumps(job_input_json_schema(), indent=2))
