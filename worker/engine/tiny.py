@@ -36,7 +36,7 @@ from .layout import (
 from .t5 import T5Config, UMT5Encoder, write_tiny_tokenizer
 from .vae import VAEConfig, WanVAEModel
 
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 TINY_SEED = 20261125
 
 TINY_T5 = T5Config.tiny()
@@ -174,7 +174,7 @@ def _write_components(ckpt_dir: Path) -> None:
                 "t5_text_len": TINY_DIT.text_len,
                 "clip": asdict(TINY_CLIP),
                 "vae": {k: v for k, v in asdict(TINY_VAE).items()},
-                "bucket_scale": 1 / 8,
+                "bucket_scale": 1 / 16,
             },
             indent=2,
         )
