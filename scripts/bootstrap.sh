@@ -25,6 +25,18 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -c "import torch" 2>/dev/null \
     || .venv/bin/pip install -q "torch==2.13.0" 2>/dev/null \
     || .venv/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-  .venv/bin/pip install -q -e ".[worker,dev]"
+  .venv/bin/pip install -q -e ".[worker,infra,browser,dev]"
   rm -f .venv/.installed-*; touch "$stamp"
+fi
+
+# The UI lives in its own venv: gradio and runpod pin incompatible tomlkit ranges (ARCHITECTURE.md section 8),
+# and the client only speaks HTTP, so it never needs runpod.
+if [ "${INFINITETALK_WITH_CLIENT:-0}" = "1" ]; then
+  [ -x .venv-client/bin/python ] || "$PY" -m venv .venv-client
+  cstamp=.venv-client/.installed-$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+  if [ ! -f "$cstamp" ]; then
+    .venv-client/bin/pip install -q -U pip
+    .venv-client/bin/pip install -q -e ".[client]"
+    rm -f .venv-client/.installed-*; touch "$cstamp"
+  fi
 fi
