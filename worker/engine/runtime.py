@@ -40,6 +40,9 @@ class EngineOptions:
     attention_backend: str = "sdpa"
     offload_text_encoder: bool = False  # keep umT5 on the CPU (it is used once per prompt)
     text_cache_size: int = 16
+    # Chaos testing: "oom@step" raises the accelerator's out-of-memory error at the first sampling
+    # step, exactly where a real one surfaces; empty in production.
+    fault: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,8 @@ class Engine:
             context_null=self.encode_text(request.negative_prompt),
             bboxes=request.bboxes,
         )
+        if self.options.fault == "oom@step":
+            on_step = _raise_oom_on_first_step(on_step)
         with torch.inference_mode():
             yield from generate(
                 self.dit,
@@ -200,3 +205,12 @@ class Engine:
                 on_step=on_step,
                 should_cancel=should_cancel,
             )
+
+
+def _raise_oom_on_first_step(inner: Callable[[StepInfo], None] | None) -> Callable[[StepInfo], None]:
+    def on_step(info: StepInfo) -> None:
+        if inner is not None:
+            inner(info)
+        raise torch.OutOfMemoryError("injected out-of-memory (EngineOptions.fault='oom@step')")
+
+    return on_step
