@@ -1,0 +1,121 @@
+"""Load a bundle made by `weights repack` into a module (the engine's side of the format).
+
+The format is described in `worker.weights.repack`. Loading is strict, like the engine's own
+loader: a missing, unexpected or mis-shaped key is a `WeightLoadError` naming the bundle and the
+key. fp8 matrices are moved to the target device as fp8 (a quarter of the fp32 bytes over PCIe)
+and dequantised there. torch is imported inside the functions so that importing this module has
+no side effects and needs no engine extras.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worker.engine.errors import WeightLoadError
+from worker.weights.repack import BUNDLE_FORMAT, SCALE_SUFFIX, RepackError, read_header
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def read_bundle_metadata(path: Path | str) -> dict[str, Any]:
+    """The bundle's metadata with JSON fields decoded; raises WeightLoadError for a non-bundle."""
+    try:
+        _, meta = read_header(Path(path))
+    except RepackError as exc:
+        raise WeightLoadError(str(path), None, str(exc)) from exc
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise WeightLoadError(str(path), None, f"not an {BUNDLE_FORMAT} file (format={meta.get('format')!r})")
+    out: dict[str, Any] = dict(meta)
+    for name in ("sources", "loras"):
+        try:
+            out[name] = json.loads(meta.get(name) or "[]")
+        except ValueError:
+            out[name] = []
+    return out
+
+
+def is_bundle(path: Path | str) -> bool:
+    try:
+        read_bundle_metadata(path)
+    except (WeightLoadError, OSError):
+        return False
+    return True
+
+
+def load_bundle_into(
+    module: "nn.Module",
+    path: Path | str,
+    device: "torch.device | str" = "cpu",
+    dtype: "torch.dtype | None" = None,
+    *,
+    keep_dtype=lambda key: False,
+) -> "nn.Module":
+    """Fill `module` (typically built on the meta device) from a bundle, strictly.
+
+    `dtype` is the dtype floating tensors end up in (None: each module tensor's declared dtype);
+    `keep_dtype(key)` keeps selected keys in their declared dtype, as `worker.engine.loaders`.
+    """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    device = torch.device(device)
+    read_bundle_metadata(path)
+    expected = dict(module.state_dict(keep_vars=True))
+    try:
+        handle_cm = safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightLoadError(str(path), None, f"corrupt bundle: {exc}") from exc
+    loaded: dict[str, torch.Tensor] = {}
+    with handle_cm as handle:
+        keys = set(handle.keys())
+        scales = {k for k in keys if k.endswith(SCALE_SUFFIX) and k[: -len(SCALE_SUFFIX)] in keys}
+        available = keys - scales
+        missing = [k for k in expected if k not in available]
+        if missing:
+            raise WeightLoadError(str(path), missing[0], f"missing key ({len(missing)} missing in all)")
+        unexpected = sorted(available - set(expected))
+        if unexpected:
+            raise WeightLoadError(str(path), unexpected[0], f"unexpected key ({len(unexpected)} unexpected in all)")
+        for key, want in expected.items():
+            try:
+                tensor = handle.get_tensor(key)
+                scale = handle.get_tensor(key + SCALE_SUFFIX) if key + SCALE_SUFFIX in scales else None
+            except Exception as exc:  # a truncated bundle fails when the tensor is touched
+                raise WeightLoadError(str(path), key, f"unreadable tensor: {exc}") from exc
+            if tuple(tensor.shape) != tuple(want.shape):
+                raise WeightLoadError(
+                    str(path), key, f"shape {tuple(tensor.shape)} does not match expected {tuple(want.shape)}"
+                )
+            target = want.dtype if (dtype is None or not want.is_floating_point() or keep_dtype(key)) else dtype
+            tensor = tensor.to(device)
+            if scale is not None:
+                tensor = tensor.to(torch.float32) * scale.to(device=device, dtype=torch.float32)[:, None]
+            loaded[key] = tensor.to(dtype=target)
+            del tensor
+    module.load_state_dict(loaded, strict=True, assign=True)
+    from worker.engine.loaders import _materialise_leftovers
+
+    _materialise_leftovers(module, device)
+    return module
+
+
+def bundle_state_dict(path: Path | str, dtype: "torch.dtype | None" = None) -> "dict[str, torch.Tensor]":
+    """Every tensor of a bundle on the CPU, fp8 matrices dequantised; for tests and small models."""
+    import torch
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        keys = set(handle.keys())
+        for key in sorted(keys):
+            if key.endswith(SCALE_SUFFIX) and key[: -len(SCALE_SUFFIX)] in keys:
+                continue
+            t = handle.get_tensor(key)
+            if key + SCALE_SUFFIX in keys:
+                t = t.to(torch.float32) * handle.get_tensor(key + SCALE_SUFFIX).to(torch.float32)[:, None]
+            out[key] = t if dtype is None or not t.is_floating_point() else t.to(dtype)
+    return out
