@@ -237,6 +237,11 @@ class ServerConf:
     max_image_pixels: int = 36_000_000
     max_video_frames: int = 45_000
     max_duration_s: float = 1800.0
+    # The worker's own deadline per job (0: none); it fails a job with E_TIMEOUT between steps,
+    # before Runpod's executionTimeout kills it with no answer.
+    job_timeout_s: float = 0.0
+    # Chaos testing only (e.g. "oom@step"); empty in production.
+    fault: str = ""
     log_level: str = "INFO"
 
 

@@ -187,10 +187,10 @@ def configure_logging(
 
 
 def get_logger(name: str | None = None, **initial: Any) -> Any:
-    log = structlog.get_logger()
+    """A lazy logger: safe at module import, it follows whatever `configure_logging` set up later."""
     if name:
-        initial.setdefault("logger", name)
-    return log.bind(**initial) if initial else log
+        initial.setdefault("component", name)
+    return structlog.get_logger(**initial)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .attention import set_attention_backend
+from .audio_windows import pad_tail
 from .audio_embed import Wav2Vec2Embedder
 from .buckets import BUCKET_TABLES
 from .clip_visual import CLIPVisionConfig, CLIPVisionTower, original_key_map
@@ -185,7 +186,7 @@ class Engine:
         settings = request.settings
         if isinstance(settings.bucket, str):
             settings = replace(settings, bucket=self.bucket_table(settings.bucket))
-        audio = self.embed_audio(request.audio_tracks)
+        audio = tuple(_extend_short_audio(a, settings.frame_num + 1) for a in self.embed_audio(request.audio_tracks))
         inputs = GenerationInputs(
             cond=request.cond,
             audio=audio,
@@ -205,6 +206,14 @@ class Engine:
                 on_step=on_step,
                 should_cancel=should_cancel,
             )
+
+
+def _extend_short_audio(embedding: torch.Tensor, min_frames: int) -> torch.Tensor:
+    """Audio shorter than one chunk is mirrored out to a chunk (the reference refuses it); the extra
+    frames are cut again when the MP4 is trimmed to the real audio length."""
+    while embedding.shape[0] < min_frames:
+        embedding = pad_tail(embedding, min(embedding.shape[0], min_frames - embedding.shape[0]))
+    return embedding
 
 
 def _raise_oom_on_first_step(inner: Callable[[StepInfo], None] | None) -> Callable[[StepInfo], None]:

@@ -185,7 +185,8 @@ def ensure_tiny_checkpoint(cache_dir: Path | None = None) -> CheckpointLayout:
     """Write the tiny checkpoint once (atomically: built in a temp folder, then renamed) and return its layout."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     layout = tiny_layout(root)
-    if (root / ".complete").is_file():
+    stamp = root / ".complete"
+    if stamp.is_file() and stamp.read_text() == TINY_VERSION:
         return layout
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
@@ -201,9 +202,11 @@ def ensure_tiny_checkpoint(cache_dir: Path | None = None) -> CheckpointLayout:
         (tmp / ".complete").write_text(TINY_VERSION)
         try:
             os.rename(tmp, root)
-        except OSError:
-            if not (root / ".complete").is_file():  # a half-written folder from a crash: replace it
-                shutil.rmtree(root, ignore_errors=True)
+        except OSError:  # another process won the race, or an older/half-written version is there
+            if not (stamp.is_file() and stamp.read_text() == TINY_VERSION):
+                stale = root.with_name(f".stale-{root.name}-{os.getpid()}")
+                os.rename(root, stale)
+                shutil.rmtree(stale, ignore_errors=True)
                 os.rename(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,53 @@
+"""Builds the engine's typed request from the worker's resolved job settings."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from PIL import Image
+
+from worker.config import ResolvedJobConfig
+
+from .generation import GenerationSettings
+from .runtime import EngineRequest
+
+FPS = 25
+
+
+def generation_settings(resolved: ResolvedJobConfig) -> GenerationSettings:
+    max_frames = max(1, int(resolved.max_duration_s * FPS))
+    return GenerationSettings(
+        steps=resolved.sample_steps,
+        shift=resolved.sample_shift,
+        text_scale=resolved.text_guide_scale,
+        audio_scale=resolved.audio_guide_scale,
+        seed=resolved.seed,
+        frame_num=resolved.frame_num,
+        motion_frame=resolved.motion_frame,
+        max_frames=resolved.frame_num if resolved.mode == "clip" else max_frames,
+        mode=resolved.mode,
+        color_strength=resolved.color_correction_strength,
+        bucket=resolved.size,
+        use_apg=resolved.use_apg,
+        apg_momentum=resolved.apg_momentum,
+        apg_norm_threshold=resolved.apg_norm_threshold,
+    )
+
+
+def build_request(
+    *,
+    cond: Image.Image | Iterable[Image.Image],
+    tracks: tuple[np.ndarray, ...],
+    prompt: str,
+    negative_prompt: str,
+    resolved: ResolvedJobConfig,
+    bboxes: tuple[tuple[float, float, float, float], ...] | None,
+) -> EngineRequest:
+    return EngineRequest(
+        cond=cond,
+        audio_tracks=tracks,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        settings=generation_settings(resolved),
+        bboxes=bboxes,
+    )

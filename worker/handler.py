@@ -1,0 +1,64 @@
+"""The Runpod Serverless entry point: `python -m worker.handler` (also with --rp_serve_api / --test_input).
+
+The config is composed once at worker start (overrides come from the environment, see
+worker/config.py), the engine is loaded once and kept warm, and Runpod runs one job at a time
+per worker. A failed job returns Runpod's `{"error": <JSON string>}`; unrecoverable GPU states
+add `refresh_worker` so Runpod replaces this worker after the job.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from worker.config import compose_config, secret_values
+from worker.errors import JobError
+from worker.job import JobContext, run_job
+from worker.logging_setup import configure_logging, get_logger
+from worker.progress import runpod_sink
+
+_CTX: JobContext | None = None
+log = get_logger("worker.handler")
+
+
+def context() -> JobContext:
+    global _CTX
+    if _CTX is None:
+        cfg = compose_config()
+        configure_logging(cfg.server.log_level, secrets=secret_values(cfg))
+        _CTX = JobContext.create(cfg)
+    return _CTX
+
+
+def handler(job: dict[str, Any]) -> dict[str, Any]:
+    import runpod
+
+    ctx = context()
+    sink = runpod_sink(job, runpod.serverless.progress_update)
+    try:
+        return run_job(str(job.get("id", "local")), job.get("input"), ctx, sink)
+    except JobError as exc:
+        out: dict[str, Any] = {"error": exc.to_error_string()}
+        if exc.refresh_worker:
+            out["refresh_worker"] = True
+        return out
+
+
+def preload() -> None:
+    """Load the model before the first job (a failure is reported per job as E_PIPELINE_LOAD)."""
+    if os.environ.get("INFINITETALK_PRELOAD", "1") != "1":
+        return
+    try:
+        context().engine.get()
+    except Exception as exc:  # noqa: BLE001 - the worker must still come up and answer with a clear error
+        log.error("model preload failed", error=str(exc))
+
+
+def main() -> None:
+    import runpod
+
+    preload()
+    runpod.serverless.start({"handler": handler})
+
+
+if __name__ == "__main__":
+    main()

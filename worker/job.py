@@ -1,0 +1,331 @@
+"""One job from payload to stored MP4: validate → download → audio → load → encode → sampling
+→ decode → mux → upload, with a progress dict at every stage and one error code per failure.
+
+The engine is reached through `EngineHolder`, which imports torch only when the load stage
+runs, so validation and download failures never pay for it. Every file the job writes lives in
+a per-job folder that is removed whatever happens; the MP4 is renamed into place only once whole.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from worker.config import AppConfig, ResolvedJobConfig, apply_job_overrides
+from worker.engine.errors import AudioDecodeError, EngineError, EngineOOMError, GenerationCancelled, WeightLoadError
+from worker.errors import ErrorCode, JobError
+from worker.inputs.fetch import fetch_media
+from worker.inputs.media_guard import check_audio, check_image, check_video
+from worker.logging_setup import bind_job, get_logger
+from worker.media_frames import iter_video_frames
+from worker.mux import Mp4Writer, probe_mp4
+from worker.progress import ProgressReporter, Stage
+from worker.schema import JobInput, JobOutput, parse_job_input
+from worker.storage import make_store
+from worker.wiring import checkpoint_layout, engine_options, fetch_policy, media_limits, storage_settings
+
+FPS = 25
+SAMPLE_RATE = 16000
+DEFAULT_NEGATIVE_PROMPT = (
+    # The negative prompt InfiniteTalk's config ships with (a model fact: the guidance was tuned with it).
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
+    "messy background, three legs, many people in the background, walking backwards"
+)
+
+log = get_logger("worker.job")
+
+
+class EngineHolder:
+    """Loads the engine once per worker process and keeps it warm; thread-safe."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.cfg = cfg
+        self._engine: Any = None
+        self._lock = threading.Lock()
+        self.load_seconds: float | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._engine is None:
+                start = time.perf_counter()
+                from worker.engine.runtime import Engine, EngineOptions
+
+                layout = checkpoint_layout(self.cfg)
+                if self.cfg.model.kind == "tiny":
+                    from worker.engine.tiny import ensure_tiny_checkpoint
+
+                    ensure_tiny_checkpoint(layout.ckpt_dir.parent)
+                self._engine = Engine.load(layout, EngineOptions(**engine_options(self.cfg)))
+                self.load_seconds = round(time.perf_counter() - start, 3)
+            return self._engine
+
+
+@dataclass
+class JobContext:
+    """What a worker keeps between jobs."""
+
+    cfg: AppConfig
+    engine: EngineHolder
+    extra_roots: tuple[Path, ...] = ()
+
+    @classmethod
+    def create(cls, cfg: AppConfig, extra_roots: Iterable[Path] = ()) -> JobContext:
+        return cls(cfg=cfg, engine=EngineHolder(cfg), extra_roots=tuple(Path(p) for p in extra_roots))
+
+
+@dataclass
+class _Timer:
+    timings: dict[str, float] = field(default_factory=dict)
+    _stage: str | None = None
+    _start: float = 0.0
+
+    def enter(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self._stage is not None:
+            self.timings[self._stage] = round(self.timings.get(self._stage, 0.0) + now - self._start, 3)
+        self._stage, self._start = stage, now
+
+    def close(self) -> dict[str, float]:
+        self.enter("_end")
+        self.timings.pop("_end", None)
+        return self.timings
+
+
+def _engine_error(exc: BaseException) -> JobError:
+    """Maps engine failures to user-facing codes; unrecoverable GPU states ask for a fresh worker."""
+    if isinstance(exc, JobError):
+        return exc
+    if isinstance(exc, WeightLoadError):
+        return JobError(ErrorCode.E_PIPELINE_LOAD, str(exc), details={"file": exc.file, "key": exc.key})
+    if isinstance(exc, AudioDecodeError):
+        return JobError(ErrorCode.E_AUDIO_EMBEDDING, str(exc))
+    if isinstance(exc, EngineOOMError):
+        return JobError(ErrorCode.E_OOM, str(exc), refresh_worker=True)
+    if isinstance(exc, GenerationCancelled):
+        return JobError(ErrorCode.E_CANCELLED, str(exc) or "cancelled")
+    if isinstance(exc, EngineError):
+        return JobError(ErrorCode.E_PIPELINE_LOAD, str(exc))
+    if isinstance(exc, MemoryError):
+        return JobError(ErrorCode.E_OOM, "host memory exhausted", refresh_worker=True)
+    text = f"{type(exc).__name__}: {exc}"
+    cuda_broken = "CUDA error" in text or "cuDNN error" in text or "CUBLAS_STATUS" in text
+    return JobError(ErrorCode.E_INTERNAL, text[:500], refresh_worker=cuda_broken)
+
+
+class _Deadline:
+    def __init__(self, seconds: float, should_cancel: Callable[[], bool] | None) -> None:
+        self.end = time.monotonic() + seconds if seconds and seconds > 0 else None
+        self.seconds = seconds
+        self.should_cancel = should_cancel
+
+    def check(self) -> bool:
+        if self.end is not None and time.monotonic() > self.end:
+            raise JobError(
+                ErrorCode.E_TIMEOUT, f"the job passed the worker's deadline of {self.seconds:g} s",
+                details={"job_timeout_s": self.seconds},
+            )
+        return bool(self.should_cancel and self.should_cancel())
+
+
+def run_job(
+    job_id: str,
+    payload: Any,
+    ctx: JobContext,
+    sink: Callable[[dict[str, Any]], None],
+    *,
+    should_cancel: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Run one job; returns the output dict or raises JobError (never anything else)."""
+    with bind_job(job_id):
+        work = Path(tempfile.mkdtemp(prefix=f"job-{_safe_id(job_id)}-", dir=_work_root(ctx.cfg)))
+        try:
+            return _run(job_id, payload, ctx, sink, work, should_cancel)
+        except JobError as exc:
+            log.warning("job failed", code=str(exc.code), message=exc.message)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure leaves as a JobError
+            err = _engine_error(exc)
+            log.error("job failed", code=str(err.code), message=err.message, exc_info=err.code is ErrorCode.E_INTERNAL)
+            raise err from exc
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _safe_id(job_id: str) -> str:
+    return "".join(c for c in str(job_id) if c.isalnum() or c in "-_")[:48] or "job"
+
+
+def _work_root(cfg: AppConfig) -> Path:
+    root = Path(cfg.server.work_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> dict[str, Any]:
+    cfg = ctx.cfg
+    progress = ProgressReporter(sink, min_interval_s=0.5)
+    timer = _Timer()
+    deadline = _Deadline(cfg.server.job_timeout_s, should_cancel)
+
+    timer.enter("validate")
+    progress.stage(Stage.VALIDATE)
+    job = parse_job_input(payload, allow_http=cfg.server.allow_http)
+    resolved = apply_job_overrides(cfg, job)
+    if job.tts is not None:
+        raise JobError(
+            ErrorCode.E_INPUT_VALIDATION,
+            "text-to-speech is not available on this worker yet",
+            hint="send recorded speech in `audio` instead of `tts`",
+        )
+    log.info("job accepted", job=job.log_summary(), config=resolved.to_dict())
+
+    timer.enter("download")
+    progress.stage(Stage.DOWNLOAD)
+    media = _download(job, ctx, work, progress)
+    deadline.check()
+
+    timer.enter("audio")
+    progress.stage(Stage.AUDIO)
+    tracks, soundtrack = _prepare_audio(job, resolved, media)
+
+    timer.enter("load")
+    progress.stage(Stage.LOAD, "loading model" if not ctx.engine.loaded else "model is warm")
+    engine = ctx.engine.get()
+    deadline.check()
+
+    timer.enter("encode")
+    progress.stage(Stage.ENCODE)
+    from worker.engine.engine_request import build_request  # torch side: imported after the load stage
+
+    cond = Image.open(media["image"]).convert("RGB") if "image" in media else iter_video_frames(media["video"], FPS)
+    request = build_request(
+        cond=cond,
+        tracks=tracks,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt if job.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
+        resolved=resolved,
+        bboxes=_bboxes(job),
+    )
+    out_path = work / "video.mp4"
+
+    def on_step(info) -> None:
+        progress.sampling(info.chunk + 1, info.n_chunks, info.step + 1, info.steps)
+
+    def cancel() -> bool:
+        return deadline.check()
+
+    timer.enter("sampling")
+    frames_written = 0
+    with Mp4Writer(out_path, soundtrack, fps=FPS, audio_rate=SAMPLE_RATE) as writer:
+        for chunk in engine.generate(request, on_step=on_step, should_cancel=cancel):
+            writer.write_frames(chunk.frames_uint8)
+            frames_written += int(chunk.frames_uint8.shape[0])
+            if chunk.is_last:
+                timer.enter("decode")
+                progress.stage(Stage.DECODE, f"decoded {frames_written} frames")
+        timer.enter("mux")
+        progress.stage(Stage.MUX)
+    probe = probe_mp4(out_path)
+
+    timer.enter("upload")
+    progress.stage(Stage.UPLOAD)
+    store = make_store(
+        storage_settings(
+            cfg, resolved.output_target, key_prefix=resolved.key_prefix, presign_expiry_s=resolved.presign_expiry_s
+        )
+    )
+    key = f"{resolved.key_prefix.strip('/') + '/' if resolved.key_prefix.strip('/') else ''}{_safe_id(job_id)}.mp4"
+    stored = store.put(out_path, key)
+    timings = timer.close()
+    progress.done()
+    output = JobOutput(
+        video_url=stored.url,
+        video_path=stored.path,
+        video_base64=stored.base64,
+        storage=stored.location,
+        bucket=cfg.storage.s3.bucket if stored.location == "s3" else None,
+        key=stored.key,
+        duration_s=round(probe.duration_s, 3),
+        num_frames=probe.num_frames,
+        fps=probe.fps,
+        width=probe.width,
+        height=probe.height,
+        seed=resolved.seed,
+        config=resolved.to_dict(),
+        timings_s=timings,
+    )
+    log.info("job done", duration_s=output.duration_s, frames=output.num_frames, timings=timings)
+    return output.model_dump(exclude_none=True)
+
+
+def _download(job: JobInput, ctx: JobContext, work: Path, progress: ProgressReporter) -> dict[str, Path]:
+    policy = fetch_policy(ctx.cfg, ctx.extra_roots)
+    limits = media_limits(ctx.cfg)
+    refs = job.media_refs()
+    out: dict[str, Path] = {}
+    for i, (name, ref) in enumerate(refs.items()):
+        kind = "audio" if name.startswith("audio") else name
+        fetched = fetch_media(ref, work / "inputs", policy, kind)  # type: ignore[arg-type]
+        if kind == "image":
+            check_image(fetched.path, limits)
+        elif kind == "video":
+            check_video(fetched.path, limits)
+        else:
+            check_audio(fetched.path, limits)
+        out[name] = fetched.path
+        progress.update((i + 1) / len(refs), f"fetched {name}")
+    return out
+
+
+def _prepare_audio(
+    job: JobInput, resolved: ResolvedJobConfig, media: dict[str, Path]
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Per-speaker 16 kHz tracks for the embedder and the soundtrack for the MP4, both cut to the
+    length the video will have (max_duration_s; one chunk in clip mode)."""
+    from worker.engine.audio_io import merge_speakers, prepare_audio  # numpy/librosa only, no torch
+
+    try:
+        p1 = prepare_audio(media["audio.person1"])
+        if "audio.person2" in media:
+            merged = merge_speakers(p1, prepare_audio(media["audio.person2"]), resolved.audio_type or "add")
+            tracks: tuple[np.ndarray, ...] = (merged.person1, merged.person2)
+            soundtrack = merged.soundtrack
+        else:
+            tracks, soundtrack = (p1,), p1
+    except AudioDecodeError as exc:
+        raise JobError(ErrorCode.E_AUDIO_EMBEDDING, str(exc)) from exc
+    seconds = resolved.max_duration_s
+    if resolved.mode == "clip":
+        seconds = min(seconds, resolved.frame_num / FPS)
+    limit = int(math.floor(seconds * SAMPLE_RATE))
+    if len(soundtrack) > limit:
+        soundtrack = soundtrack[:limit]
+        tracks = tuple(t[:limit] for t in tracks)
+    if len(soundtrack) < SAMPLE_RATE // FPS * 2:
+        raise JobError(ErrorCode.E_AUDIO_EMBEDDING, "the audio is too short to drive a video (under 80 ms)")
+    return tracks, soundtrack
+
+
+def _bboxes(job: JobInput) -> tuple[tuple[float, float, float, float], ...] | None:
+    """[x0, y0, x1, y1] in source pixels → the engine's (row0, col0, row1, col1) per speaker."""
+    if not job.bbox:
+        return None
+    people = [p for p in ("person1", "person2") if p in job.bbox]
+    if len(people) < job.speakers:
+        return None
+    return tuple((b[1], b[0], b[3], b[2]) for b in (job.bbox[p] for p in people))

@@ -1,0 +1,97 @@
+"""Turns the composed config into the typed settings each stage takes.
+
+Kept apart from the stages so that each of them (fetch, media guard, storage, engine) stays
+ignorant of Hydra, and so that one place decides how a config field maps to a runtime knob.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from worker.config import AppConfig
+from worker.engine.layout import CheckpointLayout
+from worker.inputs.fetch import FetchPolicy
+from worker.inputs.media_guard import MediaLimits
+from worker.inputs.netguard import NetPolicy
+from worker.storage.base import S3Settings, StorageSettings
+
+
+def _secret(value: str | None) -> SecretStr | None:
+    return SecretStr(value) if value else None
+
+
+def s3_settings(cfg: AppConfig, *, key_prefix: str | None = None, presign_expiry_s: int | None = None) -> S3Settings:
+    s3 = cfg.storage.s3
+    return S3Settings(
+        bucket=s3.bucket or "",
+        endpoint_url=s3.endpoint or None,
+        region=s3.region or "us-east-1",
+        access_key=_secret(s3.access_key),
+        secret_key=_secret(s3.secret_key),
+        public_base_url=s3.public_base or None,
+        presign_expiry_s=presign_expiry_s or s3.presign_expiry_s,
+        key_prefix=key_prefix if key_prefix is not None else cfg.storage.key_prefix,
+        multipart_threshold_bytes=s3.multipart_threshold_bytes,
+    )
+
+
+def fetch_policy(cfg: AppConfig, extra_roots: Iterable[Path] = ()) -> FetchPolicy:
+    d = cfg.server.download
+    roots = tuple(Path(r) for r in cfg.server.allowed_roots) + tuple(Path(r) for r in extra_roots)
+    has_s3 = bool(cfg.storage.s3.bucket or cfg.storage.s3.endpoint or cfg.storage.s3.access_key)
+    return FetchPolicy(
+        max_bytes={"image": d.max_image_bytes, "audio": d.max_audio_bytes, "video": d.max_video_bytes},
+        allow_http=cfg.server.allow_http,
+        connect_timeout_s=d.connect_timeout_s,
+        read_timeout_s=min(d.timeout_s, 60.0),
+        total_timeout_s=d.timeout_s,
+        attempts=max(1, d.retries),
+        max_redirects=d.max_redirects,
+        net=NetPolicy(allow=tuple(cfg.server.allow_loopback_hosts)),
+        volume_roots=roots,
+        s3=s3_settings(cfg) if has_s3 else None,
+    )
+
+
+def media_limits(cfg: AppConfig) -> MediaLimits:
+    return MediaLimits(
+        max_image_pixels=cfg.server.max_image_pixels,
+        max_video_duration_s=cfg.server.max_duration_s,
+        max_video_frames=cfg.server.max_video_frames,
+        max_audio_duration_s=cfg.server.max_duration_s,
+    )
+
+
+def storage_settings(cfg: AppConfig, target: str, *, key_prefix: str, presign_expiry_s: int) -> StorageSettings:
+    st = cfg.storage
+    volume = Path(st.volume.root)
+    return StorageSettings(
+        kind=target,
+        s3=s3_settings(cfg, key_prefix=key_prefix, presign_expiry_s=presign_expiry_s),
+        volume_root=volume.parent,
+        volume_outputs_dir=volume.name,
+        local_root=Path(st.local.root),
+        inline_max_bytes=st.inline.max_bytes,
+    )
+
+
+def checkpoint_layout(cfg: AppConfig) -> CheckpointLayout:
+    m = cfg.model
+    return CheckpointLayout(
+        ckpt_dir=Path(m.ckpt_dir), infinitetalk_file=Path(m.infinitetalk_file), wav2vec_dir=Path(m.wav2vec_dir)
+    )
+
+
+def engine_options(cfg: AppConfig) -> dict[str, Any]:
+    """Keyword arguments of `worker.engine.runtime.EngineOptions` (built there, where torch lives)."""
+    gpu = cfg.gpu
+    return {
+        "device": gpu.device,
+        "dtype": cfg.model.dtype if gpu.device == "cpu" else gpu.dtype,
+        "attention_backend": gpu.attention,
+        "offload_text_encoder": gpu.offload_t5,
+        "fault": cfg.server.fault,
+    }
