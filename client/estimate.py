@@ -1,0 +1,179 @@
+"""A rough GPU-time and cost estimate shown before a job is submitted.
+
+These are estimates, not measurements of this worker. The model:
+
+- seconds per DiT forward on an H100 80GB at 480p (81 frames, bf16): 4.0 s for one speaker,
+  5.3 s for two. Source: ARCHITECTURE.md section 5 (upstream's DiT measured at 4.84 s / 5.60 s,
+  less the speaker-map and RoPE-copy costs the engine avoids). 720p costs 3.63x as much (the
+  measured 11.08 s / 3.05 s ratio of the diffusers DiT at the two sizes).
+- forwards per step: 3 guidance passes when text guidance is on (quality preset), 2 when text
+  guidance is 1 (fast, turbo); steps from the preset (quality 40, fast 8, turbo 4) unless overridden.
+- per chunk: VAE encode/decode and colour correction, a guess of 6 s at 480p and 15 s at 720p.
+- per job: 15 s warm overhead (download, audio features, text and image encoders, mux, upload),
+  plus 90 s to load the model when the worker is cold (a guess for a baked, repacked bundle).
+- other GPUs scale the H100 time by their dense bf16 matmul rate relative to an H100
+  (H200 1.0, A100 0.32, L40S 0.33, RTX 4090 0.15, the last two also pay for offloading).
+- chunks: `clip` mode renders one chunk of 81 frames; `streaming` covers the audio, 81 frames
+  first and 72 new frames (9 motion frames carried) per further chunk, at 25 fps.
+- price: `price_per_hour_usd` from conf/gpu/<tier>.yaml (a snapshot of Runpod's serverless
+  flex prices), with the same numbers built in for clients installed without conf/.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "GPU_TIERS",
+    "PRESETS",
+    "Estimate",
+    "estimate_job",
+    "count_chunks",
+    "media_duration_s",
+    "load_gpu_prices",
+    "format_estimate",
+]
+
+FPS = 25.0
+FIRST_CHUNK_FRAMES = 81
+MOTION_FRAMES = 9
+
+FORWARD_S_480_H100 = {1: 4.0, 2: 5.3}
+SIZE_FACTOR = {"infinitetalk-480": 1.0, "infinitetalk-720": 3.63}
+CHUNK_OVERHEAD_S = {"infinitetalk-480": 6.0, "infinitetalk-720": 15.0}
+JOB_OVERHEAD_S = 15.0
+COLD_START_S = 90.0
+
+# preset -> (steps, text guidance on)
+PRESETS: dict[str, tuple[int, bool]] = {"quality": (40, True), "fast": (8, False), "turbo": (4, False)}
+
+# tier -> (speed relative to an H100, price per hour in USD, largest size it serves)
+_BUILTIN_TIERS: dict[str, tuple[float, float, str]] = {
+    "h200_141": (1.0, 5.58, "infinitetalk-720"),
+    "h100_80": (1.0, 4.176, "infinitetalk-720"),
+    "a100_80": (0.32, 2.736, "infinitetalk-720"),
+    "l40s_48": (0.33, 1.908, "infinitetalk-720"),
+    "rtx4090_24": (0.15, 1.116, "infinitetalk-480"),
+}
+
+_CONF_GPU = Path(__file__).resolve().parents[1] / "conf" / "gpu"
+
+
+def load_gpu_prices(conf_dir: Path = _CONF_GPU) -> dict[str, float]:
+    """price_per_hour_usd per tier from conf/gpu/*.yaml (a line scan; the client has no Hydra)."""
+    prices: dict[str, float] = {}
+    if not conf_dir.is_dir():
+        return prices
+    for f in sorted(conf_dir.glob("*.yaml")):
+        m = re.search(r"^price_per_hour_usd:\s*([0-9.]+)", f.read_text(), re.M)
+        if m:
+            prices[f.stem] = float(m.group(1))
+    return prices
+
+
+def _tiers() -> dict[str, tuple[float, float, str]]:
+    prices = load_gpu_prices()
+    return {name: (speed, prices.get(name, price), size) for name, (speed, price, size) in _BUILTIN_TIERS.items()}
+
+
+GPU_TIERS = _tiers()
+
+
+def count_chunks(duration_s: float, mode: str = "clip", frame_num: int = FIRST_CHUNK_FRAMES,
+                 motion_frame: int = MOTION_FRAMES) -> int:
+    if mode == "clip":
+        return 1
+    frames = max(1, math.ceil(duration_s * FPS))
+    if frames <= frame_num:
+        return 1
+    return 1 + math.ceil((frames - frame_num) / (frame_num - motion_frame))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    tier: str
+    chunks: int
+    steps: int
+    passes: int
+    gpu_seconds: float
+    gpu_seconds_cold: float
+    price_per_hour_usd: float
+    video_seconds: float
+    warning: str | None = None
+
+    @property
+    def cost_usd(self) -> float:
+        return self.gpu_seconds * self.price_per_hour_usd / 3600.0
+
+    @property
+    def cost_usd_cold(self) -> float:
+        return self.gpu_seconds_cold * self.price_per_hour_usd / 3600.0
+
+
+def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "quality", size: str = "infinitetalk-480",
+                 mode: str = "clip", speakers: int = 1, sample_steps: int | None = None,
+                 text_guide_scale: float | None = None, frame_num: int | None = None,
+                 motion_frame: int | None = None) -> Estimate:
+    if tier not in GPU_TIERS:
+        raise ValueError(f"unknown GPU tier {tier!r}; one of {', '.join(GPU_TIERS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; one of {', '.join(PRESETS)}")
+    if size not in SIZE_FACTOR:
+        raise ValueError(f"unknown size {size!r}")
+    speed, price, max_size = GPU_TIERS[tier]
+    steps, text_on = PRESETS[preset]
+    steps = sample_steps or steps
+    if text_guide_scale is not None:
+        text_on = text_guide_scale != 1.0
+    passes = 3 if text_on else 2
+    fn = frame_num or FIRST_CHUNK_FRAMES
+    mf = motion_frame or MOTION_FRAMES
+    chunks = count_chunks(audio_s, mode, fn, mf)
+    forward = FORWARD_S_480_H100[2 if speakers >= 2 else 1] * SIZE_FACTOR[size] * (fn / FIRST_CHUNK_FRAMES)
+    per_chunk = steps * passes * forward + CHUNK_OVERHEAD_S[size]
+    warm = (chunks * per_chunk + JOB_OVERHEAD_S) / speed
+    cold = warm + COLD_START_S / max(speed, 0.5)
+    video_s = fn / FPS if mode == "clip" else max(audio_s, fn / FPS)
+    warning = None
+    if SIZE_FACTOR[size] > SIZE_FACTOR[max_size]:
+        warning = f"{tier} serves up to {max_size}; the worker will refuse {size}"
+    return Estimate(tier, chunks, steps, passes, warm, cold, price, video_s, warning)
+
+
+def format_estimate(est: Estimate) -> str:
+    text = (
+        f"≈ {est.gpu_seconds / 60:.1f} GPU-min on {est.tier} (warm), ≈ ${est.cost_usd:.2f}"
+        f"; cold start ≈ {est.gpu_seconds_cold / 60:.1f} min, ≈ ${est.cost_usd_cold:.2f}"
+        f" — {est.chunks} chunk(s) × {est.steps} steps × {est.passes} passes, {est.video_seconds:.1f} s of video"
+        f" (${est.price_per_hour_usd:.3f}/h; rough model, see client/estimate.py)"
+    )
+    if est.warning:
+        text += f"\n⚠ {est.warning}"
+    return text
+
+
+def media_duration_s(path: str | Path) -> float | None:
+    """Audio length: the wave module for WAV, ffprobe for anything else when it is installed."""
+    p = Path(path)
+    try:
+        with wave.open(str(p), "rb") as w:
+            rate = w.getframerate()
+            return w.getnframes() / float(rate) if rate else None
+    except (wave.Error, EOFError, OSError):
+        pass
+    probe = shutil.which("ffprobe")
+    if probe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [probe, "-v", "error", "-show_entries", "format=duration", "-of", "default=nw=1:nk=1", str(p)],
+            capture_output=True, text=True, timeout=20, check=False,
+        ).stdout.strip()
+        return float(out) if out and out != "N/A" else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None

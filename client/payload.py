@@ -1,0 +1,290 @@
+"""Build a job's `input` from local files and parameters, inside Runpod's payload limits.
+
+Media given as URLs (`https://`, `s3://`) or worker paths pass through untouched. Local files
+become base64 `data:` URIs while the whole request body stays under the limit of the route
+(`/run` 10 MB, `/runsync` 20 MB); above it, the largest inlined files are uploaded to S3 one
+by one until the body fits, and passed as a presigned GET URL (or as `s3://bucket/key` when
+the worker reads the same bucket with its own credentials: `ref_style="s3"`).
+
+Field names are the job contract's canonical names (worker/schema.py). The payload is
+checked against `worker.schema.JobInput` when that module is importable; it depends on
+pydantic only, so the client keeps its no-runpod, no-torch promise.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import mimetypes
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "SIZES",
+    "MODES",
+    "SAMPLER_PRESETS",
+    "OUTPUT_TARGETS",
+    "RUN_LIMIT_BYTES",
+    "RUNSYNC_LIMIT_BYTES",
+    "S3UploadConfig",
+    "PayloadTooLarge",
+    "MediaSpec",
+    "RefReport",
+    "build_job_input",
+    "to_data_uri",
+    "sniff_mime",
+    "is_remote_ref",
+    "validate_job_input",
+]
+
+RUN_LIMIT_BYTES = 10 * 1000 * 1000
+RUNSYNC_LIMIT_BYTES = 20 * 1000 * 1000
+# Headroom for the envelope ({"input": …}, webhook, policy) and for proxies that count headers.
+BODY_MARGIN_BYTES = 64 * 1024
+
+_REMOTE_PREFIXES = ("https://", "http://", "s3://", "data:")
+
+try:  # the contract's own names when the worker package is installed beside the client
+    from worker.schema import MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
+except ImportError:  # pragma: no cover - a client-only install
+    SIZES = ("infinitetalk-480", "infinitetalk-720")
+    MODES = ("clip", "streaming")
+    SAMPLER_PRESETS = ("quality", "fast", "turbo")
+    OUTPUT_TARGETS = ("s3", "volume", "local", "inline")
+
+
+class PayloadTooLarge(ValueError):
+    """The body is over the limit and there is no S3 configuration to move media out of it."""
+
+
+@dataclass(frozen=True)
+class S3UploadConfig:
+    bucket: str
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: str | None = None
+    prefix: str = "inputs/"
+    expiry_s: int = 3600
+    ref_style: Literal["presign", "s3"] = "presign"
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "S3UploadConfig | None":
+        """The same variables the worker reads (S3_BUCKET, S3_ENDPOINT, ...); None without a bucket."""
+        env = dict(os.environ if env is None else env)
+        bucket = env.get("S3_BUCKET")
+        if not bucket:
+            return None
+        return cls(
+            bucket=bucket,
+            endpoint_url=env.get("S3_ENDPOINT") or None,
+            region=env.get("S3_REGION") or "us-east-1",
+            access_key=env.get("S3_ACCESS_KEY") or None,
+            secret_key=env.get("S3_SECRET_KEY") or None,
+            prefix=env.get("S3_INPUT_PREFIX", "inputs/"),
+        )
+
+    def client(self) -> Any:
+        import boto3  # only when an upload happens
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": self.addressing_style},
+                          retries={"max_attempts": 4, "mode": "standard"}),
+        )
+
+    def upload(self, path: Path, mime: str) -> str:
+        key = f"{self.prefix.strip('/')}/{uuid.uuid4().hex}/{path.name}".lstrip("/")
+        s3 = self.client()
+        s3.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": mime})
+        if self.ref_style == "s3":
+            return f"s3://{self.bucket}/{key}"
+        return s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.expiry_s
+        )
+
+
+def is_remote_ref(ref: str) -> bool:
+    return ref.lower().startswith(_REMOTE_PREFIXES)
+
+
+_MAGIC: list[tuple[bytes, int, str]] = [
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"GIF8", 0, "image/gif"),
+    (b"WEBP", 8, "image/webp"),
+    (b"WAVE", 8, "audio/wav"),
+    (b"ID3", 0, "audio/mpeg"),
+    (b"fLaC", 0, "audio/flac"),
+    (b"OggS", 0, "audio/ogg"),
+    (b"ftyp", 4, "video/mp4"),
+    (b"\x1a\x45\xdf\xa3", 0, "video/webm"),
+]
+
+
+def sniff_mime(path: Path) -> str:
+    """Content first (browsers and Gradio temp files often lose extensions), then the name."""
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    for magic, offset, mime in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            if mime == "video/mp4" and path.suffix.lower() in (".m4a", ".aac"):
+                return "audio/mp4"
+            return mime
+    if head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
+        return "audio/mpeg"
+    guessed, _ = mimetypes.guess_type(path.name)
+    return guessed or "application/octet-stream"
+
+
+def to_data_uri(path: Path, mime: str | None = None) -> str:
+    mime = mime or sniff_mime(path)
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+@dataclass
+class MediaSpec:
+    """The job's media: each a local file path or a ref the worker fetches itself."""
+
+    image: str | Path | None = None
+    video: str | Path | None = None
+    audio1: str | Path | None = None
+    audio2: str | Path | None = None
+    tts_text: str | None = None
+    tts_voice: str | Path | None = None
+    tts_voice2: str | Path | None = None
+
+
+@dataclass
+class RefReport:
+    """How one media field was sent (the UI and the CLI print these)."""
+
+    field: str
+    how: Literal["ref", "inline", "s3"]
+    bytes: int = 0
+    ref_preview: str = ""
+
+
+@dataclass
+class _Slot:
+    field: str
+    path: Path
+    mime: str
+    value: str = ""
+    how: str = "inline"
+    size: int = field(default=0)
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    head, _, rest = dotted.partition(".")
+    if rest:
+        _set(d.setdefault(head, {}), rest, value)
+    else:
+        d[head] = value
+
+
+def _preview(ref: str) -> str:
+    if ref.startswith("data:"):
+        return ref.split(",", 1)[0] + ",…"
+    return ref.split("?", 1)[0]
+
+
+def build_job_input(
+    media: MediaSpec,
+    params: dict[str, Any] | None = None,
+    *,
+    limit_bytes: int = RUN_LIMIT_BYTES,
+    s3: S3UploadConfig | None = None,
+    validate: bool = True,
+) -> tuple[dict[str, Any], list[RefReport]]:
+    """Return (job input, how each media field was sent). Parameters that are None are left out."""
+    job: dict[str, Any] = {k: v for k, v in (params or {}).items() if v is not None and v != ""}
+    slots: list[_Slot] = []
+    reports: list[RefReport] = []
+
+    def add(field_name: str, value: str | Path | None) -> None:
+        if value is None or value == "":
+            return
+        text = str(value)
+        if isinstance(value, str) and is_remote_ref(text):
+            _set(job, field_name, text)
+            reports.append(RefReport(field_name, "ref", 0, _preview(text)))
+            return
+        path = Path(text).expanduser()
+        if not path.is_file():
+            if isinstance(value, str) and not path.exists() and text.startswith("/"):
+                _set(job, field_name, text)  # a path on the worker's volume
+                reports.append(RefReport(field_name, "ref", 0, text))
+                return
+            raise FileNotFoundError(f"{field_name}: no such file {text}")
+        mime = sniff_mime(path)
+        slot = _Slot(field_name, path, mime, size=path.stat().st_size)
+        slot.value = to_data_uri(path, mime)
+        _set(job, field_name, slot.value)
+        slots.append(slot)
+
+    if media.image is not None and media.video is not None:
+        raise ValueError("give an image or a video, not both")
+    add("image", media.image)
+    add("video", media.video)
+    if media.audio1 is not None and media.tts_text:
+        raise ValueError("give audio or TTS text, not both")
+    if media.audio2 is not None and media.audio1 is None:
+        raise ValueError("audio for person 2 needs audio for person 1")
+    add("audio.person1", media.audio1)
+    add("audio.person2", media.audio2)
+    if media.tts_text:
+        job["tts"] = {"text": media.tts_text}
+        add("tts.voice", media.tts_voice)
+        add("tts.voice2", media.tts_voice2)
+
+    budget = limit_bytes - BODY_MARGIN_BYTES
+    for slot in sorted(slots, key=lambda s: s.size, reverse=True):
+        if _body_size(job) <= budget:
+            break
+        if s3 is None:
+            raise PayloadTooLarge(
+                f"the request would be {_body_size(job) / 1e6:.1f} MB, over the {limit_bytes / 1e6:.0f} MB limit; "
+                "configure S3 (bucket and credentials) so large inputs are uploaded and passed as URLs, "
+                "or pass an https:// URL yourself"
+            )
+        slot.value = s3.upload(slot.path, slot.mime)
+        slot.how = "s3"
+        _set(job, slot.field, slot.value)
+    if _body_size(job) > budget:
+        raise PayloadTooLarge(f"the request is {_body_size(job) / 1e6:.1f} MB even with every file uploaded")
+    for slot in slots:
+        reports.append(RefReport(slot.field, slot.how, slot.size, _preview(slot.value)))  # type: ignore[arg-type]
+    if validate:
+        validate_job_input(job)
+    return job, reports
+
+
+def _body_size(job: dict[str, Any]) -> int:
+    return len(json.dumps({"input": job}, separators=(",", ":")).encode())
+
+
+def validate_job_input(job: dict[str, Any]) -> None:
+    """Check against the job contract before spending a request; ValueError with its messages."""
+    try:
+        from worker.schema import JobInput  # pydantic only
+    except ImportError:  # a client installed without the worker package
+        return
+    from pydantic import ValidationError
+
+    try:
+        JobInput.model_validate(job, context={"allow_http": True})
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err.get("loc", ())) or "input"
+            msgs.append(f"{loc}: {err.get('msg')}")
+        raise ValueError("invalid job input: " + "; ".join(msgs)) from None
