@@ -1,0 +1,275 @@
+"""A stand-in for Runpod's REST v2 management API, checked against openapi-v2.json both ways.
+
+Every request is validated with openapi-core before it is handled; a request the document
+rejects is answered 422 *and* recorded in `violations`, which the test fixture turns into a
+failure, so a client bug cannot hide behind a lenient stand-in. Every response is validated too
+(a stand-in that drifts from the document fails the same way).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from openapi_core import Config, OpenAPI
+from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
+from werkzeug.wrappers import Request, Response
+
+from tests.infra.standins.common import StandIn, json_response, new_id
+
+PROBLEM = "application/problem+json"
+
+
+def spec_path() -> Path:
+    env = os.environ.get("RUNPOD_OPENAPI")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[4] / "shared" / "runpod" / "openapi-v2.json"
+
+
+_SPECS: dict[str, Any] = {}
+
+
+def load_spec(base_url: str) -> OpenAPI:
+    """The document with our loopback URL added to `servers` (nothing else changed)."""
+    if "raw" not in _SPECS:
+        _SPECS["raw"] = json.loads(spec_path().read_text())
+    raw = copy.deepcopy(_SPECS["raw"])
+    raw["servers"] = [{"url": base_url}] + list(raw.get("servers") or [])
+    # RFC 7807 bodies are JSON; openapi-core only knows application/json by default
+    config = Config(extra_media_type_deserializers={PROBLEM: lambda data, **_: json.loads(data)})
+    return OpenAPI.from_dict(raw, config=config)
+
+
+def problem(status: int, title: str, detail: str, headers: Optional[dict] = None) -> Response:
+    return json_response(status, {"title": title, "status": status, "detail": detail}, PROBLEM, headers)
+
+
+class RestStandIn(StandIn):
+    def __init__(self, api_key: str) -> None:
+        super().__init__(api_key)
+        self.volumes: dict[str, dict[str, Any]] = {}
+        self.templates: dict[str, dict[str, Any]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.openapi: Optional[OpenAPI] = None
+
+    def bind(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.openapi = load_spec(base_url)
+
+    # -- WSGI
+
+    def wsgi(self, environ, start_response):
+        request = Request(environ)
+        response = self.dispatch(request)
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        assert self.openapi is not None
+        body = request.get_data(cache=True)
+        with self.lock:
+            self.calls.append((request.method, request.path))
+            self.bodies.append(body)
+        oa_request = WerkzeugOpenAPIRequest(request)
+        if not self.authorized(request):
+            response = problem(401, "Unauthorized", "missing bearer token" if "Authorization" not in request.headers else "invalid API key")
+            return self._checked(oa_request, response)
+        fault = self.faults.take(request.path)
+        if fault is not None:
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+            title = {429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}.get(fault.status, "Error")
+            return self._checked(oa_request, problem(fault.status, title, "injected fault", headers))
+        try:
+            self.openapi.validate_request(oa_request)
+        except Exception as exc:  # openapi-core raises a family of validation errors
+            detail = _explain(exc)
+            with self.lock:
+                self.violations.append(f"request {request.method} {request.path}: {detail}")
+            return self._checked(oa_request, problem(422, "Unprocessable Entity", detail))
+        payload = json.loads(body) if body else None
+        with self.lock:
+            response = self.route(request.method, request.path, payload)
+        return self._checked(oa_request, response)
+
+    def _checked(self, oa_request, response: Response) -> Response:
+        assert self.openapi is not None
+        try:
+            self.openapi.validate_response(oa_request, WerkzeugOpenAPIResponse(response))
+        except Exception as exc:
+            with self.lock:
+                self.violations.append(f"response {response.status_code} to {oa_request.method} {oa_request.path}: {_explain(exc)}")
+        return response
+
+    # -- routes
+
+    def route(self, method: str, path: str, body: Any) -> Response:
+        m = re.fullmatch(r"/v2/(network-volumes|templates|serverless)(?:/([^/]+))?", path)
+        if not m:
+            return problem(404, "Not Found", "no such route")
+        kind, rid = m.group(1), m.group(2)
+        handler = getattr(self, f"_{kind.replace('-', '_')}_{method.lower()}{'_one' if rid else ''}", None)
+        if handler is None:
+            return problem(405, "Method Not Allowed", f"{method} not allowed")
+        return handler(rid, body) if rid else handler(body)
+
+    # volumes
+    def _network_volumes_post(self, body):
+        vid = new_id("vol")
+        vol = {"id": vid, "name": body["name"], "size": body["size"], "dataCenter": body["dataCenter"], "type": body.get("type", "STANDARD")}
+        self.volumes[vid] = vol
+        return json_response(201, vol)
+
+    def _network_volumes_get_one(self, vid, _body=None):
+        vol = self.volumes.get(vid)
+        return json_response(200, vol) if vol else problem(404, "Not Found", "network volume not found")
+
+    def _network_volumes_patch_one(self, vid, body):
+        vol = self.volumes.get(vid)
+        if not vol:
+            return problem(404, "Not Found", "network volume not found")
+        if "size" in body and body["size"] < vol["size"]:
+            return problem(400, "Bad Request", "network volume size cannot be reduced")
+        vol.update({k: body[k] for k in ("name", "size") if k in body})
+        return json_response(200, vol)
+
+    def _network_volumes_delete_one(self, vid, _body=None):
+        if self.volumes.pop(vid, None) is None:
+            return problem(404, "Not Found", "network volume not found")
+        return Response(status=204)
+
+    # templates
+    def _templates_post(self, body):
+        tid = new_id("tpl")
+        tpl = {
+            "id": tid,
+            "name": body["name"],
+            "image": body["image"],
+            "args": body.get("args", ""),
+            "disk": body.get("disk", 50),
+            "mounts": body.get("mounts", {}),
+            "ports": body.get("ports", []),
+            "env": body.get("env", {}),
+            "registry": body.get("registry"),
+            "serverless": body.get("serverless", False),
+            "public": body.get("public", False),
+            "category": body.get("category", "NVIDIA"),
+            "startSsh": body.get("startSsh", True),
+            "startJupyter": body.get("startJupyter", True),
+            "allowedCudaVersions": body.get("allowedCudaVersions", []),
+        }
+        self.templates[tid] = tpl
+        return json_response(201, tpl)
+
+    def _templates_get_one(self, tid, _body=None):
+        tpl = self.templates.get(tid)
+        return json_response(200, tpl) if tpl else problem(404, "Not Found", "template not found")
+
+    def _templates_patch_one(self, tid, body):
+        tpl = self.templates.get(tid)
+        if not tpl:
+            return problem(404, "Not Found", "template not found")
+        tpl.update({k: v for k, v in body.items() if k != "mounts" or v})
+        return json_response(200, tpl)
+
+    def _templates_delete_one(self, tid, _body=None):
+        if self.templates.pop(tid, None) is None:
+            return problem(404, "Not Found", "template not found")
+        return Response(status=204)
+
+    # endpoints
+    def _apply_template(self, ep: dict, template_id: str) -> Optional[Response]:
+        tpl = self.templates.get(template_id)
+        if tpl is None:
+            return problem(404, "Not Found", "template not found")
+        if not tpl["serverless"]:
+            return problem(422, "Unprocessable Entity", "template is not a serverless template")
+        for k in ("image", "args", "disk", "ports", "registry"):
+            ep[k] = tpl[k]
+        ep["env"] = dict(tpl["env"])
+        return None
+
+    def _urls(self, eid: str) -> dict:
+        base = f"https://api.runpod.ai/v2/{eid}"
+        return {
+            "run": f"{base}/run", "runSync": f"{base}/runsync", "status": f"{base}/status/{{job_id}}",
+            "stream": f"{base}/stream/{{job_id}}", "cancel": f"{base}/cancel/{{job_id}}",
+            "retry": f"{base}/retry/{{job_id}}", "purgeQueue": f"{base}/purge-queue", "health": f"{base}/health",
+        }
+
+    def _serverless_post(self, body):
+        eid = new_id("ep")
+        ep: dict[str, Any] = {"id": eid, "name": body["name"], "type": body["type"], "requestUrls": self._urls(eid)}
+        if "templateId" in body:
+            err = self._apply_template(ep, body["templateId"])
+            if err:
+                return err
+        for k in ("image", "args", "disk", "ports", "registry"):
+            if k in body:
+                ep[k] = body[k]
+        ep["env"] = {**ep.get("env", {}), **body.get("env", {})}
+        gpu = body.get("gpu")
+        if gpu is None:
+            return problem(400, "Bad Request", "exactly one of gpu or cpu is required")
+        ep["gpu"] = {"pools": gpu["pools"], "count": gpu.get("count", 1), "allowedCudaVersions": gpu.get("allowedCudaVersions", []), "minCudaVersion": gpu.get("minCudaVersion")}
+        w = body.get("workers", {})
+        ep["workers"] = {"min": w.get("min", 0), "max": w.get("max", 3)}
+        if body["scaling"]["type"] != "REQUEST_COUNT":
+            ep["workers"]["idleTimeout"] = w.get("idleTimeout", 10)
+        ep["scaling"] = body["scaling"]
+        ep["dataCenterIds"] = body.get("dataCenterIds", [])
+        ep["networkVolumes"] = body.get("networkVolumes", [])
+        for vid in ep["networkVolumes"]:
+            if vid not in self.volumes:
+                return problem(400, "Bad Request", f"network volume {vid} not found")
+        ep["timeout"] = body.get("timeout", 300000)
+        ep["flashboot"] = body.get("flashboot", "OFF")
+        ep["createdAt"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.endpoints[eid] = ep
+        return json_response(201, ep)
+
+    def _serverless_get_one(self, eid, _body=None):
+        ep = self.endpoints.get(eid)
+        return json_response(200, ep) if ep else problem(404, "Not Found", "endpoint not found")
+
+    def _serverless_patch_one(self, eid, body):
+        ep = self.endpoints.get(eid)
+        if not ep:
+            return problem(404, "Not Found", "endpoint not found")
+        if "templateId" in body:
+            err = self._apply_template(ep, body["templateId"])
+            if err:
+                return err
+        for k in ("name", "image", "args", "disk", "ports", "registry", "env", "scaling", "dataCenterIds", "networkVolumes", "timeout", "flashboot"):
+            if k in body:
+                ep[k] = body[k]
+        if "gpu" in body:
+            ep["gpu"].update(body["gpu"])
+        if "workers" in body:
+            ep["workers"].update(body["workers"])
+        if ep["scaling"]["type"] == "REQUEST_COUNT":
+            ep["workers"].pop("idleTimeout", None)
+        return json_response(200, ep)
+
+    def _serverless_delete_one(self, eid, _body=None):
+        if self.endpoints.pop(eid, None) is None:
+            return problem(404, "Not Found", "endpoint not found")
+        return Response(status=204)
+
+
+def _explain(exc: Exception) -> str:
+    parts = [f"{type(exc).__name__}: {exc}"]
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(3):
+        if cause is None:
+            break
+        errs = getattr(cause, "schema_errors", None)
+        if errs:
+            parts.extend(str(getattr(e, "message", e))[:300] for e in list(errs)[:3])
+        else:
+            parts.append(f"{type(cause).__name__}: {str(cause)[:300]}")
+        cause = cause.__cause__ or cause.__context__
+    return " | ".join(parts)
