@@ -281,15 +281,18 @@ def _lora_delta(term: _LoraTerm, shape: tuple[int, ...]) -> "torch.Tensor":
 # fp8
 
 
-def quantize_fp8_rows(w: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Per-output-row symmetric e4m3fn: each row's largest magnitude maps onto FP8_MAX."""
+def quantize_fp8_rows(w: "torch.Tensor", *, inplace: bool = False) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Per-output-row symmetric e4m3fn: each row's largest magnitude maps onto FP8_MAX.
+
+    `inplace` lets repack scale its own float32 buffer instead of allocating two more copies.
+    """
     import torch
 
-    w = w.float()
-    amax = w.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    q = (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return q, scale.to(torch.float32)
+    w = w.float() if inplace and w.dtype == torch.float32 else w.float().clone()
+    amax = torch.linalg.vector_norm(w, ord=float("inf"), dim=1)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax)).to(torch.float32)
+    w.div_(scale[:, None]).clamp_(-FP8_MAX, FP8_MAX)
+    return w.to(torch.float8_e4m3fn), scale
 
 
 def dequantize_fp8_rows(q: "torch.Tensor", scale: "torch.Tensor", dtype: "torch.dtype | None" = None) -> "torch.Tensor":
@@ -372,7 +375,8 @@ def repack(
                 for term in terms:
                     value = value + _lora_delta(term, entry.shape)
             if quant:
-                q, scale = quantize_fp8_rows(value)
+                q, scale = quantize_fp8_rows(value, inplace=True)
+                del value
                 last_quant[entry.key] = (q, scale)
                 return q if part == "q" else scale
             return value.to(compute)

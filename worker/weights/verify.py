@@ -57,7 +57,7 @@ def verify(
                 problems.append(Problem(entry.path, "corrupt", str(exc)))
                 continue
         if hashes and entry.sha256:
-            if progress:
+            if progress and size >= 64 * 2**20:
                 progress(f"hashing {entry.path}")
             digest = sha256_file(path)
             if digest != entry.sha256:
