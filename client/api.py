@@ -73,15 +73,16 @@ class Progress(BaseModel):
     eta_s: float | None = None
 
     def describe(self) -> str:
-        parts = [self.stage or "working"]
-        if self.chunk is not None and self.chunks:
-            parts.append(f"chunk {self.chunk}/{self.chunks}")
-        if self.step is not None and self.steps:
-            parts.append(f"step {self.step}/{self.steps}")
-        text = " · ".join(parts)
-        if self.message and self.message != self.stage:
-            text += f": {self.message}"
-        if self.eta_s is not None:
+        """`stage: message`, with chunk/step counters when the message does not already say them."""
+        text = self.stage or "working"
+        msg = self.message or ""
+        if msg and msg != self.stage:
+            text += f": {msg}"
+        if "chunk" not in msg and self.chunk is not None and self.chunks:
+            text += f" · chunk {self.chunk}/{self.chunks}"
+        if "step" not in msg and self.step is not None and self.steps:
+            text += f" · step {self.step}/{self.steps}"
+        if self.eta_s is not None and self.eta_s > 0:
             text += f" (eta {self.eta_s:.0f} s)"
         return text
 
