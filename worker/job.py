@@ -286,7 +286,12 @@ def _download(job: JobInput, ctx: JobContext, work: Path, progress: ProgressRepo
         elif kind == "video":
             check_video(fetched.path, limits)
         else:
-            check_audio(fetched.path, limits)
+            try:
+                check_audio(fetched.path, limits)
+            except JobError as exc:
+                if (exc.details or {}).get("reason") != "corrupt":
+                    raise
+                raise JobError(ErrorCode.E_AUDIO_EMBEDDING, exc.message, details=exc.details) from exc
         out[name] = fetched.path
         progress.update((i + 1) / len(refs), f"fetched {name}")
     return out

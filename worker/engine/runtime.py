@@ -42,7 +42,7 @@ class EngineOptions:
     offload_text_encoder: bool = False  # keep umT5 on the CPU (it is used once per prompt)
     text_cache_size: int = 16
     # Chaos testing: "oom@step" raises the accelerator's out-of-memory error at the first sampling
-    # step, exactly where a real one surfaces; empty in production.
+    # step of the next job (once), exactly where a real one surfaces; empty in production.
     fault: str = ""
 
 
@@ -82,6 +82,7 @@ class Engine:
         self.report = LoadReport()
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._components = layout.component_overrides()
+        self._fault_armed = options.fault == "oom@step"
         set_attention_backend(options.attention_backend)
         layout.check()
         self.dit = self._timed("dit", self._load_dit)
@@ -194,7 +195,8 @@ class Engine:
             context_null=self.encode_text(request.negative_prompt),
             bboxes=request.bboxes,
         )
-        if self.options.fault == "oom@step":
+        if self._fault_armed:
+            self._fault_armed = False
             on_step = _raise_oom_on_first_step(on_step)
         with torch.inference_mode():
             yield from generate(

@@ -1,0 +1,197 @@
+"""The job pipeline end to end on the tiny model: real files in, probed MP4 out, every failure coded."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from worker.config import compose_config
+from worker.errors import ErrorCode, JobError
+from worker.job import JobContext, run_job
+from worker.mux import probe_mp4
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+MEDIA = EXAMPLES / "media"
+STAGES = ["validate", "download", "audio", "load", "encode", "sampling", "decode", "mux", "upload", "done"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def make_ctx(tmp: Path, cache: Path, *overrides: str) -> JobContext:
+    cfg = compose_config(
+        [
+            f"server.cache_dir={cache}",
+            f"server.work_dir={tmp / 'work'}",
+            f"storage.local.root={tmp / 'outputs'}",
+            *overrides,
+        ]
+    )
+    return JobContext.create(cfg, extra_roots=[EXAMPLES])
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, cache_dir) -> JobContext:
+    return make_ctx(tmp_path_factory.mktemp("job"), cache_dir)
+
+
+def example(name: str) -> dict:
+    payload = json.loads((EXAMPLES / name).read_text())["input"]
+
+    def fix(ref):
+        return str(EXAMPLES / ref) if isinstance(ref, str) and ref.startswith("media/") else ref
+
+    for key in ("image", "video"):
+        if key in payload:
+            payload[key] = fix(payload[key])
+    if isinstance(payload.get("audio"), dict):
+        payload["audio"] = {k: fix(v) for k, v in payload["audio"].items()}
+    else:
+        payload["audio"] = fix(payload["audio"])
+    return payload
+
+
+def run(ctx: JobContext, payload: dict, job_id: str = "t1"):
+    seen: list[dict] = []
+    out = run_job(job_id, payload, ctx, seen.append)
+    return out, seen
+
+
+def audio_seconds(path: Path) -> float:
+    import soundfile
+
+    return soundfile.info(str(path)).duration
+
+
+@pytest.mark.parametrize(
+    "name", ["single_image.json", "video_dubbing.json", "two_speakers_add.json", "two_speakers_para.json", "streaming_long.json"]
+)
+def test_every_example_makes_a_playable_mp4(ctx, name):
+    payload = example(name)
+    out, seen = run(ctx, payload, job_id=name.removesuffix(".json"))
+    probe = probe_mp4(out["video_path"])
+    assert (probe.video_codec, probe.audio_codec, probe.pix_fmt) == ("h264", "aac", "yuv420p")
+    assert probe.fps == 25 and probe.faststart
+    audio = payload["audio"]
+    if isinstance(audio, dict):
+        a1, a2 = (audio_seconds(Path(p)) for p in audio.values())
+        expected = a1 + a2 if payload.get("audio_type") == "add" else max(a1, a2)
+    else:
+        expected = audio_seconds(Path(audio))
+    assert abs(probe.duration_s - expected) <= 1 / 25 + 1e-3
+    assert out["num_frames"] == probe.num_frames and out["duration_s"] == pytest.approx(probe.duration_s, abs=1e-3)
+    stages = [p["stage"] for p in seen]
+    assert [s for s in STAGES if s in stages] == STAGES, stages
+    assert all(b["percent"] >= a["percent"] for a, b in zip(seen, seen[1:]))
+
+
+def test_clip_mode_is_one_chunk_and_the_audio_is_cut_to_it(ctx):
+    payload = example("single_image.json") | {"mode": "clip", "frame_num": 33, "sampler": "turbo"}
+    out, _ = run(ctx, payload)
+    assert out["num_frames"] == 33 and out["duration_s"] == pytest.approx(33 / 25, abs=0.04)
+
+
+def test_same_seed_same_video(ctx):
+    payload = example("single_image.json") | {"sampler": "turbo", "seed": 5}
+    a, _ = run(ctx, payload, "a")
+    b, _ = run(ctx, payload, "b")
+    assert Path(a["video_path"]).read_bytes() == Path(b["video_path"]).read_bytes()
+
+
+def test_data_uri_inputs_and_inline_output(ctx):
+    image = "data:image/png;base64," + base64.b64encode((MEDIA / "portrait.png").read_bytes()).decode()
+    audio = "data:audio/wav;base64," + base64.b64encode((MEDIA / "speech_person2.wav").read_bytes()).decode()
+    out, _ = run(ctx, {"image": image, "audio": audio, "sampler": "turbo", "output": {"target": "inline"}})
+    assert out["storage"] == "inline" and base64.b64decode(out["video_base64"])[4:8] == b"ftyp"
+
+
+def test_seed_field_names_of_the_guide_are_accepted(ctx):
+    payload = example("single_image.json")
+    payload["cond_image"] = payload.pop("image")
+    payload["base_seed"] = payload.pop("seed")
+    out, _ = run(ctx, payload | {"sampler": "turbo"})
+    assert out["seed"] == 42
+
+
+def expect_code(ctx: JobContext, payload, code: ErrorCode) -> JobError:
+    with pytest.raises(JobError) as info:
+        run(ctx, payload)
+    err = info.value
+    assert err.code is code, err.to_error_string()
+    doc = json.loads(err.to_error_string())
+    assert doc["code"] == code.value and doc["message"] and doc["hint"]
+    return err
+
+
+def test_bad_input_is_e_input_validation(ctx):
+    err = expect_code(ctx, {"image": str(MEDIA / "portrait.png"), "audio": str(MEDIA / "speech_person1.wav"), "frame_num": 80}, ErrorCode.E_INPUT_VALIDATION)
+    assert "frame_num" in err.to_error_string()
+
+
+def test_refused_private_address(ctx):
+    payload = example("single_image.json") | {"image": "https://10.1.2.3/face.png"}
+    expect_code(ctx, payload, ErrorCode.E_INPUT_VALIDATION)
+
+
+def test_path_outside_allowed_roots_is_refused(ctx):
+    payload = example("single_image.json") | {"image": "/etc/passwd"}
+    expect_code(ctx, payload, ErrorCode.E_INPUT_VALIDATION)
+
+
+def test_unreachable_url(tmp_path, cache_dir):
+    ctx = make_ctx(tmp_path, cache_dir, "server.allow_loopback_hosts=[127.0.0.1]", "server.download.retries=1")
+    payload = example("single_image.json") | {"image": "https://127.0.0.1:9/face.png"}
+    expect_code(ctx, payload, ErrorCode.E_DOWNLOAD_FAILED)
+
+
+def test_corrupt_audio(ctx, tmp_path):
+    bad = EXAMPLES / f".corrupt-{tmp_path.name}.wav"
+    bad.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 64)
+    try:
+        expect_code(ctx, example("single_image.json") | {"audio": str(bad)}, ErrorCode.E_AUDIO_EMBEDDING)
+    finally:
+        bad.unlink()
+
+
+def test_missing_weight_file_names_it(tmp_path, cache_dir, ctx):
+    ctx.engine.get()  # the tiny checkpoint exists in cache_dir
+    broken = tmp_path / "cache"
+    shutil.copytree(cache_dir / "tiny", broken / "tiny")
+    shard = broken / "tiny" / "Wan2.1-I2V-14B-480P" / "diffusion_pytorch_model-00003-of-00007.safetensors"
+    shard.unlink()
+    bctx = make_ctx(tmp_path, broken)
+    err = expect_code(bctx, example("single_image.json"), ErrorCode.E_PIPELINE_LOAD)
+    assert "diffusion_pytorch_model-00003-of-00007.safetensors" in err.message
+
+
+def test_oom_at_the_engine_seam_then_the_next_job_runs(tmp_path, cache_dir):
+    octx = make_ctx(tmp_path, cache_dir, "server.fault=oom@step")
+    payload = example("single_image.json") | {"sampler": "turbo"}
+    err = expect_code(octx, payload, ErrorCode.E_OOM)
+    assert err.refresh_worker
+    out, _ = run(octx, payload)
+    assert probe_mp4(out["video_path"]).num_frames > 0
+
+
+def test_deadline_gives_e_timeout(tmp_path, cache_dir):
+    tctx = make_ctx(tmp_path, cache_dir, "server.job_timeout_s=0.001")
+    expect_code(tctx, example("single_image.json"), ErrorCode.E_TIMEOUT)
+
+
+def test_no_files_left_behind(tmp_path, cache_dir):
+    c = make_ctx(tmp_path, cache_dir)
+    run(c, example("single_image.json") | {"sampler": "turbo"})
+    with pytest.raises(JobError):
+        run(c, example("single_image.json") | {"audio": str(MEDIA / "portrait.png")})
+    assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_tts_is_refused_clearly(ctx):
+    err = expect_code(ctx, {"image": str(MEDIA / "portrait.png"), "tts": {"text": "hello"}}, ErrorCode.E_INPUT_VALIDATION)
+    assert "text-to-speech" in err.message
