@@ -1,0 +1,120 @@
+"""The deployment as one ComponentResource: results store, network volume, template, endpoint."""
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+
+from infra.bucket import ResultsStore, results_store
+from infra.deploy_env import S3Values, check_deployable, compose_stack, stack_overrides
+from infra.runpod_provider import ApiArgs, Endpoint, NetworkVolume, Template
+from infra.stack_config import StackSettings
+from worker.config import compose_config
+
+
+class InfiniteTalkDeployment(pulumi.ComponentResource):
+    """Everything `pulumi up` makes for one stack.
+
+    Endpoint sizing (GPU pools from the gpu tier, workers, idle timeout, scaler, FlashBoot,
+    execution timeout, volume size, data center, image, container disk) is read from the composed
+    conf/ tree, never from separate infra settings, so the worker and its endpoint cannot disagree.
+    """
+
+    endpoint_id: pulumi.Output[str]
+    run_url: pulumi.Output[str]
+    bucket: pulumi.Output[str]
+    volume_id: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        settings: StackSettings,
+        *,
+        api_key: pulumi.Input[str],
+        opts: Optional[pulumi.ResourceOptions] = None,
+    ) -> None:
+        super().__init__("infinitetalk:deploy:Deployment", name, None, opts)
+        stack = pulumi.get_stack()
+        # sizing does not depend on the bucket, so it is known while the program runs (previews show it)
+        sizing_cfg = compose_config(stack_overrides(settings.overrides, S3Values()), env={})
+        check_deployable(sizing_cfg)
+        d = sizing_cfg.deploy
+        display = f"{d.endpoint_name}-{stack}"
+
+        store: ResultsStore = results_store(name, settings, self)
+        api = ApiArgs(settings.runpod_api, pulumi.Output.secret(api_key), settings.runpod_api_url)
+
+        self.volume = NetworkVolume(
+            f"{name}-volume",
+            volume_name=display,
+            size_gb=d.volume_size_gb,
+            datacenter=d.datacenter,
+            api=api,
+            # weights live here (tens of GB, slow to re-upload): `pulumi destroy` must not take it
+            opts=pulumi.ResourceOptions(parent=self, protect=True),
+        )
+
+        overrides = tuple(settings.overrides)
+        public_base = store.public_base
+
+        def compose(values: list) -> tuple[dict[str, str], dict[str, str]]:
+            bucket, region, endpoint, access_key, secret_key = values
+            _, env = compose_stack(
+                overrides,
+                S3Values(bucket=bucket, region=region, endpoint=endpoint, access_key=access_key,
+                         secret_key=secret_key, public_base=public_base),
+            )
+            return env.plain, env.secret
+
+        composed = pulumi.Output.all(
+            store.bucket, store.region, store.endpoint, store.access_key_id, store.secret_access_key
+        ).apply(compose)
+        # the pair is secret because the keys are; the plain half holds none of them
+        plain_env = pulumi.Output.unsecret(composed.apply(lambda pair: pair[0]))
+        secret_env = pulumi.Output.secret(composed.apply(lambda pair: pair[1]))
+
+        self.template = Template(
+            f"{name}-template",
+            template_name=display,
+            image=d.image,
+            container_disk_gb=d.container_disk_gb,
+            env=plain_env,
+            secret_env=secret_env,
+            api=api,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.endpoint = Endpoint(
+            f"{name}-endpoint",
+            endpoint_name=display,
+            template_id=self.template.template_id,
+            template_revision=self.template.revision,
+            gpu_pools=list(sizing_cfg.gpu.runpod_pools),
+            gpu_count=d.gpu_count,
+            workers_min=d.workers_min,
+            workers_max=d.workers_max,
+            idle_timeout_s=d.idle_timeout_s,
+            scaler_type=d.scaler_type,
+            scaler_value=d.scaler_value,
+            flashboot=d.flashboot,
+            execution_timeout_s=d.execution_timeout_s,
+            network_volume_id=self.volume.volume_id,
+            datacenters=[d.datacenter],
+            api=api,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.template, self.volume]),
+        )
+        self.endpoint_id = self.endpoint.endpoint_id
+        self.run_url = self.endpoint.run_url
+        self.bucket = store.bucket
+        self.volume_id = self.volume.volume_id
+        self.worker_access_key_id = store.access_key_id
+        self.worker_secret_access_key = store.secret_access_key
+        self.register_outputs(
+            {
+                "endpoint_id": self.endpoint_id,
+                "run_url": self.run_url,
+                "bucket": self.bucket,
+                "volume_id": self.volume_id,
+                "worker_access_key_id": self.worker_access_key_id,
+                "worker_secret_access_key": self.worker_secret_access_key,
+            }
+        )

@@ -1,0 +1,129 @@
+"""Stack settings: Hydra overrides for conf/ plus the few settings only infra has.
+
+Pulumi config lives under the project namespace `infinitetalk:` (see Pulumi.example.yaml):
+
+- `overrides`: list of Hydra overrides, e.g. `["gpu=h100_80", "sampler=turbo", "deploy=production"]`;
+  everything about the worker and the endpoint's sizing comes from conf/ through these.
+- `bucketMode`: `aws` (create the results bucket and a scoped IAM user) or `external` (your own
+  S3-compatible store: R2, B2, MinIO; give `s3Endpoint`, `s3Region`, `s3Bucket`, and the secrets
+  `s3AccessKey`, `s3SecretKey`).
+- `bucketName` (aws, optional: an auto-named bucket otherwise), `lifecycleDays` (results expire),
+  `uiOrigins` (list of origins allowed to GET results from a browser; CORS).
+- `runpodApi`: `rest` (default) or `graphql`; `runpodApiUrl` to point at another host;
+  `runpodApiKey` (secret, required).
+
+Parsing is a pure function of a string mapping, so it is tested without the Pulumi CLI.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+BUCKET_MODES = ("aws", "external")
+API_MODES = ("rest", "graphql")
+NAMESPACE = "infinitetalk"
+
+
+class StackConfigError(ValueError):
+    """The stack's config is incomplete or contradictory; the message names the key to set."""
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    overrides: tuple[str, ...] = ()
+    bucket_mode: str = "aws"
+    bucket_name: Optional[str] = None
+    lifecycle_days: int = 7
+    ui_origins: tuple[str, ...] = ("http://localhost:7860",)
+    key_prefix: str = "infinitetalk/"
+    runpod_api: str = "rest"
+    runpod_api_url: Optional[str] = None
+    s3_endpoint: Optional[str] = None
+    s3_region: Optional[str] = None
+    s3_public_base: Optional[str] = None
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> "StackSettings":
+        """Build from config values as Pulumi stores them (strings; lists as JSON or YAML lists)."""
+
+        def get(key: str) -> Any:
+            v = raw.get(key)
+            if v is None:
+                v = raw.get(f"{NAMESPACE}:{key}")
+            return v
+
+        def as_list(key: str) -> Optional[tuple[str, ...]]:
+            v = get(key)
+            if v is None:
+                return None
+            if isinstance(v, str):
+                try:
+                    v = json.loads(v)
+                except json.JSONDecodeError:
+                    v = [p.strip() for p in v.split(",") if p.strip()]
+            if not isinstance(v, (list, tuple)) or not all(isinstance(i, str) for i in v):
+                raise StackConfigError(f"{NAMESPACE}:{key} must be a list of strings")
+            return tuple(v)
+
+        def as_int(key: str, default: int) -> int:
+            v = get(key)
+            if v is None:
+                return default
+            try:
+                return int(v)
+            except (TypeError, ValueError):
+                raise StackConfigError(f"{NAMESPACE}:{key} must be an integer, got {v!r}") from None
+
+        overrides = as_list("overrides") or ()
+        for ov in overrides:
+            if "=" not in ov:
+                raise StackConfigError(f"{NAMESPACE}:overrides: {ov!r} is not a Hydra override (key=value)")
+        mode = str(get("bucketMode") or "aws")
+        if mode not in BUCKET_MODES:
+            raise StackConfigError(f"{NAMESPACE}:bucketMode must be one of {BUCKET_MODES}, got {mode!r}")
+        api = str(get("runpodApi") or "rest")
+        if api not in API_MODES:
+            raise StackConfigError(f"{NAMESPACE}:runpodApi must be one of {API_MODES}, got {api!r}")
+        days = as_int("lifecycleDays", 7)
+        if days < 1:
+            raise StackConfigError(f"{NAMESPACE}:lifecycleDays must be at least 1")
+        settings = cls(
+            overrides=overrides,
+            bucket_mode=mode,
+            bucket_name=get("bucketName") or get("s3Bucket"),
+            lifecycle_days=days,
+            ui_origins=as_list("uiOrigins") or cls.ui_origins,
+            key_prefix=str(get("keyPrefix") or "infinitetalk/"),
+            runpod_api=api,
+            runpod_api_url=get("runpodApiUrl"),
+            s3_endpoint=get("s3Endpoint"),
+            s3_region=get("s3Region"),
+            s3_public_base=get("s3PublicBase"),
+        )
+        if mode == "external":
+            missing = [k for k, v in (("s3Endpoint", settings.s3_endpoint), ("s3Bucket", settings.bucket_name)) if not v]
+            if missing:
+                raise StackConfigError(
+                    f"bucketMode external needs {', '.join(NAMESPACE + ':' + m for m in missing)} "
+                    f"(plus secrets {NAMESPACE}:s3AccessKey and {NAMESPACE}:s3SecretKey)"
+                )
+        for origin in settings.ui_origins:
+            if not origin.startswith(("http://", "https://")) or origin.rstrip("/") != origin:
+                raise StackConfigError(f"{NAMESPACE}:uiOrigins: {origin!r} must be a scheme://host[:port] origin without a trailing slash")
+        return settings
+
+
+CONFIG_KEYS = (
+    "overrides", "bucketMode", "bucketName", "s3Bucket", "lifecycleDays", "uiOrigins", "keyPrefix",
+    "runpodApi", "runpodApiUrl", "s3Endpoint", "s3Region", "s3PublicBase",
+)
+
+
+def from_pulumi_config() -> StackSettings:
+    """Read the current stack's config (inside a Pulumi program or under mocks)."""
+    import pulumi
+
+    cfg = pulumi.Config(NAMESPACE)
+    raw = {k: cfg.get(k) for k in CONFIG_KEYS}
+    return StackSettings.from_mapping({k: v for k, v in raw.items() if v is not None})
