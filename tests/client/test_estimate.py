@@ -1,0 +1,55 @@
+"""client/estimate.py: chunk counting, the cost model's direction, prices from conf/gpu."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from client.estimate import GPU_TIERS, count_chunks, estimate_job, format_estimate, load_gpu_prices, media_duration_s
+from tests.client.conftest import MEDIA, REPO_ROOT
+
+
+def test_chunks() -> None:
+    assert count_chunks(10, "clip") == 1
+    assert count_chunks(3.2, "streaming") == 1  # 80 frames fit the first chunk
+    assert count_chunks(3.3, "streaming") == 2
+    assert count_chunks(3.24 + 72 / 25, "streaming") == 2
+    assert count_chunks(3.24 + 72 / 25 + 0.04, "streaming") == 3
+
+
+def test_prices_come_from_conf_gpu() -> None:
+    prices = load_gpu_prices(REPO_ROOT / "conf" / "gpu")
+    for tier, (_, price, _) in GPU_TIERS.items():
+        text = (REPO_ROOT / "conf" / "gpu" / f"{tier}.yaml").read_text()
+        assert float(re.search(r"price_per_hour_usd:\s*([0-9.]+)", text).group(1)) == price == prices[tier]
+
+
+def test_cost_model_direction() -> None:
+    base = estimate_job(audio_s=10, mode="streaming")
+    assert estimate_job(audio_s=10, mode="streaming", size="infinitetalk-720").gpu_seconds > base.gpu_seconds
+    assert estimate_job(audio_s=10, mode="streaming", preset="turbo").gpu_seconds < base.gpu_seconds / 10
+    assert estimate_job(audio_s=20, mode="streaming").gpu_seconds > base.gpu_seconds
+    assert estimate_job(audio_s=10, mode="streaming", tier="a100_80").gpu_seconds > base.gpu_seconds
+    assert estimate_job(audio_s=10, mode="streaming", speakers=2).gpu_seconds > base.gpu_seconds
+    assert base.gpu_seconds_cold > base.gpu_seconds
+    assert base.cost_usd == pytest.approx(base.gpu_seconds * 4.176 / 3600)
+    # turbo at 480p on an H100: 4 steps x 2 passes x 4 s + 6 s per chunk, 15 s per job
+    t = estimate_job(audio_s=3, preset="turbo")
+    assert (t.chunks, t.steps, t.passes) == (1, 4, 2) and t.gpu_seconds == pytest.approx(4 * 2 * 4.0 + 6 + 15)
+    assert estimate_job(audio_s=3, preset="turbo", text_guide_scale=5).passes == 3
+
+
+def test_warnings_and_errors() -> None:
+    assert "refuse" in format_estimate(estimate_job(audio_s=3, tier="rtx4090_24", size="infinitetalk-720"))
+    with pytest.raises(ValueError):
+        estimate_job(audio_s=3, tier="tpu")
+    assert "GPU-min" in format_estimate(estimate_job(audio_s=3))
+
+
+def test_audio_duration(tmp_path: Path) -> None:
+    d = media_duration_s(MEDIA / "speech_person1.wav")
+    assert d is not None and 3 < d < 4.5
+    assert media_duration_s(MEDIA / "portrait.png") in (None, pytest.approx(0.04, abs=0.05))
+    (tmp_path / "x.wav").write_bytes(b"not audio")
+    assert media_duration_s(tmp_path / "x.wav") is None
