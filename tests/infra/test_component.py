@@ -1,0 +1,205 @@
+"""The deployment's resource graph under Pulumi mocks: policies and the env var agreement."""
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+from infra.component import InfiniteTalkDeployment
+from infra.deploy_env import S3Values, stack_overrides
+from infra.stack_config import StackSettings
+from tests.infra.pulumi_mocks import run_program
+from worker.config import compose_config
+
+REPO = Path(__file__).resolve().parents[2]
+OVERRIDES = ["model=infinitetalk_single", "gpu=h100_80", "sampler=turbo", "storage=s3", "deploy=production"]
+API_KEY = "rp_mock_api_key_abcdef0123456789"
+
+AWS_CONFIG = {
+    "infinitetalk:overrides": json.dumps(OVERRIDES),
+    "infinitetalk:bucketMode": "aws",
+    "infinitetalk:lifecycleDays": "3",
+    "infinitetalk:uiOrigins": json.dumps(["https://ui.example.com"]),
+    "infinitetalk:runpodApiKey": API_KEY,
+    "aws:region": "eu-west-1",
+}
+EXTERNAL_CONFIG = {
+    "infinitetalk:overrides": json.dumps(["gpu=l40s_48", "storage=s3"]),
+    "infinitetalk:bucketMode": "external",
+    "infinitetalk:s3Endpoint": "https://acc0unt.r2.cloudflarestorage.com",
+    "infinitetalk:s3Region": "auto",
+    "infinitetalk:s3Bucket": "my-results",
+    "infinitetalk:s3AccessKey": "r2-access-key-id-123",
+    "infinitetalk:s3SecretKey": "r2-secret-access-key-456",
+    "infinitetalk:runpodApi": "graphql",
+    "infinitetalk:runpodApiKey": API_KEY,
+}
+SECRETS = ["infinitetalk:runpodApiKey", "infinitetalk:s3AccessKey", "infinitetalk:s3SecretKey"]
+
+
+def _run_main(config):
+    """Run infra/__main__.py exactly as `pulumi up` would, collecting the stack exports."""
+    import pulumi
+
+    exported: dict = {}
+    real_export = pulumi.export
+
+    def build():
+        pulumi.export = lambda k, v: exported.__setitem__(k, v)
+        try:
+            runpy.run_path(str(REPO / "infra" / "__main__.py"), run_name="__main__")
+        finally:
+            pulumi.export = real_export
+        return exported
+
+    return run_program(build, config, SECRETS)
+
+
+@pytest.fixture(scope="module")
+def aws_run():
+    return _run_main(AWS_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def external_run():
+    return _run_main(EXTERNAL_CONFIG)
+
+
+def test_graph_has_every_resource_under_the_component(aws_run):
+    types = sorted(r.type for r in aws_run.registrations)
+    for t in (
+        "infinitetalk:deploy:Deployment",
+        "aws:s3/bucket:Bucket",
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+        "aws:s3/bucketOwnershipControls:BucketOwnershipControls",
+        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
+        "aws:s3/bucketCorsConfiguration:BucketCorsConfiguration",
+        "aws:iam/user:User",
+        "aws:iam/userPolicy:UserPolicy",
+        "aws:iam/accessKey:AccessKey",
+        "pulumi-python:dynamic/runpod:NetworkVolume",
+        "pulumi-python:dynamic/runpod:Template",
+        "pulumi-python:dynamic/runpod:Endpoint",
+    ):
+        assert t in types, t
+    comp = aws_run.one("infinitetalk:deploy:Deployment")
+    assert all(r.parent for r in aws_run.registrations if r is not comp)
+
+
+def test_outputs(aws_run):
+    out = aws_run.outputs
+    assert out["endpoint_id"] == "ep-mock"
+    assert out["run_url"] == "https://api.runpod.ai/v2/ep-mock/run"
+    assert out["volume_id"] == "vol-mock"
+    assert out["bucket"].startswith("infinitetalk-results-")
+    assert aws_run.secret["worker_secret_access_key"] and aws_run.secret["worker_access_key_id"]
+    for plain in ("endpoint_id", "run_url", "bucket", "volume_id"):
+        assert not aws_run.secret[plain], plain
+
+
+def test_bucket_is_private_with_expiry_and_cors(aws_run):
+    pab = aws_run.one("BucketPublicAccessBlock").inputs
+    assert all(pab[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"))
+    own = aws_run.one("BucketOwnershipControls").inputs
+    assert own["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+    assert "acl" not in aws_run.one("s3/bucket:Bucket").inputs
+    rule = aws_run.one("BucketLifecycleConfiguration").inputs["rules"][0]
+    assert rule["status"] == "Enabled" and rule["expiration"]["days"] == 3
+    cors = aws_run.one("BucketCorsConfiguration").inputs["corsRules"][0]
+    assert cors["allowedOrigins"] == ["https://ui.example.com"]
+    assert set(cors["allowedMethods"]) <= {"GET", "HEAD"} and "GET" in cors["allowedMethods"]
+
+
+def test_worker_policy_is_scoped_to_the_bucket(aws_run):
+    bucket = aws_run.outputs["bucket"]
+    policy = json.loads(aws_run.one("UserPolicy").inputs["policy"])
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow"
+        assert st["Resource"] in (f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*")
+        assert all(a.startswith("s3:") and "*" not in a for a in st["Action"])
+
+
+def test_volume_is_protected_and_sized_from_conf(aws_run):
+    vol = aws_run.one("runpod:NetworkVolume")
+    assert vol.protect
+    cfg = compose_config(OVERRIDES, env={})
+    assert vol.inputs["size_gb"] == cfg.deploy.volume_size_gb
+    assert vol.inputs["datacenter"] == cfg.deploy.datacenter
+    others = [r for r in aws_run.registrations if r is not vol]
+    assert not any(r.protect for r in others)
+
+
+def test_secrets_are_secret(aws_run):
+    tpl = aws_run.one("runpod:Template")
+    assert {"api_key", "secret_env"} <= tpl.secret_inputs
+    assert "api_key" in aws_run.one("runpod:Endpoint").secret_inputs
+    assert "api_key" in aws_run.one("runpod:NetworkVolume").secret_inputs
+    assert "env" not in tpl.secret_inputs  # plain env stays readable in previews
+    plain_text = json.dumps(tpl.inputs["env"])
+    for secret in (API_KEY, "mock/secret+access/key0123456789abcdefghij", "AKIAMOCKMOCKMOCK0001"):
+        assert secret not in plain_text
+    assert tpl.inputs["secret_env"]["S3_SECRET_KEY"] == "mock/secret+access/key0123456789abcdefghij"
+    assert tpl.inputs["secret_env"]["S3_ACCESS_KEY"] == "AKIAMOCKMOCKMOCK0001"
+
+
+def _declared(run, bucket, region, endpoint, access, secret):
+    overrides = json.loads(run_config(run)["infinitetalk:overrides"])
+    s3 = S3Values(bucket=bucket, region=region, endpoint=endpoint, access_key=access, secret_key=secret)
+    return compose_config(stack_overrides(overrides, s3), env={})
+
+
+def run_config(run):
+    return AWS_CONFIG if run.one("runpod:Template").inputs["api_mode"] == "rest" else EXTERNAL_CONFIG
+
+
+@pytest.mark.parametrize("which", ["aws", "external"])
+def test_worker_composes_the_declared_config_from_template_env(which, aws_run, external_run):
+    run = aws_run if which == "aws" else external_run
+    tpl = run.one("runpod:Template").inputs
+    env = {**tpl["env"], **tpl["secret_env"]}
+    worker_cfg = compose_config(env=env)  # exactly what the worker does at start
+    if which == "aws":
+        declared = _declared(run, run.outputs["bucket"], "eu-west-1", None, "AKIAMOCKMOCKMOCK0001",
+                             "mock/secret+access/key0123456789abcdefghij")
+    else:
+        declared = _declared(run, "my-results", "auto", "https://acc0unt.r2.cloudflarestorage.com",
+                             "r2-access-key-id-123", "r2-secret-access-key-456")
+    assert worker_cfg.tree() == declared.tree()
+    assert worker_cfg.choices == declared.choices
+    assert worker_cfg.storage.target == "s3"
+
+
+@pytest.mark.parametrize("which", ["aws", "external"])
+def test_endpoint_sizing_comes_from_conf(which, aws_run, external_run):
+    run = aws_run if which == "aws" else external_run
+    overrides = json.loads(run_config(run)["infinitetalk:overrides"])
+    cfg = compose_config(overrides, env={})
+    ep = run.one("runpod:Endpoint").inputs
+    tpl = run.one("runpod:Template").inputs
+    d = cfg.deploy
+    assert ep["gpu_pools"] == list(cfg.gpu.runpod_pools) and ep["gpu_pools"]
+    assert (ep["gpu_count"], ep["workers_min"], ep["workers_max"]) == (d.gpu_count, d.workers_min, d.workers_max)
+    assert (ep["idle_timeout_s"], ep["scaler_type"], ep["scaler_value"]) == (d.idle_timeout_s, d.scaler_type, d.scaler_value)
+    assert (ep["flashboot"], ep["execution_timeout_s"]) == (d.flashboot, d.execution_timeout_s)
+    assert ep["datacenters"] == [d.datacenter]
+    assert ep["network_volume_id"] == "vol-mock" and ep["template_id"] == "tpl-mock"
+    assert (tpl["image"], tpl["container_disk_gb"]) == (d.image, d.container_disk_gb)
+
+
+def test_external_store_creates_no_aws_resources(external_run):
+    assert not [r for r in external_run.registrations if r.type.startswith("aws:")]
+    assert external_run.outputs["bucket"] == "my-results"
+    assert external_run.one("runpod:Template").inputs["api_mode"] == "graphql"
+    assert external_run.secret["worker_secret_access_key"]
+
+
+def test_cpu_tier_is_refused():
+    from infra.deploy_env import DeployConfigError
+
+    with pytest.raises(DeployConfigError, match="no Runpod serverless pools"):
+        run_program(
+            lambda: {"x": InfiniteTalkDeployment("t", StackSettings(overrides=("gpu=cpu",)), api_key="k").endpoint_id},
+            {"aws:region": "eu-west-1"},
+        )
