@@ -48,8 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--no-hashes", action="store_true")
 
     r = sub.add_parser("repack", help="merge base shards + adapter (+ LoRAs) into one bf16 or fp8 bundle")
-    r.add_argument("--ckpt-dir", type=Path, required=True, help="the Wan2.1-I2V-14B-480P folder")
-    r.add_argument("--adapter", type=Path, required=True, help="InfiniteTalk's single/ or multi/infinitetalk.safetensors")
+    r.add_argument("--ckpt-dir", type=Path, help="the Wan2.1-I2V-14B-480P folder")
+    r.add_argument("--adapter", type=Path, help="InfiniteTalk's single/ or multi/infinitetalk.safetensors")
+    r.add_argument("--model", help="instead of --ckpt-dir/--adapter: the variant's paths under --root, from conf/")
+    r.add_argument("--root", type=Path, help="the volume root that `fetch --dest` filled (with --model)")
     r.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]", help="merge a LoRA (repeatable)")
     r.add_argument("--dtype", choices=sorted(DTYPE_ALIASES), default="bf16")
     r.add_argument("--out", type=Path, required=True)
@@ -125,7 +127,17 @@ def _run(args: argparse.Namespace) -> int:
         from worker.engine.layout import CheckpointLayout
         from worker.weights.repack import repack
 
-        layout = CheckpointLayout(ckpt_dir=args.ckpt_dir, infinitetalk_file=args.adapter, wav2vec_dir=args.ckpt_dir)
+        if args.model:
+            if not args.root:
+                raise ValueError("--model needs --root")
+            from worker.weights.fetch import model_paths
+
+            ckpt_dir, adapter = model_paths(args.model, args.root)
+        elif args.ckpt_dir and args.adapter:
+            ckpt_dir, adapter = args.ckpt_dir, args.adapter
+        else:
+            raise ValueError("give --ckpt-dir and --adapter, or --model and --root")
+        layout = CheckpointLayout(ckpt_dir=ckpt_dir, infinitetalk_file=adapter, wav2vec_dir=ckpt_dir)
         result = repack(
             layout.dit_files,
             args.out,

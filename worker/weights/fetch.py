@@ -27,17 +27,28 @@ class Source:
     files: tuple[str, ...]
 
 
-def plan(model: str, dest: Path | str, *, conf_dir: str | None = None) -> list[Source]:
-    """The sources of one model variant, with local folders resolved under `dest`."""
+def _model_conf(model: str, dest: Path | str, conf_dir: str | None):
     from worker.config import compose_config
 
+    # The variant's own defaults under `dest`: path overrides meant for a running worker do not apply.
     env = {k: v for k, v in os.environ.items() if k not in {"CKPT_DIR", "INFINITETALK_DIR", "WAV2VEC_DIR", "QUANT_DIR"}}
     env["INFINITETALK_VOLUME_ROOT"] = str(Path(dest).resolve())
     env.pop("INFINITETALK_MODEL", None)
-    cfg = compose_config([f"model={model}"], env=env, conf_dir=conf_dir)
+    return compose_config([f"model={model}"], env=env, conf_dir=conf_dir).model
+
+
+def model_paths(model: str, dest: Path | str, *, conf_dir: str | None = None) -> tuple[Path, Path]:
+    """(ckpt_dir, adapter file) of a variant installed under `dest`, as the worker would resolve them."""
+    m = _model_conf(model, dest, conf_dir)
+    return Path(m.ckpt_dir), Path(m.infinitetalk_file)
+
+
+def plan(model: str, dest: Path | str, *, conf_dir: str | None = None) -> list[Source]:
+    """The sources of one model variant, with local folders resolved under `dest`."""
+    cfg_model = _model_conf(model, dest, conf_dir)
     return [
         Source(repo=s.repo, local_dir=Path(s.local_dir), revision=s.revision, files=tuple(s.files))
-        for s in cfg.model.weights
+        for s in cfg_model.weights
     ]
 
 
