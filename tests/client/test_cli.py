@@ -1,0 +1,115 @@
+"""client/cli.py driven like a user: `main(argv)` against the local endpoint, through the fault proxy.
+
+The end-to-end tests run the real handler with the tiny model (tiny_endpoint); status/cancel and
+the failure paths use the fixture handlers, which answer in milliseconds.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from client.api import RunpodEndpointClient
+from client.cli import main
+from tests.client.conftest import CLIENT_PYTHON, ENDPOINT_ID, MEDIA, REPO_ROOT
+from tests.client.faultproxy import Fault, FaultProxy
+from tests.worker.conftest import free_port
+
+MEDIA_ARGS = ["--image", str(MEDIA / "portrait.png"), "--audio", str(MEDIA / "speech_person1.wav")]
+
+
+def _duration(path: Path) -> float:
+    with av.open(str(path)) as f:
+        return float(f.duration / av.time_base)
+
+
+def test_submit_follows_through_429_and_dropped_connections(tiny_proxy: FaultProxy, tmp_path: Path, capsys) -> None:
+    tiny_proxy.add("/run", Fault.throttle(retry_after="1"))
+    tiny_proxy.add("/status/", Fault.drop(), times=2)
+    rc = main(["submit", "--base-url", tiny_proxy.url, "--endpoint-id", ENDPOINT_ID, *MEDIA_ARGS, "--preset", "turbo",
+               "--seed", "7", "--poll-interval", "0.3", "--output-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    video = Path(out.strip().splitlines()[-1])
+    assert video.parent == tmp_path and video.suffix == ".mp4"
+    assert video.read_bytes()[4:8] == b"ftyp"
+    assert _duration(video) == pytest.approx(3.24, abs=0.15)
+    assert "image: inline" in err and "audio.person1: inline" in err
+    assert "] 100.0% done" in err and "sampling" in err and "COMPLETED" in err
+    assert tiny_proxy.count("/run", "throttle") == 1 and tiny_proxy.count("/status/", "drop") == 2
+
+
+def test_submit_sync_uses_runsync(tiny_proxy: FaultProxy, tmp_path: Path, capsys) -> None:
+    rc = main(["submit", "--sync", "--base-url", tiny_proxy.url, "--endpoint-id", ENDPOINT_ID, *MEDIA_ARGS,
+               "--preset", "turbo", "--output-target", "inline", "--output-dir", str(tmp_path), "--quiet", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    final = json.loads(lines[0])
+    assert final["status"] == "COMPLETED" and final["output"]["storage"] == "inline"
+    assert Path(lines[-1]).read_bytes()[4:8] == b"ftyp"
+    assert tiny_proxy.count("/runsync") == 1 and tiny_proxy.count("/status/") == 0
+
+
+def test_worker_error_is_shown_with_code_and_hint(tiny_endpoint, tmp_path: Path, capsys) -> None:
+    rc = main(["submit", "--base-url", tiny_endpoint.url, "--image", "https://127.0.0.1:9/face.png",
+               "--audio", str(MEDIA / "speech_person1.wav"), "--poll-interval", "0.3", "--output-dir", str(tmp_path)])
+    _, err = capsys.readouterr()
+    assert rc == 1
+    assert "FAILED: E_" in err and "hint:" in err
+
+
+def test_status_and_cancel(proxy: FaultProxy, capsys) -> None:
+    with RunpodEndpointClient(base_url=proxy.url, endpoint_id=ENDPOINT_ID) as c:
+        job = c.run({"mode": "sleep", "seconds": 30})
+    conn = ["--base-url", proxy.url, "--endpoint-id", ENDPOINT_ID]
+    assert main(["status", job.id, *conn]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == job.id
+    proxy.add("/cancel/", Fault.throttle(retry_after="0"))
+    assert main(["cancel", job.id, *conn]) == 0
+    assert f"job {job.id} CANCELLED" in capsys.readouterr().out
+    assert main(["status", job.id, "--wait", "--quiet", *conn]) == 1
+    assert "CANCELLED" in capsys.readouterr().err
+
+
+def test_no_wait_prints_the_job_id(proxy: FaultProxy, capsys) -> None:
+    rc = main(["submit", "--no-wait", "--base-url", proxy.url, "--endpoint-id", ENDPOINT_ID, *MEDIA_ARGS, "--quiet"])
+    out = capsys.readouterr().out.strip()
+    assert rc == 0 and out.endswith("-u1")
+
+
+def test_unreachable_endpoint_exits_3(capsys) -> None:
+    rc = main(["submit", "--base-url", f"http://127.0.0.1:{free_port()}", "--retries", "2", *MEDIA_ARGS, "--quiet"])
+    assert rc == 3 and "cannot reach" in capsys.readouterr().err
+
+
+def test_usage_errors(capsys, monkeypatch) -> None:
+    monkeypatch.delenv("RUNPOD_ENDPOINT_ID", raising=False)
+    monkeypatch.delenv("INFINITETALK_BASE_URL", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["submit", *MEDIA_ARGS])
+    assert exc.value.code == 2
+    rc = main(["submit", "--base-url", "http://127.0.0.1:9", *MEDIA_ARGS, "--frame-num", "80"])
+    assert rc == 2 and "frame_num" in capsys.readouterr().err
+
+
+def test_estimate_command(capsys) -> None:
+    assert main(["estimate", "--audio", str(MEDIA / "speech_person1.wav"), "--preset", "turbo"]) == 0
+    assert "GPU-min on h100_80" in capsys.readouterr().out
+
+
+def test_python_m_client_in_the_client_env_imports_no_worker_runtime() -> None:
+    if not CLIENT_PYTHON.exists():
+        pytest.skip("the client environment .venv-client is not installed")
+    out = subprocess.run([str(CLIENT_PYTHON), "-m", "client", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "submit" in out.stdout
+    probe = ("import sys, client.api, client.payload, client.estimate, client.cli, client.ui; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'runpod', 'torch', 'gradio', 'boto3'}))")
+    got = subprocess.run([str(CLIENT_PYTHON), "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == "[]"  # gradio only when the UI is built, boto3 only for an upload
