@@ -9,7 +9,7 @@ variable "REGISTRY" {
   default = "ghcr.io/infinitetalk-serve"
 }
 variable "IMAGE" {
-  default = "infinitetalk-worker"
+  default = "worker"
 }
 variable "VERSION" {
   default = "dev"
@@ -28,9 +28,11 @@ variable "CACHE_REF" {
   default = ""
 }
 
+# slim is the image the endpoint uses by default (conf/deploy: ghcr.io/infinitetalk-serve/worker:latest);
+# baked variants carry a suffix naming the adapter and the bundle dtype.
 function "tags" {
   params = [suffix]
-  result = [
+  result = suffix == "" ? ["${REGISTRY}/${IMAGE}:${VERSION}", "${REGISTRY}/${IMAGE}:latest"] : [
     "${REGISTRY}/${IMAGE}:${VERSION}-${suffix}",
     "${REGISTRY}/${IMAGE}:latest-${suffix}",
   ]
@@ -72,7 +74,7 @@ target "_common" {
 target "slim" {
   inherits   = ["_common"]
   target     = "slim"
-  tags       = tags("slim")
+  tags       = tags("")
   cache-from = cache_from("slim")
   cache-to   = cache_to("slim")
 }
