@@ -203,3 +203,12 @@ def test_cpu_tier_is_refused():
             lambda: {"x": InfiniteTalkDeployment("t", StackSettings(overrides=("gpu=cpu",)), api_key="k").endpoint_id},
             {"aws:region": "eu-west-1"},
         )
+
+
+def test_infra_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import infra.component, infra.runpod_provider, infra.bucket, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
