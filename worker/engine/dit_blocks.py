@@ -2,7 +2,8 @@
 
 Attribute names are the checkpoint's key names (`self_attn.q`, `cross_attn.k_img`, `norm3`, `modulation`,
 ...), so published weights load strictly. Numerics follow the reference: layer norms and the adaLN
-modulation run in float32 whatever the parameter dtype, RMS norms normalise in float32, RoPE in float64.
+modulation run in float32 whatever the parameter dtype (for bf16/fp16 activations through fused kernels that
+compute in float32 and round once), RMS norms normalise in float32, RoPE in float64 (float32 for half activations).
 Tensors are batch-first `[B, L, C]` throughout so guidance passes can share one forward.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ from worker.engine.attention import attention
 from worker.engine.audio_adapter import AudioCrossAttention, speaker_attention_map
 from worker.engine.rope import apply_rope_3d
 
+_HALF = (torch.bfloat16, torch.float16)
+
 
 class FP32LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 and returned in the input dtype (bf16 activations lose nothing here)."""
@@ -25,9 +28,30 @@ class FP32LayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=eps, elementwise_affine=elementwise_affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in _HALF:
+            # The half-precision kernels already normalise in float32 and round once on output; this skips
+            # two full float32 copies of the activations per call.
+            weight = None if self.weight is None else self.weight.to(x.dtype)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
         weight = None if self.weight is None else self.weight.float()
         bias = None if self.bias is None else self.bias.float()
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+def modulate(h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """`(h.float() * (1 + scale) + shift).to(h.dtype)` with float32 scale/shift; for half h one fused
+    kernel computing in float32 and writing h's dtype, instead of three float32 intermediates."""
+    if h.dtype in _HALF:
+        return torch.addcmul(shift, h, 1 + scale, out=torch.empty_like(h))
+    return (h.float() * (1 + scale) + shift).to(h.dtype)
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """`(x + y * gate).to(x.dtype)` with a float32 gate; fused for half x as in `modulate`."""
+    if x.dtype in _HALF and y.dtype == x.dtype:
+        return torch.addcmul(x, y, gate, out=torch.empty_like(x))
+    return (x + y * gate).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -176,21 +200,20 @@ class DiTBlock(nn.Module):
         human_num: int,
     ) -> torch.Tensor:
         """x `[B, L, C]`; e0 `[B, 6, C]` float32 timestep modulation; token_masks None skips the speaker map."""
-        dtype = x.dtype
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).chunk(6, dim=1)
         frame_tokens = grid[1] * grid[2]
 
-        h = (self.norm1(x).float() * (1 + scale1) + shift1).to(dtype)
+        h = modulate(self.norm1(x), scale1, shift1)
         y, ref_map = self.self_attn(h, rope_freqs, frame_tokens, token_masks)
-        x = (x + y * gate1).to(dtype)
+        x = gated_residual(x, y, gate1)
 
         x = x + self.cross_attn(self.norm3(x), context)
         x = x + self.audio_cross_attn(
             self.norm_x(x), audio_tokens, grid, x_ref_attn_map=ref_map, human_num=human_num
         )
 
-        y = self.ffn((self.norm2(x).float() * (1 + scale2) + shift2).to(dtype))
-        return (x + y * gate2).to(dtype)
+        y = self.ffn(modulate(self.norm2(x), scale2, shift2))
+        return gated_residual(x, y, gate2)
 
 
 class Head(nn.Module):

@@ -69,10 +69,15 @@ class Rope3DCache:
 
 
 def apply_rope_3d(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x `[B, L, N, C]` by `freqs` `[L, 1, C/2]` in float64; returns x's dtype."""
+    """Rotate adjacent channel pairs of x `[B, L, N, C]` by `freqs` `[L, 1, C/2]` in float64 (float32 for half x); returns x's dtype."""
     b, l, n, c = x.shape
     if freqs.shape[0] != l:
         raise ValueError(f"RoPE table covers {freqs.shape[0]} tokens, input has {l}")
+    if x.dtype in (torch.bfloat16, torch.float16):
+        # The result is rounded to half precision: float32 rotation (error ~1e-7) is indistinguishable after
+        # that rounding and moves half the bytes of the float64 path (measured 0.07 s of a 4.2 s H100 forward).
+        xc = torch.view_as_complex(x.float().reshape(b, l, n, c // 2, 2))
+        return torch.view_as_real(xc * freqs.to(torch.complex64)).reshape(b, l, n, c).to(x.dtype)
     xc = torch.view_as_complex(x.to(torch.float64).reshape(b, l, n, c // 2, 2))
     return torch.view_as_real(xc * freqs).reshape(b, l, n, c).to(x.dtype)
 
