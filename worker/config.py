@@ -240,6 +240,9 @@ class ServerConf:
     # The worker's own deadline per job (0: none); it fails a job with E_TIMEOUT between steps,
     # before Runpod's executionTimeout kills it with no answer.
     job_timeout_s: float = 0.0
+    # Where chunk checkpoints go so a retried job (same id) resumes; shared by the endpoint's
+    # workers (the network volume). Empty: no checkpoints. See worker/checkpoint.py.
+    checkpoint_dir: str = ""
     # Chaos testing only (e.g. "oom@step"); empty in production.
     fault: str = ""
     log_level: str = "INFO"

@@ -222,6 +222,13 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
         bboxes=_bboxes(job),
     )
     out_path = work / "video.mp4"
+    ckpt, resume = _open_checkpoint(cfg, job_id, payload, resolved)
+    if resume is not None:
+        import dataclasses
+
+        resolved = dataclasses.replace(resolved, seed=resume.seed)  # the interrupted run's seed, even if drawn
+        request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, seed=resume.seed))
+        progress.stage(Stage.SAMPLING, f"resuming after chunk {resume.chunks} ({resume.frames} frames)")
 
     def on_step(info) -> None:
         progress.sampling(info.chunk + 1, info.n_chunks, info.step + 1, info.steps)
@@ -232,9 +239,17 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     timer.enter("sampling")
     frames_written = 0
     with Mp4Writer(out_path, soundtrack, fps=FPS, audio_rate=SAMPLE_RATE) as writer:
-        for chunk in engine.generate(request, on_step=on_step, should_cancel=cancel):
+        if resume is not None:
+            for done in ckpt.frames():
+                writer.write_frames(done)
+                frames_written += int(done.shape[0])
+        for chunk in engine.generate(
+            request, on_step=on_step, should_cancel=cancel, **({"resume": resume.state} if resume else {})
+        ):
             writer.write_frames(chunk.frames_uint8)
             frames_written += int(chunk.frames_uint8.shape[0])
+            if ckpt is not None and chunk.state is not None:
+                ckpt.save(chunk.index, chunk.frames_uint8, chunk.state.to_bytes(), seed=chunk.seed)
             if chunk.is_last:
                 timer.enter("decode")
                 progress.stage(Stage.DECODE, f"decoded {frames_written} frames")
@@ -251,6 +266,8 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     )
     key = f"{resolved.key_prefix.strip('/') + '/' if resolved.key_prefix.strip('/') else ''}{_safe_id(job_id)}.mp4"
     stored = store.put(out_path, key)
+    if ckpt is not None:
+        ckpt.clear()
     timings = timer.close()
     progress.done()
     output = JobOutput(
@@ -271,6 +288,19 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     )
     log.info("job done", duration_s=output.duration_s, frames=output.num_frames, timings=timings)
     return output.model_dump(exclude_none=True)
+
+
+def _open_checkpoint(cfg: AppConfig, job_id: str, payload: Any, resolved: ResolvedJobConfig):
+    """Chunk checkpoints for multi-chunk jobs (see worker/checkpoint.py); (None, None) when off."""
+    if not cfg.server.checkpoint_dir or resolved.mode != "streaming":
+        return None, None
+    from worker.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(cfg.server.checkpoint_dir, job_id, payload)
+    resume = ckpt.load() if ckpt is not None else None
+    if resume is not None:
+        log.info("resuming from checkpoint", chunks=resume.chunks, frames=resume.frames)
+    return ckpt, resume
 
 
 def _download(job: JobInput, ctx: JobContext, work: Path, progress: ProgressReporter) -> dict[str, Path]:

@@ -133,6 +133,63 @@ class ChunkResult:
     seed: int
     frames: torch.Tensor
     frames_uint8: np.ndarray = field(repr=False)
+    state: ResumeState | None = field(default=None, repr=False)  # where a resumed run starts next (None when last)
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What a later run needs to continue after chunk `next_chunk - 1` with the same frames.
+
+    The loop's only carried state is the generator's position, the last `motion_frame`
+    colour-corrected frames and the frame count; everything else (colour reference, condition
+    frames, audio windows) is recomputed from the same inputs. `plan` fingerprints the chunk
+    plan so a state is never applied to a different request. `to_bytes` keeps torch out of the
+    worker, which stores the bytes as an opaque blob.
+    """
+
+    next_chunk: int
+    emitted: int
+    seed: int
+    rng_state: torch.Tensor
+    rng_calls: int
+    motion_pixels: torch.Tensor
+    plan: tuple[int, int, int, int]  # (n_chunks, total_frames, frame_num, motion_frame)
+
+    def to_bytes(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "version": 1,
+                "next_chunk": self.next_chunk,
+                "emitted": self.emitted,
+                "seed": self.seed,
+                "rng_state": self.rng_state.clone(),
+                "rng_calls": self.rng_calls,
+                "motion_pixels": self.motion_pixels.contiguous(),
+                "plan": list(self.plan),
+            },
+            buf,
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ResumeState:
+        import io
+
+        d = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(d, dict) or d.get("version") != 1:
+            raise ValueError("unknown resume state format")
+        return cls(
+            next_chunk=int(d["next_chunk"]),
+            emitted=int(d["emitted"]),
+            seed=int(d["seed"]),
+            rng_state=d["rng_state"],
+            rng_calls=int(d["rng_calls"]),
+            motion_pixels=d["motion_pixels"],
+            plan=tuple(int(x) for x in d["plan"]),  # type: ignore[arg-type]
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -326,6 +383,7 @@ def generate(
     on_step: Callable[[StepInfo], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     trace: Trace | None = None,
+    resume: ResumeState | None = None,
 ) -> Iterator[ChunkResult]:
     """Yield each chunk's new frames as soon as it is decoded and colour-corrected.
 
@@ -334,15 +392,16 @@ def generate(
     `clip_encode([1,3,1,H,W] in [-1,1]) -> [1,257,1280]`. `should_cancel()` is polled before every step
     (raises GenerationCancelled); `on_step` is told after every step. `trace(name, tensor)` receives
     intermediates under the golden data's names, for parity tests and debugging; the tensors may be
-    live buffers of the loop, so clone what you keep.
+    live buffers of the loop, so clone what you keep. `resume` (a chunk's `state` from an earlier run
+    of the same request) starts at the chunk after it and yields the frames the full run would.
     """
     try:
-        yield from _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, trace)
+        yield from _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, trace, resume)
     except torch.OutOfMemoryError as exc:
         raise EngineOOMError(str(exc)) from exc
 
 
-def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, trace) -> Iterator[ChunkResult]:
+def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, trace, resume=None) -> Iterator[ChunkResult]:
     s = settings
     if s.mode not in ("clip", "streaming"):
         raise ValueError(f"mode must be 'clip' or 'streaming', got {s.mode!r}")
@@ -366,8 +425,16 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
         masks = speaker_masks((src_h, src_w), (th, tw), len(inputs.audio), inputs.bboxes, inputs.face_scale)
 
     seed = s.seed if s.seed is not None and s.seed >= 0 else random.randint(0, MAX_SEED)
+    plan_key = (len(plan.chunks), plan.total_frames, s.frame_num, s.motion_frame)
+    if resume is not None:
+        if tuple(resume.plan) != plan_key or not 0 < resume.next_chunk < len(plan.chunks):
+            raise ValueError(f"resume state {resume.plan} @ {resume.next_chunk} does not fit this request {plan_key}")
+        seed = resume.seed
     gen = torch.Generator(device="cpu").manual_seed(seed)
     rng_calls = 0
+    if resume is not None:
+        gen.set_state(resume.rng_state)
+        rng_calls = resume.rng_calls
 
     def draw(shape: tuple[int, ...], kind: str) -> torch.Tensor:
         nonlocal rng_calls
@@ -396,12 +463,19 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
     clip_cache: tuple[torch.Tensor, torch.Tensor] | None = None
     emitted = 0
     masks_dev = masks.to(device)
+    if resume is not None:
+        motion_pixels, emitted = resume.motion_pixels.float(), resume.emitted
+        if s.color_strength > 0.0:  # the reference is chunk 0's condition frame, recomputed
+            ref_cond = resize_to_target(frames.get(plan.chunks[0].audio_start), (th, tw))
+            color_ref, color_ref_image = lab_reference(ref_cond), ref_cond
 
     with torch.no_grad():
         for spec in plan.chunks:
             if spec.emit == 0 and spec.index > 0:
                 break  # everything from here on would be cut by the final truncation
             i = spec.index
+            if resume is not None and i < resume.next_chunk:
+                continue
             cond = resize_to_target(frames.get(spec.audio_start), (th, tw))  # [1, 3, 1, th, tw]
             if i == 0 and s.color_strength > 0.0:
                 color_ref, color_ref_image = lab_reference(cond), cond
@@ -465,15 +539,28 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
                 motion_pixels = video[:, :, -s.motion_frame :].clone()
 
             new = video[0, :, spec.skip : spec.skip + spec.emit].contiguous()
+            last = spec.is_last or plan.chunks[i + 1].emit == 0
+            state = None
+            if not last:
+                state = ResumeState(
+                    next_chunk=i + 1,
+                    emitted=emitted + spec.emit,
+                    seed=seed,
+                    rng_state=gen.get_state(),
+                    rng_calls=rng_calls,
+                    motion_pixels=motion_pixels,
+                    plan=plan_key,
+                )
             yield ChunkResult(
                 index=i,
                 n_chunks=len(plan.chunks),
                 first_frame=emitted,
                 total_frames=plan.total_frames,
-                is_last=spec.is_last or plan.chunks[i + 1].emit == 0,
+                is_last=last,
                 seed=seed,
                 frames=new,
                 frames_uint8=to_uint8_frames(new),
+                state=state,
             )
             emitted += spec.emit
             del video, latent

@@ -23,7 +23,7 @@ from .buckets import BUCKET_TABLES
 from .clip_visual import CLIPVisionConfig, CLIPVisionTower, original_key_map
 from .dit import DiTConfig, InfiniteTalkDiT
 from .errors import EngineOOMError, WeightLoadError
-from .generation import ChunkResult, GenerationInputs, GenerationSettings, StepInfo, generate
+from .generation import ChunkResult, GenerationInputs, GenerationSettings, ResumeState, StepInfo, generate
 from .layout import CheckpointLayout
 from .loaders import load_module
 from .t5 import T5Config, T5TextEncoder, UMT5Encoder
@@ -183,7 +183,9 @@ class Engine:
         *,
         on_step: Callable[[StepInfo], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        resume: bytes | None = None,
     ) -> Iterator[ChunkResult]:
+        """`resume`: `ChunkResult.state.to_bytes()` of an earlier run of the same request (a retried job)."""
         settings = request.settings
         if isinstance(settings.bucket, str):
             settings = replace(settings, bucket=self.bucket_table(settings.bucket))
@@ -207,6 +209,7 @@ class Engine:
                 settings,
                 on_step=on_step,
                 should_cancel=should_cancel,
+                resume=ResumeState.from_bytes(resume) if resume is not None else None,
             )
 
 
