@@ -3,10 +3,12 @@
 The file list per variant is the `weights:` list of `conf/model/<variant>.yaml`, composed through
 the same config code the worker uses, with `server.volume_root` pointed at the destination. So
 the folder that `fetch` fills is exactly where the worker will look when the same folder is
-mounted as its volume. Downloads go through huggingface_hub into `local_dir`, which keeps partial
-files under `<local_dir>/.cache/huggingface/` and resumes them on the next run; complete files are
-skipped. Afterwards a manifest (size + sha256, from the Hub's LFS metadata where it has them)
-is written at the destination for `weights verify`.
+mounted as its volume. huggingface_hub lists the files (one commit per source) and builds the URLs and
+auth headers; the bytes come through our own ranged GETs, because huggingface_hub (2.x) deletes a
+partial download when it fails, and a 65 GB fetch must survive an interrupted build or session:
+each file grows in `<name>.partial` and the next run continues it with a Range request. The
+sha256 of every LFS file is checked before it takes its final name, and a manifest (size +
+sha256) is written at the destination for `weights verify`.
 """
 from __future__ import annotations
 
@@ -52,19 +54,92 @@ def plan(model: str, dest: Path | str, *, conf_dir: str | None = None) -> list[S
     ]
 
 
-def _hub_entries(api, src: Source, token: str | None) -> dict[str, FileEntry]:
-    """Size and sha256 of each file the Hub will serve for this source (LFS files carry a sha256)."""
-    info = api.model_info(src.repo, revision=src.revision, files_metadata=True, token=token)
-    out: dict[str, FileEntry] = {}
-    for sib in info.siblings or []:
-        if not any(fnmatch.fnmatch(sib.rfilename, pat) for pat in src.files):
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    size: int
+    sha256: str | None  # LFS files only; small git files have none
+
+
+def list_remote(api, src: Source, token: str | None) -> tuple[str, list[RemoteFile]]:
+    """(commit, files matching the source's patterns); every file then comes from that one commit."""
+    commit = api.repo_info(src.repo, revision=src.revision, token=token).sha
+    found: list[RemoteFile] = []
+    for f in api.list_repo_tree(src.repo, recursive=True, revision=commit, token=token):
+        if not hasattr(f, "size") or not any(fnmatch.fnmatch(f.path, pat) for pat in src.files):
             continue
-        sha = None
-        lfs = getattr(sib, "lfs", None)
-        if lfs is not None:
-            sha = lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)
-        out[sib.rfilename] = FileEntry(sib.rfilename, int(sib.size or 0), sha)
-    return out
+        lfs = getattr(f, "lfs", None)
+        found.append(RemoteFile(f.path, int(f.size), getattr(lfs, "sha256", None) if lfs is not None else None))
+    missing = [pat for pat in src.files if not any(fnmatch.fnmatch(r.name, pat) for r in found)]
+    if missing:
+        raise FileNotFoundError(f"{src.repo}@{src.revision or 'main'} has no file matching {missing[0]!r}")
+    return commit, sorted(found, key=lambda r: r.name)
+
+
+def download(
+    client,
+    url: str,
+    path: Path,
+    remote: RemoteFile,
+    *,
+    headers: dict[str, str],
+    commit: str,
+    attempts: int = 5,
+) -> int:
+    """Download one file to `path`, resuming `<path>.partial` (kept across runs, tied to the commit
+    in `<path>.partial.commit`); returns the bytes transferred. The sha256 is checked before the
+    rename, so a file at its final name is always whole."""
+    import hashlib
+
+    import httpx
+
+    partial = path.with_name(path.name + ".partial")
+    stamp = path.with_name(path.name + ".partial.commit")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if partial.exists() and (not stamp.is_file() or stamp.read_text() != commit):
+        partial.unlink()  # bytes of another revision cannot be continued
+    stamp.write_text(commit)
+    sent = 0
+    for attempt in range(attempts):
+        have = partial.stat().st_size if partial.exists() else 0
+        if have > remote.size:
+            partial.unlink()
+            have = 0
+        if have < remote.size:
+            req = dict(headers)
+            if have:
+                req["Range"] = f"bytes={have}-"
+            try:
+                with client.stream("GET", url, headers=req) as resp:
+                    if resp.status_code == 416:
+                        partial.unlink()
+                        continue
+                    resp.raise_for_status()
+                    mode = "ab"
+                    if have and resp.status_code == 200:  # the server ignored the range: start over
+                        mode = "wb"
+                    with open(partial, mode) as f:
+                        for chunk in resp.iter_bytes():  # as received: a cut keeps every byte that arrived
+                            f.write(chunk)
+                            sent += len(chunk)
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                if attempt == attempts - 1:
+                    raise
+                continue
+        if partial.stat().st_size != remote.size:
+            continue
+        if remote.sha256:
+            h = hashlib.sha256()
+            with open(partial, "rb") as f:
+                while block := f.read(8 * 2**20):
+                    h.update(block)
+            if h.hexdigest() != remote.sha256:
+                partial.unlink()
+                raise OSError(f"{path}: sha256 {h.hexdigest()} does not match the Hub's {remote.sha256}")
+        os.replace(partial, path)
+        stamp.unlink(missing_ok=True)
+        return sent
+    raise OSError(f"{path}: incomplete after {attempts} attempts ({partial.stat().st_size} of {remote.size} bytes)")
 
 
 def fetch(
@@ -76,40 +151,56 @@ def fetch(
     max_workers: int = 8,
     progress: Callable[[str], None] | None = None,
 ) -> Manifest:
-    """Download every source (resuming partial files), then write `<dest>/weights-manifest.json`."""
-    from huggingface_hub import HfApi, snapshot_download
+    """Download every source (resuming partial files), then write `<dest>/weights-manifest.json`.
+
+    A file already present with the manifest's size is not fetched again.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from huggingface_hub import HfApi, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
 
     dest = Path(dest).resolve()
     token = token or os.environ.get("HF_TOKEN") or None
     api = HfApi(endpoint=endpoint, token=token)
+    headers = build_hf_headers(token=token)
+    headers["Accept-Encoding"] = "identity"
     manifest_path = dest / MANIFEST_NAME
     manifest = Manifest.load(manifest_path) if manifest_path.is_file() else Manifest()
-    for src in sources:
-        local = src.local_dir.resolve()
-        try:
-            local.relative_to(dest)
-        except ValueError as exc:
-            raise ValueError(f"{src.repo}: local_dir {local} lies outside the destination {dest}") from exc
-        if progress:
-            progress(f"fetching {src.repo}@{src.revision or 'main'} -> {local}")
-        expected = _hub_entries(api, src, token)
-        missing = [pat for pat in src.files if not any(fnmatch.fnmatch(name, pat) for name in expected)]
-        if missing:
-            raise FileNotFoundError(f"{src.repo}@{src.revision or 'main'} has no file matching {missing[0]!r}")
-        snapshot_download(
-            src.repo,
-            revision=src.revision,
-            local_dir=str(local),
-            allow_patterns=list(src.files),
-            token=token,
-            endpoint=endpoint,
-            max_workers=max_workers,
-        )
-        for name, entry in sorted(expected.items()):
-            path = local / name
-            size = path.stat().st_size
-            if size != entry.size:
-                raise OSError(f"{path}: {size} bytes after download, the Hub says {entry.size}")
-            manifest.add(FileEntry(rel(dest, path), size, entry.sha256 or sha256_file(path)))
-        manifest.save(manifest_path)
+    timeout = httpx.Timeout(120.0, connect=15.0)
+    with httpx.Client(follow_redirects=True, timeout=timeout) as client:
+        for src in sources:
+            local = src.local_dir.resolve()
+            try:
+                local.relative_to(dest)
+            except ValueError as exc:
+                raise ValueError(f"{src.repo}: local_dir {local} lies outside the destination {dest}") from exc
+            commit, remotes = list_remote(api, src, token)
+            if progress:
+                progress(f"{src.repo}@{src.revision or 'main'} ({commit[:12]}): {len(remotes)} files -> {local}")
+            known = manifest.by_path()
+
+            def one(remote: RemoteFile) -> FileEntry:
+                path = local / remote.name
+                key = rel(dest, path)
+                entry = known.get(key)
+                if (
+                    path.is_file()
+                    and path.stat().st_size == remote.size
+                    and entry is not None
+                    and entry.size == remote.size
+                    and (remote.sha256 is None or entry.sha256 == remote.sha256)
+                ):
+                    return entry
+                url = hf_hub_url(src.repo, remote.name, revision=commit, endpoint=endpoint)
+                download(client, url, path, remote, headers=headers, commit=commit)
+                if progress:
+                    progress(f"  {remote.name}: {remote.size / 1e9:.3f} GB")
+                return FileEntry(key, remote.size, remote.sha256 or sha256_file(path))
+
+            with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+                for entry in pool.map(one, remotes):
+                    manifest.add(entry)
+            manifest.save(manifest_path)
     return manifest
