@@ -50,4 +50,6 @@ def build_request(
         negative_prompt=negative_prompt,
         settings=generation_settings(resolved),
         bboxes=bboxes,
+        lora_file=resolved.lora_file or "",
+        lora_scale=resolved.lora_scale,
     )

@@ -1,0 +1,22 @@
+"""The resolved job settings become the engine's generation settings, field by field."""
+from __future__ import annotations
+
+from worker.config import apply_job_overrides, compose_config
+from worker.engine.engine_request import generation_settings
+from worker.schema import parse_job_input
+
+
+def resolved(**fields):
+    job = parse_job_input({"image": "/runpod-volume/a.png", "audio": "/runpod-volume/a.wav", **fields})
+    return apply_job_overrides(compose_config(), job)
+
+
+def test_turbo_preset_and_overrides_reach_the_sampler():
+    s = generation_settings(resolved(sampler="turbo", seed=9, mode="streaming", max_duration_s=10))
+    assert (s.steps, s.text_scale, s.audio_scale, s.shift) == (4, 1.0, 2.0, 2.0)
+    assert s.seed == 9 and s.mode == "streaming" and s.max_frames == 250 and s.bucket == "infinitetalk-480"
+
+
+def test_clip_mode_renders_exactly_one_chunk():
+    s = generation_settings(resolved(mode="clip", frame_num=33))
+    assert s.mode == "clip" and s.frame_num == 33 and s.max_frames == 33
