@@ -93,5 +93,8 @@ def engine_options(cfg: AppConfig) -> dict[str, Any]:
         "dtype": cfg.model.dtype if gpu.device == "cpu" else gpu.dtype,
         "attention_backend": gpu.attention,
         "offload_text_encoder": gpu.offload_t5,
+        "lora_dir": cfg.model.lora_dir or "",
+        "lora_file": cfg.sampler.lora_file or "",
+        "lora_scale": cfg.sampler.lora_scale,
         "fault": cfg.server.fault,
     }

@@ -26,6 +26,7 @@ from .errors import EngineOOMError, WeightLoadError
 from .generation import ChunkResult, GenerationInputs, GenerationSettings, ResumeState, StepInfo, generate
 from .layout import CheckpointLayout
 from .loaders import load_module
+from .lora import merge_lora, resolve_lora_path
 from .t5 import T5Config, T5TextEncoder, UMT5Encoder
 from .vae import VAEConfig, WanVAE, WanVAEModel
 
@@ -41,6 +42,11 @@ class EngineOptions:
     attention_backend: str = "sdpa"
     offload_text_encoder: bool = False  # keep umT5 on the CPU (it is used once per prompt)
     text_cache_size: int = 16
+    # LoRA merged at load (the worker's default preset): `lora_file` relative to `lora_dir` or absolute.
+    # A request naming another LoRA switches lazily, see `Engine.use_lora`.
+    lora_dir: str = ""
+    lora_file: str = ""
+    lora_scale: float = 1.0
     # Chaos testing: "oom@step" raises the accelerator's out-of-memory error at the first sampling
     # step of the next job (once), exactly where a real one surfaces; empty in production.
     fault: str = ""
@@ -56,6 +62,10 @@ class EngineRequest:
     negative_prompt: str
     settings: GenerationSettings
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
+    # The preset's LoRA (relative to EngineOptions.lora_dir): None keeps whatever the engine has
+    # merged, "" asks for the plain model.
+    lora_file: str | None = None
+    lora_scale: float = 1.0
 
 
 @dataclass
@@ -86,6 +96,9 @@ class Engine:
         set_attention_backend(options.attention_backend)
         layout.check()
         self.dit = self._timed("dit", self._load_dit)
+        self.lora: tuple[str, float] | None = None  # (resolved path, scale) merged into self.dit
+        if options.lora_file:
+            self._timed("lora", lambda: self.use_lora(options.lora_file, options.lora_scale))
         self.vae = self._timed("vae", self._load_vae)
         self.text_encoder = self._timed("t5", self._load_t5)
         self.clip = self._timed("clip", self._load_clip)
@@ -150,6 +163,27 @@ class Engine:
     def _load_wav2vec(self) -> Wav2Vec2Embedder:
         return Wav2Vec2Embedder.from_pretrained(self.layout.wav2vec_dir, device=self.device, dtype=torch.float32)
 
+    def use_lora(self, lora_file: str | None, scale: float = 1.0) -> None:
+        """Make the DiT carry exactly this LoRA (None or "": none), merging lazily once per (file, scale).
+
+        A worker serves its default preset, merged at load, so switching is the exception (a job that
+        names another preset). Switching subtracts the merged LoRA's recomputed delta and adds the new
+        one: exact up to float32 rounding on a float32 model; on a bf16 model each switch rounds the
+        touched weights once more (at most one bf16 ulp each), which is far below the LoRA's own
+        effect, and a worker that keeps switching should be given its own endpoint per preset.
+        """
+        path = resolve_lora_path(lora_file, self.options.lora_dir)
+        want = None if path is None else (str(path), float(scale))
+        if want == self.lora:
+            return
+        with torch.inference_mode(False), torch.no_grad():
+            if self.lora is not None:
+                merge_lora(self.dit, self.lora[0], -self.lora[1])
+                self.lora = None
+            if want is not None:
+                merge_lora(self.dit, want[0], want[1])
+                self.lora = want
+
     # ------------------------------------------------------------------ encoders
 
     def bucket_table(self, size: str) -> dict:
@@ -187,9 +221,14 @@ class Engine:
     ) -> Iterator[ChunkResult]:
         """`resume`: `ChunkResult.state.to_bytes()` of an earlier run of the same request (a retried job)."""
         settings = request.settings
+        if request.lora_file is not None:
+            self.use_lora(request.lora_file, request.lora_scale)
         if isinstance(settings.bucket, str):
             settings = replace(settings, bucket=self.bucket_table(settings.bucket))
-        audio = tuple(_extend_short_audio(a, settings.frame_num + 1) for a in self.embed_audio(request.audio_tracks))
+        embeddings = self.embed_audio(request.audio_tracks)
+        if max(e.shape[0] for e in embeddings) <= settings.frame_num:
+            settings = replace(settings, mode="clip")  # all of it fits one chunk
+        audio = tuple(_extend_short_audio(a, settings.frame_num + 1) for a in embeddings)
         inputs = GenerationInputs(
             cond=request.cond,
             audio=audio,

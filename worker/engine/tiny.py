@@ -36,7 +36,7 @@ from .layout import (
 from .t5 import T5Config, UMT5Encoder, write_tiny_tokenizer
 from .vae import VAEConfig, WanVAEModel
 
-TINY_VERSION = "v2"
+TINY_VERSION = "v3"  # v3: loras/ (tiny lightx2v and FusioniX distill LoRAs)
 TINY_SEED = 20261125
 
 TINY_T5 = T5Config.tiny()
@@ -71,6 +71,13 @@ TINY_DIT = DiTConfig(
     audio_layers=TINY_WAV2VEC["num_hidden_layers"],
     audio_dim=TINY_WAV2VEC["hidden_size"],
 )
+
+
+# The names conf/sampler/{turbo,fast}.yaml give, so the presets run on the tiny model unchanged.
+TINY_LORAS = {
+    "lightx2v_I2V_14B_480p_cfg_step_distill_rank128_bf16.safetensors": "lightx2v",
+    "Wan2.1_I2V_14B_FusionX_LoRA.safetensors": "fusionx",
+}
 
 
 def default_cache_dir() -> Path:
@@ -166,6 +173,43 @@ def _write_wav2vec(folder: Path) -> None:
     ).save_pretrained(str(folder))
 
 
+def write_tiny_lora(path: Path, style: str, seed: int, rank: int = 4) -> None:
+    """A small LoRA over every block projection in one of the published key styles.
+
+    "lightx2v": `diffusion_model.<m>.lora_down/lora_up.weight` + `.alpha` (bf16 matrices, as the real
+    file), `.diff_b` on the biases; "fusionx": `diffusion_model.<m>.lora_A/lora_B.weight`, no alpha,
+    plus `.diff` on the image-key norm scales. Magnitudes stay small so the tiny model still renders.
+    """
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, ref in _meta(lambda: InfiniteTalkDiT(TINY_DIT)).state_dict().items():
+        if not name.startswith("blocks.") or is_adapter_key(name):
+            continue
+        module = name.rsplit(".", 1)[0]
+        if name.endswith(".weight") and ref.ndim == 2:
+            out_f, in_f = ref.shape
+            down = torch.randn(rank, in_f, generator=g) / math.sqrt(in_f)
+            up = 0.05 * torch.randn(out_f, rank, generator=g) / math.sqrt(rank)
+            if style == "lightx2v":
+                sd[f"diffusion_model.{module}.lora_down.weight"] = down.to(torch.bfloat16)
+                sd[f"diffusion_model.{module}.lora_up.weight"] = up.to(torch.bfloat16)
+                sd[f"diffusion_model.{module}.alpha"] = torch.tensor(float(rank))
+            else:
+                sd[f"diffusion_model.{module}.lora_A.weight"] = down
+                sd[f"diffusion_model.{module}.lora_B.weight"] = up
+        elif name.endswith(".bias") and style == "lightx2v":
+            sd[f"diffusion_model.{module}.diff_b"] = (0.01 * torch.randn(ref.shape, generator=g)).to(torch.bfloat16)
+        elif name.endswith("norm_k_img.weight") and style == "fusionx":
+            sd[f"diffusion_model.{module}.diff"] = 0.01 * torch.randn(ref.shape, generator=g)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path), metadata={"format": "pt"})
+
+
+def _write_loras(folder: Path) -> None:
+    for i, (name, style) in enumerate(sorted(TINY_LORAS.items())):
+        write_tiny_lora(folder / name, style, TINY_SEED + 10 + i)
+
+
 def _write_components(ckpt_dir: Path) -> None:
     (ckpt_dir / COMPONENTS_FILE).write_text(
         json.dumps(
@@ -199,6 +243,7 @@ def ensure_tiny_checkpoint(cache_dir: Path | None = None) -> CheckpointLayout:
         _write_vae(staged.ckpt_dir)
         _write_wav2vec(staged.wav2vec_dir)
         _write_components(staged.ckpt_dir)
+        _write_loras(tmp / "loras")
         (tmp / ".complete").write_text(TINY_VERSION)
         try:
             os.rename(tmp, root)

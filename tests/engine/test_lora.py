@@ -1,0 +1,178 @@
+"""LoRA merging: the formula in float32, every key style, refusals, and the engine's lazy switching."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from worker.engine.dit import InfiniteTalkDiT
+from worker.engine.errors import WeightLoadError
+from worker.engine.lora import index_lora, merge_lora, resolve_lora_path
+from worker.engine.tiny import TINY_DIT, TINY_LORAS, ensure_tiny_checkpoint
+
+TARGETS = ("blocks.0.self_attn.q", "blocks.1.ffn.2", "blocks.0.cross_attn.k_img")
+
+
+def tiny_dit(dtype=torch.float32) -> InfiniteTalkDiT:
+    with torch.device("meta"):
+        dit = InfiniteTalkDiT(TINY_DIT)
+    dit.to_empty(device="cpu")
+    dit.init_weights(torch.Generator().manual_seed(0))
+    return dit.to(dtype).requires_grad_(False)
+
+
+def lora_tensors(rank: int = 3, seed: int = 1) -> dict[str, dict[str, torch.Tensor]]:
+    """Per target module: down [r, in], up [out, r], a diff for the bias and one for a norm."""
+    g = torch.Generator().manual_seed(seed)
+    dims = {"blocks.0.self_attn.q": (64, 64), "blocks.1.ffn.2": (64, 128), "blocks.0.cross_attn.k_img": (64, 64)}
+    out = {}
+    for m, (o, i) in dims.items():
+        out[m] = {
+            "down": torch.randn(rank, i, generator=g),
+            "up": torch.randn(o, rank, generator=g),
+            "bias": torch.randn(o, generator=g),
+        }
+    out["norm"] = {"diff": torch.randn(64, generator=g)}
+    return out
+
+
+def write(path, t, *, prefix="diffusion_model.", down=".lora_down.weight", up=".lora_up.weight", alpha=None,
+          kohya=False):
+    sd = {}
+    for m, parts in t.items():
+        if m == "norm":
+            sd[f"{prefix}blocks.0.cross_attn.norm_k_img.diff"] = parts["diff"]
+            continue
+        name = f"{prefix}{m.replace('.', '_')}" if kohya else f"{prefix}{m}"
+        sd[name + down] = parts["down"]
+        sd[name + up] = parts["up"]
+        sd[name + ".diff_b"] = parts["bias"]
+        if alpha is not None:
+            sd[name + ".alpha"] = torch.tensor(float(alpha))
+    save_file(sd, str(path))
+    return path
+
+
+def expected(dit: InfiniteTalkDiT, t, scale: float, factor: float) -> dict[str, torch.Tensor]:
+    p = dict(dit.named_parameters())
+    exp = {}
+    for m in TARGETS:
+        exp[m + ".weight"] = p[m + ".weight"].float() + scale * factor * (t[m]["up"] @ t[m]["down"])
+        exp[m + ".bias"] = p[m + ".bias"].float() + scale * t[m]["bias"]
+    norm = "blocks.0.cross_attn.norm_k_img.weight"
+    exp[norm] = p[norm].float() + scale * t["norm"]["diff"]
+    return exp
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        dict(alpha=6.0),  # lightx2v: lora_down/lora_up + alpha (alpha/rank = 2 here)
+        dict(down=".lora_A.weight", up=".lora_B.weight"),  # FusioniX / PEFT matrices, no alpha
+        dict(prefix="base_model.model.", down=".lora_A.weight", up=".lora_B.weight", alpha=3.0),
+        dict(prefix="lora_unet_", kohya=True, alpha=1.5),  # kohya underscored module names
+    ],
+    ids=["lightx2v", "fusionx", "peft", "kohya"],
+)
+def test_merge_is_w_plus_scale_alpha_over_rank_up_down(tmp_path, style):
+    t = lora_tensors(rank=3)
+    path = write(tmp_path / "l.safetensors", t, **style)
+    dit = tiny_dit()
+    factor = style.get("alpha", 3.0) / 3.0
+    want = expected(dit, t, 0.7, factor)
+    untouched = dit.blocks[1].self_attn.q.weight.clone()
+    report = merge_lora(dit, path, 0.7)
+    assert report.low_rank == 3 and report.diffs == 4
+    params = dict(dit.named_parameters())
+    for k, v in want.items():
+        torch.testing.assert_close(params[k], v, rtol=1e-6, atol=1e-6)
+    assert torch.equal(dit.blocks[1].self_attn.q.weight, untouched)
+
+
+def test_bf16_weights_are_merged_in_float32_and_rounded_once(tmp_path):
+    t = lora_tensors()
+    path = write(tmp_path / "l.safetensors", t, alpha=3.0)
+    dit = tiny_dit(torch.bfloat16)
+    w = dit.blocks[0].self_attn.q.weight.clone()
+    merge_lora(dit, path, 1.0)
+    m = "blocks.0.self_attn.q"
+    want = (w.float() + t[m]["up"] @ t[m]["down"]).to(torch.bfloat16)
+    assert torch.equal(dit.blocks[0].self_attn.q.weight, want)
+
+
+def test_negative_scale_removes_the_lora(tmp_path):
+    path = write(tmp_path / "l.safetensors", lora_tensors(), alpha=3.0)
+    dit = tiny_dit()
+    before = {k: v.clone() for k, v in dit.state_dict().items()}
+    merge_lora(dit, path, 1.3)
+    merge_lora(dit, path, -1.3)
+    for k, v in dit.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=1e-5)
+
+
+def test_foreign_or_broken_files_are_refused_before_any_weight_changes(tmp_path):
+    dit = tiny_dit()
+    before = dit.blocks[0].self_attn.q.weight.clone()
+    foreign = tmp_path / "wan22.safetensors"
+    save_file(
+        {
+            "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(2, 64),
+            "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.zeros(64, 2),
+            "diffusion_model.blocks.7.self_attn.q.lora_down.weight": torch.zeros(2, 64),  # no block 7
+            "diffusion_model.blocks.7.self_attn.q.lora_up.weight": torch.zeros(64, 2),
+        },
+        str(foreign),
+    )
+    with pytest.raises(WeightLoadError, match="blocks.7"):
+        merge_lora(dit, foreign)
+    half = tmp_path / "half.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(2, 64)}, str(half))
+    with pytest.raises(WeightLoadError, match="only one of the two"):
+        merge_lora(dit, half)
+    odd = tmp_path / "odd.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.hada_w1_a": torch.zeros(2, 64)}, str(odd))
+    with pytest.raises(WeightLoadError, match="not a LoRA tensor"):
+        merge_lora(dit, odd)
+    with pytest.raises(WeightLoadError, match="not found"):
+        merge_lora(dit, tmp_path / "missing.safetensors")
+    assert torch.equal(dit.blocks[0].self_attn.q.weight, before)
+
+
+def test_tiny_checkpoint_ships_both_preset_loras(tmp_path):
+    layout = ensure_tiny_checkpoint(tmp_path / "tiny")
+    params = {k for k, _ in tiny_dit().named_parameters()}
+    styles = {}
+    for name in TINY_LORAS:
+        idx = index_lora(tmp_path / "tiny" / "loras" / name, params)
+        styles[name] = idx
+        assert idx.style == "diffusion_model" and idx.n_low_rank == 2 * 12  # 4 self-attn, 6 cross-attn, 2 ffn projections a block
+    assert layout.ckpt_dir.is_dir()
+    assert resolve_lora_path("a.safetensors", "/x") == resolve_lora_path("/x/a.safetensors", None)
+    assert resolve_lora_path("", "/x") is None
+
+
+def test_engine_merges_at_load_and_switches_lazily(tmp_path):
+    from worker.engine.runtime import Engine, EngineOptions
+
+    root = tmp_path / "tiny"
+    layout = ensure_tiny_checkpoint(root)
+    turbo, fast = sorted(TINY_LORAS, key=lambda n: TINY_LORAS[n] != "lightx2v")
+    plain = Engine.load(layout, EngineOptions(lora_dir=str(root / "loras")))
+    assert plain.lora is None
+    base = {k: v.clone() for k, v in plain.dit.state_dict().items()}
+
+    eng = Engine.load(layout, EngineOptions(lora_dir=str(root / "loras"), lora_file=turbo, lora_scale=1.0))
+    assert eng.lora == (str(root / "loras" / turbo), 1.0)
+    q = "blocks.0.self_attn.q.weight"
+    assert not torch.equal(eng.dit.state_dict()[q], base[q])
+    turbo_q = eng.dit.state_dict()[q].clone()
+    eng.use_lora(turbo, 1.0)  # same (file, scale): nothing happens
+    assert torch.equal(eng.dit.state_dict()[q], turbo_q)
+    eng.use_lora(fast, 0.5)
+    assert eng.lora == (str(root / "loras" / fast), 0.5)
+    eng.use_lora("", 1.0)
+    assert eng.lora is None
+    for k, v in eng.dit.state_dict().items():
+        assert math.isclose(float((v - base[k]).abs().max()), 0.0, abs_tol=1e-5), k

@@ -1,0 +1,200 @@
+"""LoRA files merged into the DiT's weights: W += scale * (alpha / rank) * up @ down.
+
+Why merge instead of running the low-rank branch beside each Linear: the distill LoRAs (lightx2v,
+FusioniX) touch every projection of every block and are used for whole jobs, so folding them in
+once costs nothing per forward, and the merged module is the plain DiT every other feature
+(offload, fp8, TeaCache) already handles.
+
+Key naming understood (facts from the published files and the loaders that read them):
+  prefixes   `diffusion_model.` (ComfyUI/Kijai exports: lightx2v, FusioniX), `model.diffusion_model.`,
+             `base_model.model.` (PEFT), none, or the underscored `lora_unet_blocks_0_self_attn_q`
+             form (kohya, also seen half-underscored), matched against the model's own names with dots read as `_`;
+  matrices   `<m>.lora_down.weight` / `<m>.lora_up.weight` or `<m>.lora_A.weight` / `<m>.lora_B.weight`
+             (down/A is [rank, in], up/B is [out, rank]);
+  alpha      optional `<m>.alpha` (a scalar); absent means alpha = rank, i.e. factor 1;
+  full diffs `<m>.diff` (added to `<m>.weight`, e.g. the norm scales `cross_attn.norm_k_img.diff`)
+             and `<m>.diff_b` (added to `<m>.bias`).
+The module names after the prefix are the Wan checkpoint's (`blocks.0.self_attn.q`, `blocks.0.ffn.0`,
+`img_emb.proj.1`, ...), which are ours too, so no renaming table is needed. Upstream InfiniteTalk's
+own merger ignores `.alpha`; the published distill files carry alpha equal to their rank (or none),
+where both rules agree.
+
+Deltas are computed in float32 on the parameter's device and added to a float32 view of the
+weight, then cast back, so a bf16 model is rounded once. Removing a merged LoRA subtracts the
+same recomputed delta: exact up to float32 rounding on a float32 model, one extra bf16 rounding
+per weight on a bf16 model (see `Engine.use_lora` for why that is acceptable there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from .errors import WeightLoadError
+
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
+KOHYA_PREFIX = "lora_unet_"
+_PAIRS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))
+
+
+@dataclass
+class LoraTerm:
+    """What one file says about one target parameter (file keys kept for error messages)."""
+
+    down: str | None = None
+    up: str | None = None
+    alpha: str | None = None
+    diff: str | None = None
+
+
+@dataclass
+class LoraIndex:
+    """target parameter name -> term, plus the format the file was recognised as."""
+
+    path: Path
+    terms: dict[str, LoraTerm] = field(default_factory=dict)
+    style: str = "plain"  # "diffusion_model" | "peft" | "kohya" | "plain"
+
+    @property
+    def n_low_rank(self) -> int:
+        return sum(1 for t in self.terms.values() if t.down is not None)
+
+    @property
+    def n_diff(self) -> int:
+        return sum(1 for t in self.terms.values() if t.diff is not None)
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    file: str
+    scale: float
+    style: str
+    low_rank: int
+    diffs: int
+
+
+def _split(key: str) -> tuple[str, str] | None:
+    """(module path, slot) for one file key, or None when the suffix is not a LoRA tensor."""
+    for down, up in _PAIRS:
+        if key.endswith(down):
+            return key[: -len(down)], "down"
+        if key.endswith(up):
+            return key[: -len(up)], "up"
+    for suffix, slot in ((".alpha", "alpha"), (".diff_b", "diff_b"), (".diff", "diff")):
+        if key.endswith(suffix):
+            return key[: -len(suffix)], slot
+    return None
+
+
+def _kohya_table(params: set[str]) -> dict[str, str]:
+    """`blocks_0_self_attn_q` -> `blocks.0.self_attn.q` for every module path of the model."""
+    modules = {p.rsplit(".", 1)[0] for p in params if "." in p}
+    return {m.replace(".", "_"): m for m in modules}
+
+
+def index_lora(path: Path | str, params: set[str]) -> LoraIndex:
+    """Map every tensor of a LoRA file to the model parameter it changes.
+
+    Every key must be understood and must target a parameter of the model: a LoRA made for another
+    model (Wan2.2, T2V, diffusers names) is refused with the first offending key instead of being
+    half-applied.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightLoadError(str(path), None, "LoRA file not found")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            keys = list(handle.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightLoadError(str(path), None, f"corrupt LoRA file: {exc}") from exc
+    index = LoraIndex(path)
+    kohya: dict[str, str] | None = None
+    for key in keys:
+        stripped = key
+        for p in PREFIXES:
+            if key.startswith(p):
+                stripped = key[len(p) :]
+                index.style = "peft" if p == "base_model.model." else "diffusion_model"
+                break
+        parsed = _split(stripped)
+        if parsed is None:
+            raise WeightLoadError(str(path), key, "not a LoRA tensor (expected lora_down/lora_up, lora_A/lora_B, "
+                                                  "alpha, diff or diff_b)")
+        module, slot = parsed
+        if module.startswith(KOHYA_PREFIX):
+            kohya = kohya if kohya is not None else _kohya_table(params)
+            index.style = "kohya"
+            module = kohya.get(module[len(KOHYA_PREFIX) :].replace(".", "_"), module)
+        target = module + (".bias" if slot == "diff_b" else ".weight")
+        if target not in params:
+            raise WeightLoadError(str(path), key, f"targets {target!r}, which the DiT does not have "
+                                                  "(a LoRA for another model?)")
+        term = index.terms.setdefault(target, LoraTerm())
+        setattr(term, "diff" if slot == "diff_b" else slot, key)
+    for target, term in index.terms.items():
+        if (term.down is None) != (term.up is None):
+            raise WeightLoadError(str(path), term.down or term.up, f"{target!r} has only one of the two LoRA matrices")
+        if term.alpha is not None and term.down is None:
+            raise WeightLoadError(str(path), term.alpha, f"{target!r} has an alpha but no LoRA matrices")
+    return index
+
+
+def _delta(handle, term: LoraTerm, shape: torch.Size, device: torch.device, path: Path) -> torch.Tensor:
+    delta = torch.zeros(shape, dtype=torch.float32, device=device)
+    if term.down is not None and term.up is not None:
+        down = handle.get_tensor(term.down).to(device=device, dtype=torch.float32)
+        up = handle.get_tensor(term.up).to(device=device, dtype=torch.float32)
+        rank = down.shape[0]
+        factor = 1.0
+        if term.alpha is not None:
+            factor = float(handle.get_tensor(term.alpha).float().reshape(-1)[0]) / rank
+        up = up.reshape(up.shape[0], -1)
+        if up.shape[1] != rank:
+            raise WeightLoadError(str(path), term.up, f"rank {up.shape[1]} does not match lora_down's {rank}")
+        prod = up @ down.reshape(rank, -1)
+        if prod.numel() != delta.numel():
+            raise WeightLoadError(str(path), term.down, f"low-rank product {tuple(prod.shape)} does not fit "
+                                                        f"parameter shape {tuple(shape)}")
+        delta += prod.reshape(shape) * factor
+    if term.diff is not None:
+        diff = handle.get_tensor(term.diff).to(device=device, dtype=torch.float32)
+        if diff.numel() != delta.numel():
+            raise WeightLoadError(str(path), term.diff, f"shape {tuple(diff.shape)} does not fit {tuple(shape)}")
+        delta += diff.reshape(shape)
+    return delta
+
+
+@torch.no_grad()
+def merge_lora(module: nn.Module, path: Path | str, scale: float = 1.0) -> MergeReport:
+    """Add `scale` times the LoRA of `path` to `module`'s parameters in place (negative scale removes it).
+
+    Parameters may live on any device; each delta is built there one tensor at a time, so the extra
+    memory is one float32 copy of the largest touched matrix.
+    """
+    path = Path(path)
+    params = dict(module.named_parameters())
+    index = index_lora(path, set(params))
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        for target, term in index.terms.items():
+            p = params[target]
+            if p.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+                raise WeightLoadError(str(path), target, f"cannot merge into a {p.dtype} parameter "
+                                                         "(merge LoRAs before fp8 quantisation)")
+            delta = _delta(handle, term, p.shape, p.device, path)
+            p.copy_((p.float() + delta * scale).to(p.dtype))
+            del delta
+    return MergeReport(str(path), float(scale), index.style, index.n_low_rank, index.n_diff)
+
+
+def resolve_lora_path(name: str | None, lora_dir: str | Path | None) -> Path | None:
+    """A preset's `lora_file` is relative to the model's LoRA folder; absolute paths are kept."""
+    if not name:
+        return None
+    p = Path(name)
+    if p.is_absolute() or not lora_dir:
+        return p
+    return Path(lora_dir) / p
+
