@@ -17,8 +17,8 @@ from worker.errors import ErrorCode, JobError
 def iter_video_frames(path: Path | str, fps: float = 25.0) -> Iterator[Image.Image]:
     """Frames resampled to `fps` by timestamp (the latest source frame at or before each tick)."""
     try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError) as exc:
+        container = av.open(str(path), metadata_errors="ignore")  # corrupt tags must not stop the frames
+    except (av.FFmpegError, OSError, ValueError) as exc:
         raise JobError(ErrorCode.E_INPUT_VALIDATION, f"cannot open the reference video: {exc}") from exc
     with container:
         stream = container.streams.video[0]
@@ -39,5 +39,5 @@ def iter_video_frames(path: Path | str, fps: float = 25.0) -> Iterator[Image.Ima
                     yield image
                     tick += 1
                 last = image
-        except av.FFmpegError as exc:
+        except (av.FFmpegError, ValueError) as exc:
             raise JobError(ErrorCode.E_INPUT_VALIDATION, f"the reference video does not decode: {exc}") from exc
