@@ -81,7 +81,10 @@ def storage_settings(cfg: AppConfig, target: str, *, key_prefix: str, presign_ex
 def checkpoint_layout(cfg: AppConfig) -> CheckpointLayout:
     m = cfg.model
     return CheckpointLayout(
-        ckpt_dir=Path(m.ckpt_dir), infinitetalk_file=Path(m.infinitetalk_file), wav2vec_dir=Path(m.wav2vec_dir)
+        ckpt_dir=Path(m.ckpt_dir),
+        infinitetalk_file=Path(m.infinitetalk_file),
+        wav2vec_dir=Path(m.wav2vec_dir),
+        dit_bundle=Path(m.dit_bundle) if m.dit_bundle else None,
     )
 
 

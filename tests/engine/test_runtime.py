@@ -81,3 +81,16 @@ def test_truncated_shard_is_named(layout, tmp_path):
 
     with pytest.raises(WeightLoadError, match=shard.name):
         Engine.load(tiny_layout(copy))
+
+
+def test_a_repacked_bundle_replaces_shards_and_adapter(layout, tmp_path):
+    from dataclasses import replace
+
+    from worker.weights.repack import repack
+
+    bundle = tmp_path / "dit-bf16.safetensors"
+    repack(layout.dit_files, bundle, dtype="bfloat16", config_file=layout.dit_config)
+    eng = Engine.load(replace(layout, dit_bundle=bundle))
+    ref = Engine.load(layout)
+    for (k, a), (_, b) in zip(sorted(eng.dit.state_dict().items()), sorted(ref.dit.state_dict().items())):
+        torch.testing.assert_close(a, b.to(torch.bfloat16).to(a.dtype), rtol=0, atol=0, msg=k)

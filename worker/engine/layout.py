@@ -44,6 +44,9 @@ class CheckpointLayout:
     ckpt_dir: Path
     infinitetalk_file: Path
     wav2vec_dir: Path
+    # A consolidated DiT bundle made by `weights repack` (adapter and LoRA merged, bf16 or fp8):
+    # when set, it replaces the base shards and the adapter file.
+    dit_bundle: Path | None = None
 
     @property
     def dit_config(self) -> Path:
@@ -100,7 +103,7 @@ class CheckpointLayout:
     def required_files(self) -> list[Path]:
         return [
             self.dit_config,
-            *self.dit_files,
+            *([self.dit_bundle] if self.dit_bundle else self.dit_files),
             self.t5_file,
             self.t5_tokenizer,
             self.clip_file,
