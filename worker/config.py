@@ -114,6 +114,7 @@ class ModelConf:
     wav2vec_dir: str = MISSING
     quant_dir: Optional[str] = None
     quant_file: Optional[str] = None
+    dit_bundle: Optional[str] = None  # consolidated DiT from `weights repack` (replaces shards + adapter)
     lora_dir: Optional[str] = None
     weights: list[HfSource] = field(default_factory=list)
 
