@@ -477,13 +477,16 @@ def _fetch_volume(ref: str, shown: str, tmp: Path, policy: FetchPolicy, kind: st
         raise _refused(kind, shown, "path leads outside the allowed roots (symlink)", reason="path_escape")
     cap = policy.cap(kind)
     try:
-        fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer; the type is checked
+        # on the open descriptor (no race with a swapped path) before a single byte is read.
+        fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise _failed(kind, shown, f"cannot open ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _refused(kind, shown, "not a regular file", reason="not_a_file")
     with os.fdopen(fd, "rb") as src:
         st = os.fstat(src.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise _refused(kind, shown, "not a regular file")
         if st.st_size > cap:
             raise _too_large(kind, shown, cap, st.st_size)
         return _stream_to(_read_chunks(src), tmp, cap, kind, shown, None)

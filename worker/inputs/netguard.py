@@ -60,6 +60,10 @@ _SITE_LOCAL = ipaddress.ip_network("fec0::/10")
 _UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 _DOC_V6 = ipaddress.ip_network("2001:db8::/32")
 _TEREDO = ipaddress.ip_network("2001::/32")
+_IETF_PROTO = ipaddress.ip_network("192.0.0.0/24")
+#: The only globally reachable addresses of 192.0.0.0/24 (PCP and TURN anycast); Python's
+#: `is_global` also passes 192.0.0.8, IANA's "dummy address", which no host should serve.
+_IETF_PROTO_GLOBAL = frozenset({ipaddress.ip_address("192.0.0.9"), ipaddress.ip_address("192.0.0.10")})
 
 
 class AddressRefused(Exception):
@@ -140,6 +144,8 @@ def address_refusal(ip: IPAddress) -> str | None:
             return "'this network' address (0.0.0.0/8)"
         if ip == ipaddress.IPv4Address("255.255.255.255"):
             return "broadcast address"
+        if ip in _IETF_PROTO and ip not in _IETF_PROTO_GLOBAL:
+            return "IETF protocol assignment address (192.0.0.0/24)"
     else:
         if ip in _SITE_LOCAL:
             return "site-local IPv6 address"
