@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -138,6 +139,9 @@ class InfiniteTalkDiT(nn.Module):
         )
         # Not a buffer: kept out of the state dict and of `.to(dtype)`, built lazily on the compute device.
         self._rope = Rope3DCache(c.head_dim)
+        # Optional `callable(blocks) -> iterable of blocks ready on the compute device`, set by
+        # `worker.engine.offload.BlockStreamer` when blocks live in host memory; None: all resident.
+        self.block_stream = None
 
     # ------------------------------------------------------------------ weights
 
@@ -196,6 +200,12 @@ class InfiniteTalkDiT(nn.Module):
         x = x.reshape(b, f, h, w, p, q, r, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, c, f * p, h * q, w * r)
 
+    def _run_blocks(self, x: torch.Tensor, e0: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        blocks = self.blocks if self.block_stream is None else self.block_stream(self.blocks)
+        for block in blocks:
+            x = block(x, e0, **kwargs)
+        return x
+
     def forward(
         self,
         latent: torch.Tensor,
@@ -207,6 +217,7 @@ class InfiniteTalkDiT(nn.Module):
         ref_target_masks: torch.Tensor | None = None,
         *,
         compute_ref_attn_map: bool | None = None,
+        teacache: tuple[Any, Sequence[str]] | None = None,
     ) -> torch.Tensor:
         """Predict the flow velocity.
 
@@ -214,6 +225,9 @@ class InfiniteTalkDiT(nn.Module):
         L <= text_len (zero-padded here); clip_fea `[B, 257, 1280]`; y `[B, 20, T, H, W]` (mask + VAE latent);
         audio `[B, speakers, 4*(T-1)+1, 5, 12, 768]`; ref_target_masks `[3, H, W]` (person 1, person 2,
         background) or None for one speaker. Returns `[B, 16, T, H, W]` float32.
+
+        `teacache`: (a `worker.engine.teacache.TeaCache`, one guidance-branch name per batch element);
+        the blocks are skipped, and each branch's cached residual reused, when the cache says so.
 
         `compute_ref_attn_map`: None computes the speaker map only for two speakers (for one speaker it
         cannot change the output); True forces it (tests), False is refused for two speakers.
@@ -265,18 +279,26 @@ class InfiniteTalkDiT(nn.Module):
                 raise ValueError("ref_target_masks [3, H, W] is required for two speakers")
             token_masks = self._token_masks(ref_target_masks, grid, dtype, device)
 
-        rope_freqs = self._rope.get(grid, device)
-        for block in self.blocks:
-            x = block(
-                x,
-                e0,
-                rope_freqs=rope_freqs,
-                grid=grid,
-                context=context_tokens,
-                audio_tokens=audio_tokens,
-                token_masks=token_masks,
-                human_num=humans,
-            )
+        block_kwargs = dict(
+            rope_freqs=self._rope.get(grid, device),
+            grid=grid,
+            context=context_tokens,
+            audio_tokens=audio_tokens,
+            token_masks=token_masks,
+            human_num=humans,
+        )
+        if teacache is None:
+            x = self._run_blocks(x, e0, block_kwargs)
+        else:
+            cache, branches = teacache
+            compute = [cache.wants_compute(br, e0[k]) for k, br in enumerate(branches)]
+            if any(compute):  # a batch runs whole: a branch that could skip is computed with the others
+                start = x
+                x = self._run_blocks(x, e0, block_kwargs)
+                for k, br in enumerate(branches):
+                    cache.store(br, x[k] - start[k])
+            else:
+                x = x + torch.stack([cache.reuse(br) for br in branches]).to(x.dtype)
 
         out = self.head(x, e)
         return self.unpatchify(out, grid).float()

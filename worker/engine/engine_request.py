@@ -31,6 +31,9 @@ def generation_settings(resolved: ResolvedJobConfig) -> GenerationSettings:
         use_apg=resolved.use_apg,
         apg_momentum=resolved.apg_momentum,
         apg_norm_threshold=resolved.apg_norm_threshold,
+        use_teacache=resolved.use_teacache,
+        teacache_thresh=resolved.teacache_thresh,
+        teacache_model=resolved.size,
     )
 
 

@@ -33,6 +33,7 @@ from worker.engine.color import LabReference, lab_reference, match_colors
 from worker.engine.errors import EngineOOMError, GenerationCancelled
 from worker.engine.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND, GuidanceConfig, Guider, euler_step
 from worker.engine.schedule import NUM_TRAIN_TIMESTEPS, timesteps
+from worker.engine.teacache import TeaCache
 
 LATENT_CHANNELS = 16
 VAE_STRIDE = (4, 8, 8)
@@ -66,6 +67,9 @@ class GenerationSettings:
     apg_momentum: float = -0.75
     apg_norm_threshold: float = 55.0
     batch_passes: bool = True  # guidance passes with the same speaker count share one DiT call
+    use_teacache: bool = False  # skip block stacks while the timestep input barely moves (teacache.py)
+    teacache_thresh: float = 0.2
+    teacache_model: str = "infinitetalk-480"  # which upstream rescale polynomial applies
 
     @property
     def guidance(self) -> GuidanceConfig:
@@ -324,10 +328,12 @@ class _PassRunner:
         context: torch.Tensor,
         context_null: torch.Tensor,
         batch: bool,
+        teacache: TeaCache | None = None,
     ) -> None:
         self.dit = dit
         self.branches = branches
         self.batch = batch
+        self.teacache = teacache
         self.device = next(dit.parameters()).device
         self.ctx = {
             COND: context,
@@ -367,6 +373,7 @@ class _PassRunner:
                 y.expand(n, *y.shape[1:]),
                 aud,
                 masks,
+                **({} if self.teacache is None else {"teacache": (self.teacache, group)}),
             )
             for k, b in enumerate(group):
                 out[b] = res[k]
@@ -456,7 +463,8 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
     device = next(dit.parameters()).device
     ts = timesteps(s.steps, s.shift)
     guider = Guider(s.guidance)
-    runner = _PassRunner(dit, s.guidance.branches, inputs.context, inputs.context_null, s.batch_passes)
+    cache = TeaCache.for_model(s.teacache_model, s.teacache_thresh) if s.use_teacache else None
+    runner = _PassRunner(dit, s.guidance.branches, inputs.context, inputs.context_null, s.batch_passes, cache)
     color_ref: LabReference | None = None
     color_ref_image: torch.Tensor | None = None
     motion_pixels: torch.Tensor | None = None  # last motion_frame corrected frames of the previous chunk
@@ -508,7 +516,11 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
             if i > 0:
                 draw(tuple(motion.shape), "randn_like")  # overwritten by the clean motion latents
             guider.reset()
+            if cache is not None:
+                cache.reset()
             for step in range(s.steps):
+                if cache is not None:
+                    cache.begin_step(step)
                 if should_cancel is not None and should_cancel():
                     raise GenerationCancelled(f"cancelled before step {step + 1} of chunk {i + 1}")
                 latent[:, :n_motion] = motion
