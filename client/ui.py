@@ -48,12 +48,12 @@ TTS_CHARS_PER_S = 15.0  # reading speed used to guess TTS audio length for the e
 
 
 def _num(v: Any) -> float | None:
-    if v is None or v == "":
+    if v is None or (isinstance(v, str) and not v.strip()):
         return None
     try:
         return float(v)
     except (TypeError, ValueError):
-        return None
+        raise ValueError(f"not a number: {v!r}") from None
 
 
 def _int(v: Any) -> int | None:
@@ -257,6 +257,11 @@ def _s3_from_form(bucket: str, endpoint: str, region: str, access_key: str, secr
 def build_app(base_url: str | None = None) -> Any:
     import gradio as gr
 
+    def _opt(label: str, **kw: Any) -> Any:
+        # A text field, not gr.Number: Number shows an empty value as 0 and then fails its own
+        # bounds, while here empty must mean "the preset's default".
+        return gr.Textbox(value="", label=label, placeholder="default", **kw)
+
     poll = PollPolicy(initial_s=float(os.environ.get("INFINITETALK_UI_POLL_S", "2")))
     stop_flags: dict[str, threading.Event] = {}
 
@@ -296,23 +301,23 @@ def build_app(base_url: str | None = None) -> Any:
                                          elem_id="preset")
                     size = gr.Dropdown(list(SIZES), value="infinitetalk-480", label="Size", elem_id="size")
                     mode = gr.Dropdown(list(MODES), value="clip", label="Mode (clip: one chunk; streaming: whole audio)")
-                with gr.Accordion("Overrides (empty: the preset's / worker's default)", open=False):
+                with gr.Accordion("Overrides (empty: the preset's / worker's default)", open=False, elem_id="overrides"):
                     with gr.Row():
-                        steps = gr.Number(value=None, label="sample_steps", precision=0, minimum=1, maximum=100, elem_id="steps")
-                        shift = gr.Number(value=None, label="sample_shift", minimum=0.5, maximum=20)
-                        text_scale = gr.Number(value=None, label="text_guide_scale", minimum=0, maximum=20)
-                        audio_scale = gr.Number(value=None, label="audio_guide_scale", minimum=0, maximum=20)
+                        steps = _opt("sample_steps", elem_id="steps")
+                        shift = _opt("sample_shift")
+                        text_scale = _opt("text_guide_scale")
+                        audio_scale = _opt("audio_guide_scale")
                     with gr.Row():
                         apg = gr.Dropdown(TRISTATE, value=TRISTATE[0], label="APG")
                         teacache = gr.Dropdown(TRISTATE, value=TRISTATE[0], label="TeaCache")
-                        tc_thresh = gr.Number(value=None, label="teacache_thresh", minimum=0, maximum=1)
+                        tc_thresh = _opt("teacache_thresh")
                     with gr.Row():
-                        frame_num = gr.Number(value=None, label="frame_num (4n+1)", precision=0)
-                        motion_frame = gr.Number(value=None, label="motion_frame (4n+1)", precision=0)
-                        max_dur = gr.Number(value=None, label="max_duration_s")
-                        color = gr.Number(value=None, label="color_correction_strength", minimum=0, maximum=1)
+                        frame_num = _opt("frame_num (4n+1)")
+                        motion_frame = _opt("motion_frame (4n+1)")
+                        max_dur = _opt("max_duration_s")
+                        color = _opt("color_correction_strength")
                     with gr.Row():
-                        seed = gr.Number(value=None, label="seed (empty: random)", precision=0)
+                        seed = _opt("seed (empty: random)")
                         neg_prompt = gr.Textbox(label="Negative prompt")
                     with gr.Row():
                         bbox1 = gr.Textbox(label="bbox person 1 (x0 y0 x1 y1)")

@@ -79,6 +79,10 @@ def tiny_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnd
     env = {
         "INFINITETALK_WORK_DIR": str(work / "work"),
         "INFINITETALK_CACHE_DIR": str(work / "cache"),
+        # One torch thread: on a busy 2-core test machine the default pool oversubscribes and a
+        # 4-step tiny job went from 1.5 s to 30 s.
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
     }
     ep = LocalEndpoint("worker.handler:handler", work / "tiny-endpoint.log", env=env)
     try:
