@@ -27,6 +27,7 @@ from .generation import ChunkResult, GenerationInputs, GenerationSettings, Resum
 from .layout import CheckpointLayout
 from .loaders import load_module
 from .lora import merge_lora, resolve_lora_path
+from .offload import HOST, BlockStreamer, OffloadedVAE, resident
 from .t5 import T5Config, T5TextEncoder, UMT5Encoder
 from .vae import VAEConfig, WanVAE, WanVAEModel
 
@@ -47,6 +48,11 @@ class EngineOptions:
     lora_dir: str = ""
     lora_file: str = ""
     lora_scale: float = 1.0
+    # Low VRAM (offload.py): CLIP / VAE weights parked in host memory between uses, and the last
+    # `stream_blocks` DiT blocks kept in pinned host memory and copied in for each forward.
+    offload_clip: bool = False
+    offload_vae: bool = False
+    stream_blocks: int = 0
     # Chaos testing: "oom@step" raises the accelerator's out-of-memory error at the first sampling
     # step of the next job (once), exactly where a real one surfaces; empty in production.
     fault: str = ""
@@ -95,7 +101,7 @@ class Engine:
         self._fault_armed = options.fault == "oom@step"
         set_attention_backend(options.attention_backend)
         layout.check()
-        self.dit = self._timed("dit", self._load_dit)
+        self.dit = self._timed("dit", self._load_dit if not options.stream_blocks else self._load_dit_streamed)
         self.lora: tuple[str, float] | None = None  # (resolved path, scale) merged into self.dit
         if options.lora_file:
             self._timed("lora", lambda: self.use_lora(options.lora_file, options.lora_scale))
@@ -133,11 +139,23 @@ class Engine:
         load_module(dit, self.layout.dit_files, device=self.device, dtype=self.dtype)
         return dit.eval().requires_grad_(False)
 
+    def _load_dit_streamed(self) -> InfiniteTalkDiT:
+        """Loaded into host memory (the whole DiT would not fit the card), then everything but the
+        streamed blocks moves to the device."""
+        device, self.device = self.device, HOST
+        try:
+            dit = self._load_dit()
+        finally:
+            self.device = device
+        BlockStreamer.attach(dit, self.options.stream_blocks, device)
+        return dit
+
     def _load_vae(self) -> WanVAE:
         cfg = self._config("vae", lambda **kw: VAEConfig.from_dict(kw), VAEConfig())
         model = WanVAEModel.on_meta(cfg)
-        load_module(model, [self.layout.vae_file], device=self.device, dtype=self.dtype)
-        return WanVAE(model)
+        device = HOST if self.options.offload_vae else self.device
+        load_module(model, [self.layout.vae_file], device=device, dtype=self.dtype)
+        return OffloadedVAE(WanVAE(model), self.device) if self.options.offload_vae else WanVAE(model)
 
     def _load_t5(self) -> T5TextEncoder:
         cfg = self._config("t5", lambda **kw: T5Config(**kw), T5Config())
@@ -157,7 +175,8 @@ class Engine:
         cfg = self._config("clip", lambda **kw: CLIPVisionConfig(**kw), CLIPVisionConfig())
         with torch.device("meta"):
             tower = CLIPVisionTower(cfg)
-        load_module(tower, [self.layout.clip_file], device=self.device, dtype=self.dtype, key_map=original_key_map)
+        device = HOST if self.options.offload_clip else self.device
+        load_module(tower, [self.layout.clip_file], device=device, dtype=self.dtype, key_map=original_key_map)
         return tower.eval().requires_grad_(False)
 
     def _load_wav2vec(self) -> Wav2Vec2Embedder:
@@ -207,6 +226,9 @@ class Engine:
         return context
 
     def encode_clip(self, image: torch.Tensor) -> torch.Tensor:
+        if self.options.offload_clip:
+            with resident(self.clip, self.device):
+                return self.clip.encode(image.to(self.device))
         return self.clip.encode(image.to(self.device))
 
     # ------------------------------------------------------------------ generation
