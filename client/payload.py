@@ -159,8 +159,8 @@ class MediaSpec:
     audio1: str | Path | None = None
     audio2: str | Path | None = None
     tts_text: str | None = None
-    tts_voice: str | Path | None = None
-    tts_voice2: str | Path | None = None
+    tts_voice: str | None = None
+    tts_voice2: str | None = None
 
 
 @dataclass
@@ -242,9 +242,12 @@ def build_job_input(
     add("audio.person1", media.audio1)
     add("audio.person2", media.audio2)
     if media.tts_text:
+        # voices are names or short refs the worker resolves (the contract caps them at 4096 chars), never inlined
         job["tts"] = {"text": media.tts_text}
-        add("tts.voice", media.tts_voice)
-        add("tts.voice2", media.tts_voice2)
+        if media.tts_voice:
+            job["tts"]["voice"] = str(media.tts_voice)
+        if media.tts_voice2:
+            job["tts"]["voice2"] = str(media.tts_voice2)
 
     budget = limit_bytes - BODY_MARGIN_BYTES
     for slot in sorted(slots, key=lambda s: s.size, reverse=True):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import html
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +219,7 @@ def follow_job(
             up.log.append(f"done: {meta}")
     elif last.final:
         up.error = err or JobErrorInfo(code=f"E_{last.status}", message=f"job ended {last.status}")
+        up.label = up.error.code
         up.log.append(f"{last.status}: {up.error.code}")
     else:
         up.status, up.label = "STOPPED", "stopped following (the job may still run)"
@@ -263,7 +263,6 @@ def build_app(base_url: str | None = None) -> Any:
         return gr.Textbox(value="", label=label, placeholder="default", **kw)
 
     poll = PollPolicy(initial_s=float(os.environ.get("INFINITETALK_UI_POLL_S", "2")))
-    stop_flags: dict[str, threading.Event] = {}
 
     with gr.Blocks(title="InfiniteTalk") as app:
         gr.Markdown("# InfiniteTalk\nTalking video from an image (or a video) and speech, on Runpod Serverless or a local worker.")
@@ -293,6 +292,9 @@ def build_app(base_url: str | None = None) -> Any:
                 audio2 = gr.Audio(label="Audio, person 2 (optional)", type="filepath", elem_id="input-audio2")
                 audio_type = gr.Radio(["add", "para"], value="add", label="Two speakers: add (in turn) or para (together)")
                 tts_text = gr.Textbox(label="TTS text (mark two speakers (s1) / (s2))", lines=3, visible=False)
+                with gr.Row(visible=False) as tts_voices:
+                    voice1 = gr.Textbox(label="voice, speaker 1 (optional)")
+                    voice2 = gr.Textbox(label="voice, speaker 2 (optional)")
                 prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
             with gr.Column():
                 with gr.Row():
@@ -341,8 +343,8 @@ def build_app(base_url: str | None = None) -> Any:
                            source_kind, [image, video])
         speech_kind.change(
             lambda k: (gr.update(visible=k == "audio"), gr.update(visible=k == "audio"),
-                       gr.update(visible=k == "audio"), gr.update(visible=k != "audio")),
-            speech_kind, [audio1, audio2, audio_type, tts_text])
+                       gr.update(visible=k == "audio"), gr.update(visible=k != "audio"), gr.update(visible=k != "audio")),
+            speech_kind, [audio1, audio2, audio_type, tts_text, tts_voices])
 
         est_inputs = [tier, preset, size, mode, audio1, audio2, tts_text, audio_type, speech_kind, steps, text_scale,
                       frame_num, motion_frame]
@@ -358,7 +360,7 @@ def build_app(base_url: str | None = None) -> Any:
             comp.change(on_estimate, est_inputs, estimate)
 
         form = [api_key, endpoint_id, base, s3_bucket, s3_endpoint, s3_region, s3_access, s3_secret,
-                source_kind, image, video, speech_kind, audio1, audio2, audio_type, tts_text, prompt, neg_prompt,
+                source_kind, image, video, speech_kind, audio1, audio2, audio_type, tts_text, voice1, voice2, prompt, neg_prompt,
                 preset, size, mode, steps, shift, text_scale, audio_scale, apg, teacache, tc_thresh, frame_num,
                 motion_frame, max_dur, color, seed, bbox1, bbox2, output_target]
         outputs = [job_id, progress, stages, error, result, download, link]
@@ -369,7 +371,7 @@ def build_app(base_url: str | None = None) -> Any:
 
         def on_submit(*values: Any):
             (key, eid, burl, b_bucket, b_endpoint, b_region, b_access, b_secret, sk, img, vid, spk, a1, a2, at, tts_v,
-             pr, npr, pre, sz, md, st, sh, ts, au, apg_v, tc_v, tct, fn, mf, mdur, col, sd, bb1, bb2, tgt) = values
+             v1, v2, pr, npr, pre, sz, md, st, sh, ts, au, apg_v, tc_v, tct, fn, mf, mdur, col, sd, bb1, bb2, tgt) = values
             up = UiUpdate(status="PREPARING")
             try:
                 client = _client_from_form(key, eid, burl)
@@ -383,7 +385,8 @@ def build_app(base_url: str | None = None) -> Any:
                     local=is_loopback_base(client.endpoint_url))
                 media = MediaSpec(image=img if sk == "image" else None, video=vid if sk == "video" else None,
                                   audio1=None if use_tts else a1, audio2=a2 if two else None,
-                                  tts_text=tts_v if use_tts else None)
+                                  tts_text=tts_v if use_tts else None, tts_voice=(v1 or None) if use_tts else None,
+                                  tts_voice2=(v2 or None) if use_tts else None)
                 job, reports = build_job_input(media, params, limit_bytes=RUN_LIMIT_BYTES,
                                                s3=_s3_from_form(b_bucket, b_endpoint, b_region, b_access, b_secret))
                 up.log.extend(f"{r.field}: {r.how}" + (f" ({r.bytes / 1e6:.2f} MB)" if r.bytes else "") for r in reports)
@@ -392,12 +395,10 @@ def build_app(base_url: str | None = None) -> Any:
                 up.status = "NOT SUBMITTED"
                 yield render(up)
                 return
-            stop = threading.Event()
+            # Cancel goes through the endpoint; this loop then sees CANCELLED and shows it.
             try:
                 with client:
-                    for step in follow_job(client, job, _out_dir(), poll=poll, should_stop=stop.is_set):
-                        if step.job_id and step.job_id not in stop_flags:
-                            stop_flags[step.job_id] = stop
+                    for step in follow_job(client, job, _out_dir(), poll=poll):
                         step.log[:0] = [line for line in up.log if line not in step.log]
                         up = step
                         yield render(step)
@@ -405,9 +406,6 @@ def build_app(base_url: str | None = None) -> Any:
                 up.error = JobErrorInfo(code="E_CLIENT", message=str(exc),
                                         hint="Check the connection fields; the endpoint may be unreachable.")
                 yield render(up)
-            finally:
-                if up.job_id:
-                    stop_flags.pop(up.job_id, None)
 
         def on_cancel(key: str, eid: str, burl: str, jid: str) -> str:
             if not jid:

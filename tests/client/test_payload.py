@@ -43,6 +43,9 @@ def test_two_speakers_and_remote_refs_pass_through() -> None:
 def test_tts_payload() -> None:
     job, _ = build_job_input(MediaSpec(image=MEDIA / "portrait.png", tts_text="(s1) hello (s2) hi"), {})
     assert job["tts"] == {"text": "(s1) hello (s2) hi"}
+    job, _ = build_job_input(MediaSpec(image=MEDIA / "portrait.png", tts_text="(s1) a (s2) b", tts_voice="alice",
+                                       tts_voice2="bob"), {})
+    assert job["tts"] == {"text": "(s1) a (s2) b", "voice": "alice", "voice2": "bob"}
 
 
 def test_sniffing_ignores_misleading_names(tmp_path: Path) -> None:

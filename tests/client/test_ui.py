@@ -201,3 +201,19 @@ def test_browser_video_toggle_and_cancel(page, artifacts_dir: Path) -> None:
     assert seen[-1][0] == "CANCELLED"
     page.wait_for_function("document.querySelector('#job-error').innerText.includes('E_CANCELLED')")
     page.screenshot(path=str(artifacts_dir / "ui-cancelled.png"), full_page=True)
+
+
+def test_browser_worker_error_shows_code_and_hint(page, artifacts_dir: Path) -> None:
+    # This worker has no TTS yet, so a TTS job fails at validation with a code and a hint.
+    page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "portrait.png"))
+    page.get_by_label("text to speech").check()
+    page.wait_for_selector("#input-audio1", state="hidden")
+    page.get_by_label("TTS text").fill("(s1) Hello there. (s2) Hi!")
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('GPU-min')")
+    page.locator("#submit").click()
+    seen = _watch_progress(page, "FAILED", timeout_s=60)
+    assert seen[-1][0] == "FAILED"
+    page.wait_for_function("document.querySelector('#job-error').innerText.includes('E_INPUT_VALIDATION')")
+    text = page.locator("#job-error").inner_text()
+    assert "text-to-speech" in text and "Hint:" in text and "audio" in text
+    page.screenshot(path=str(artifacts_dir / "ui-error.png"), full_page=True)
