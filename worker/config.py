@@ -130,6 +130,8 @@ class GpuConf:
     offload_vae: bool = False
     # DiT blocks streamed from host memory during each forward (0: all resident).
     stream_blocks: int = 0
+    # torch.compile each DiT block (worker/engine/compile.py); the first job of each shape pays the compile.
+    compile: bool = False
     max_size: str = "infinitetalk-720"
     vram_gb: int = 0
     # REST v2 `gpuTypeIds`-style pool ids for serverless endpoints (GET /v2/catalog/gpus `pool`).

@@ -21,6 +21,7 @@ from .audio_windows import pad_tail
 from .audio_embed import Wav2Vec2Embedder
 from .buckets import BUCKET_TABLES
 from .clip_visual import CLIPVisionConfig, CLIPVisionTower, original_key_map
+from .compile import compile_dit
 from .dit import DiTConfig, InfiniteTalkDiT
 from .errors import EngineOOMError, WeightLoadError
 from .generation import ChunkResult, GenerationInputs, GenerationSettings, ResumeState, StepInfo, generate
@@ -43,6 +44,7 @@ class EngineOptions:
     attention_backend: str = "sdpa"
     offload_text_encoder: bool = False  # keep umT5 on the CPU (it is used once per prompt)
     text_cache_size: int = 16
+    compile_dit: bool = False  # torch.compile each DiT block (compile.py): GPU tiers only
     # LoRA merged at load (the worker's default preset): `lora_file` relative to `lora_dir` or absolute.
     # A request naming another LoRA switches lazily, see `Engine.use_lora`.
     lora_dir: str = ""
@@ -109,6 +111,8 @@ class Engine:
         self.text_encoder = self._timed("t5", self._load_t5)
         self.clip = self._timed("clip", self._load_clip)
         self.audio_embedder = self._timed("wav2vec2", self._load_wav2vec)
+        if options.compile_dit:
+            compile_dit(self.dit)  # lazy: the first forward of each shape compiles
 
     @classmethod
     def load(cls, layout: CheckpointLayout, options: EngineOptions | None = None) -> Engine:
