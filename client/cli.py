@@ -38,6 +38,7 @@ from client.payload import (
     PayloadTooLarge,
     S3UploadConfig,
     build_job_input,
+    is_remote_ref,
 )
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -242,49 +243,59 @@ _PARAM_KEYS = (
 )
 
 
+def _pop(d: dict[str, Any], *names: str) -> Any:
+    found = None
+    for n in names:
+        if n in d:
+            found = d.pop(n)
+    return found
+
+
+def _payload_media(base: dict[str, Any], root: Path) -> MediaSpec:
+    """Take the media out of a payload file; relative local paths are relative to the file."""
+
+    def fix(ref: Any) -> Any:
+        if isinstance(ref, str) and ref and not is_remote_ref(ref) and not Path(ref).is_absolute():
+            return str(root / ref)
+        return ref
+
+    audio = _pop(base, "audio", "cond_audio")
+    if isinstance(audio, dict):
+        a1, a2 = audio.get("person1"), audio.get("person2")
+    else:
+        a1, a2 = audio, None
+    tts = _pop(base, "tts", "tts_audio") or {}
+    return MediaSpec(image=fix(_pop(base, "image", "cond_image")), video=fix(_pop(base, "video", "cond_video")),
+                     audio1=fix(a1), audio2=fix(a2), tts_text=tts.get("text"),
+                     tts_voice=tts.get("voice") or tts.get("human1_voice"),
+                     tts_voice2=tts.get("voice2") or tts.get("human2_voice"))
+
+
 def _job_input(args: argparse.Namespace) -> dict[str, Any]:
     base: dict[str, Any] = {}
+    media = MediaSpec()
     if args.payload:
         doc = json.loads(args.payload.read_text())
-        base = doc.get("input", doc) if isinstance(doc, dict) else {}
+        base = dict(doc.get("input", doc)) if isinstance(doc, dict) else {}
+        media = _payload_media(base, args.payload.resolve().parent)
+    # media on the command line replace the payload's media of the same kind
+    if args.image or args.video:
+        media.image, media.video = args.image, args.video
+    if args.audio or args.tts_text:
+        media.audio1, media.audio2, media.tts_text = args.audio, args.audio2, args.tts_text
+        media.tts_voice, media.tts_voice2 = args.voice, args.voice2
+    elif args.audio2:
+        media.audio2 = args.audio2
     params = {k: getattr(args, k) for k in _PARAM_KEYS if getattr(args, k) is not None}
     if args.output_target:
-        params["output"] = {**base.get("output", {}), "target": args.output_target}
-    media = MediaSpec(image=args.image, video=args.video, audio1=args.audio, audio2=args.audio2,
-                      tts_text=args.tts_text, tts_voice=args.voice, tts_voice2=args.voice2)
-    given_media = any(v is not None for v in (args.image, args.video, args.audio, args.audio2, args.tts_text))
-    if given_media:
-        # media on the command line replace the payload file's media of the same kind
-        for keys in (("image", "cond_image", "video", "cond_video") if (args.image or args.video) else (),
-                     ("audio", "cond_audio", "tts", "tts_audio") if (args.audio or args.tts_text) else ()):
-            for k in keys:
-                base.pop(k, None)
-    if args.payload:
-        # relative paths in a payload file are relative to the file, as for `infinitetalk run`
-        root = args.payload.resolve().parent
-        for k in ("image", "cond_image", "video", "cond_video"):
-            if isinstance(base.get(k), str) and not base[k].startswith(("http", "s3://", "data:", "/")):
-                base[k] = str(root / base[k])
+        params["output"] = {**(base.get("output") or {}), "target": args.output_target}
     limit = RUNSYNC_LIMIT_BYTES if args.sync else RUN_LIMIT_BYTES
-    job, reports = build_job_input(media, {**_inline_payload_media(base), **params}, limit_bytes=limit,
-                                   s3=S3UploadConfig.from_env())
+    job, reports = build_job_input(media, {**base, **params}, limit_bytes=limit, s3=S3UploadConfig.from_env())
     if not args.quiet:
         for r in reports:
             size = f" ({r.bytes / 1e6:.2f} MB)" if r.bytes else ""
             print(f"{r.field}: {r.how}{size} {r.ref_preview}", file=sys.stderr)
     return job
-
-
-def _inline_payload_media(base: dict[str, Any]) -> dict[str, Any]:
-    """A payload file's local media paths are inlined like command-line files."""
-    from client.payload import is_remote_ref, to_data_uri
-
-    out = dict(base)
-    for k in ("image", "cond_image", "video", "cond_video"):
-        v = out.get(k)
-        if isinstance(v, str) and not is_remote_ref(v) and Path(v).is_file():
-            out[k] = to_data_uri(Path(v))
-    return out
 
 
 # ---------------------------------------------------------------------------------------

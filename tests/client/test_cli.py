@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -113,3 +112,15 @@ def test_python_m_client_in_the_client_env_imports_no_worker_runtime() -> None:
     got = subprocess.run([str(CLIENT_PYTHON), "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip() == "[]"  # gradio only when the UI is built, boto3 only for an upload
+
+
+def test_submit_a_payload_file_with_relative_media(tiny_endpoint, tmp_path: Path, capsys) -> None:
+    example = REPO_ROOT / "examples" / "single_image.json"
+    rc = main(["submit", "--base-url", tiny_endpoint.url, "--payload", str(example), "--preset", "turbo",
+               "--poll-interval", "0.3", "--output-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "audio.person1: inline" in err and "image: inline" in err
+    video = Path(out.strip().splitlines()[-1])
+    assert video.read_bytes()[4:8] == b"ftyp"
+    assert "seed=42" in err  # the payload's own parameters were kept
