@@ -414,6 +414,13 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("error: the UI needs gradio, which cannot share an environment with runpod; make a client "
+              "environment: python -m venv .venv-client && .venv-client/bin/pip install -e '.[client]', "
+              "then run .venv-client/bin/python -m client ui", file=sys.stderr)
+        return EXIT_USAGE
     from client.ui import launch
 
     launch(args.host, args.port, base_url=args.base_url)
