@@ -124,3 +124,12 @@ def test_submit_a_payload_file_with_relative_media(tiny_endpoint, tmp_path: Path
     video = Path(out.strip().splitlines()[-1])
     assert video.read_bytes()[4:8] == b"ftyp"
     assert "seed=42" in err  # the payload's own parameters were kept
+
+
+def test_submit_video_dubbing_sync(tiny_endpoint, tmp_path: Path, capsys) -> None:
+    rc = main(["submit", "--sync", "--base-url", tiny_endpoint.url, "--video", str(MEDIA / "reference.mp4"),
+               "--audio", str(MEDIA / "speech_person1.wav"), "--preset", "turbo", "--output-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "video: inline" in err and "video/mp4" in err
+    assert _duration(Path(out.strip().splitlines()[-1])) > 1.0
