@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import errno
 import os
 import re
 import socket
@@ -163,6 +164,14 @@ def fetch_media(ref: str, dest_dir: Path, policy: FetchPolicy, kind: Kind) -> Fe
         mime, ext = _sniff(tmp, kind, shown)
         final = tmp.with_name(tmp.name[1:].removesuffix(".part") + "." + ext)
         os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise _failed(
+                kind, shown, "the worker's disk is full", hint="The worker ran out of disk space; retry the job.",
+                reason="disk_full",
+            ) from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

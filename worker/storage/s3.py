@@ -165,6 +165,9 @@ class S3Store:
             raise
         except Exception as exc:  # noqa: BLE001 - boto raises many unrelated types
             raise upload_error(exc, bucket, key) from None
+        # An attempt that timed out may have left its multipart upload open (its abort timed out
+        # too); the finished one is complete, so whatever is still pending for this key is an orphan.
+        self._abort_pending(key)
         return StoredVideo(
             location="s3",
             key=key,
