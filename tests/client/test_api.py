@@ -168,3 +168,35 @@ def test_connection_refused_is_retried_then_raised() -> None:
         with pytest.raises(httpx.ConnectError):
             c.run({"mode": "echo"})
     assert len(slept) == 2 and slept[1] > slept[0]  # exponential backoff between attempts
+
+
+def test_stream_route(fixture_endpoint) -> None:
+    with make(fixture_endpoint.url) as c:
+        job = c.run({"mode": "echo", "value": 5})
+        body = c.stream(job.id)
+    assert body["id"] == job.id and isinstance(body["stream"], list)
+
+
+def test_api_key_is_sent_as_bearer_and_401_is_not_retried(tmp_path) -> None:
+    from tests.client.conftest import LocalEndpoint
+
+    ep = LocalEndpoint("tests.worker.local_endpoint_handlers:handler", tmp_path / "auth.log", "--api-key", "s3cret")
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # wait_ready probes without a key, so probe here with one
+            try:
+                if httpx.get(f"{ep.endpoint_url}/health", headers={"Authorization": "s3cret"}, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and ep.proc.poll() is None
+            time.sleep(0.1)
+        slept: list[float] = []
+        with make(ep.url, api_key="wrong", sleep=slept.append) as c:
+            with pytest.raises(ApiError) as exc:
+                c.run({"mode": "echo"})
+        assert exc.value.status_code == 401 and "API key" in str(exc.value) and slept == []
+        with make(ep.url, api_key="s3cret") as c:
+            assert c.runsync({"mode": "echo", "value": 1}, wait_s=20).output["echo"] == 1
+    finally:
+        ep.stop()
