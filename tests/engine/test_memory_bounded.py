@@ -1,0 +1,88 @@
+"""Peak host memory of a streaming job does not grow with the audio length (10 s vs 60 s).
+
+Each job runs in its own process (a fresh interpreter, so ru_maxrss is that job's peak alone) on the
+tiny model through the whole worker pipeline: audio decode and wav2vec2, chunked generation, frames
+handed to the MP4 encoder chunk by chunk. What legitimately grows with the audio: the 16 kHz
+float32 track and its 25 fps embedding (tiny model: 2 x 32 floats a frame) plus the resampled copies
+audio preparation holds at once, about 64 KB and a few hundred KB per second, i.e. a few MB for 50
+extra seconds. Everything else (frames, latents, the video) must stay per chunk. The tolerance of
+24 MiB covers that and allocator noise; an implementation that kept the video (tiny model: 34 KB of
+uint8 per frame, 7.5 k frames more at 60 s -> about 250 MB in float32) or the latents would blow it.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MEDIA = REPO / "examples" / "media"
+TOLERANCE_KB = 24 * 1024
+
+CHILD = r"""
+import json, resource, sys
+from pathlib import Path
+from worker.config import compose_config
+from worker.job import JobContext, run_job
+
+args = json.loads(sys.argv[1])
+tmp = Path(args["tmp"])
+cfg = compose_config([
+    f"server.cache_dir={args['cache']}", f"server.work_dir={tmp / 'work'}",
+    f"storage.local.root={tmp / 'outputs'}", "sampler=turbo",
+])
+ctx = JobContext.create(cfg, extra_roots=[Path(args["media"]), Path(args["examples"])])
+out = run_job("mem", args["payload"], ctx, lambda p: None)
+print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "frames": out["num_frames"],
+                  "duration_s": out["duration_s"]}))
+"""
+
+
+def long_speech(path: Path, seconds: float) -> Path:
+    """speech_person1.wav repeated up to `seconds` (16-bit PCM, its own rate)."""
+    with wave.open(str(MEDIA / "speech_person1.wav")) as w:
+        rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+        clip = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    n = int(seconds * rate) * channels
+    data = np.tile(clip, n // clip.size + 1)[:n]
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(width)
+        out.setframerate(rate)
+        out.writeframes(data.tobytes())
+    return path
+
+
+def run_job_in_child(tmp: Path, cache: Path, audio: Path) -> dict:
+    payload = {
+        "image": str(MEDIA / "portrait.png"),
+        "audio": str(audio),
+        "mode": "streaming",
+        "frame_num": 33,
+        "motion_frame": 9,
+        "sample_steps": 1,
+        "seed": 1,
+        "output": {"target": "local"},
+    }
+    args = {"tmp": str(tmp), "cache": str(cache), "media": str(audio.parent), "examples": str(MEDIA),
+            "payload": payload}
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(1500)
+def test_peak_rss_is_flat_from_10_to_60_seconds_of_audio(tmp_path):
+    cache = tmp_path / "cache"
+    short = run_job_in_child(tmp_path / "a", cache, long_speech(tmp_path / "s10.wav", 10.0))  # also writes the tiny model
+    short = run_job_in_child(tmp_path / "b", cache, long_speech(tmp_path / "s10b.wav", 10.0))  # warm cache, like long
+    long = run_job_in_child(tmp_path / "c", cache, long_speech(tmp_path / "s60.wav", 60.0))
+    assert short["frames"] == pytest.approx(250, abs=2) and long["frames"] == pytest.approx(1500, abs=2)
+    grew = long["maxrss_kb"] - short["maxrss_kb"]
+    assert grew < TOLERANCE_KB, f"peak RSS grew by {grew} KiB from 10 s to 60 s ({short} -> {long})"
