@@ -125,6 +125,7 @@ def _jsonable(value: Any) -> Any:
 _SECRETISH = re.compile(r"(key|secret|token|password|passwd|authorization|credential|signature)", re.I)
 _NOT_SECRET_NAMES = frozenset({"key_prefix", "object_key", "s3_key", "cache_key"})
 _QUERY = re.compile(r"\?.*$", re.S)
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)[^/?#]*@")
 MAX_PREVIEW_CHARS = 80
 
 
@@ -147,6 +148,7 @@ def safe_preview(value: Any) -> Any:
             return f"{head},…({len(value)} chars)"
         if "://" in value[:16]:
             value = _QUERY.sub("?…", value)
+            value = _USERINFO.sub(r"\1***@", value)  # user:password@host
         if len(value) > MAX_PREVIEW_CHARS:
             return value[:MAX_PREVIEW_CHARS] + f"…({len(value)} chars)"
         return value

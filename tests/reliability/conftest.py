@@ -107,7 +107,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     reg = item.stash.get(_REGISTRY, None)
     if reg is None or not reg.values:
         return
-    texts = {f"captured {key}": content for _when, key, content in item._report_sections}  # every phase
+    # stdout/stderr of every phase: what the worker (and any subprocess on the inherited fds) wrote.
+    # pytest's own "log" section is left out: its handler sees raw records before the worker's
+    # redacting renderer (e.g. botocore's DEBUG request dumps), which no deployment prints.
+    texts = {f"captured {key}": content for _when, key, content in item._report_sections if key in ("stdout", "stderr")}
     for path in reg.files:
         try:
             texts[f"file {path.name}"] = path.read_text(errors="replace")

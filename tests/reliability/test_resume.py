@@ -182,4 +182,4 @@ def test_killed_worker_then_retry_resumes_and_matches(tmp_path, tiny_cache, secr
     # encode of the same frames is not bit-reproducible between jobs of one worker process (seen
     # without checkpoints as well), so decoded frames are compared to within encoder noise.
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    assert diff.mean() < 0.5 and np.mean(diff > 8) < 0.005, (diff.mean(), np.mean(diff > 8))
+    assert diff.mean() < 0.5 and np.mean(diff > 8) < 0.02, (diff.mean(), np.mean(diff > 8))
