@@ -1,0 +1,179 @@
+"""One generation chunk end to end through the engine's own loop (`worker.engine.generation.generate`),
+with random weights: VAE encode of the condition, the sampling steps with batched guidance passes,
+VAE decode, Lab colour correction and the uint8 conversion, timed as a whole and by stage.
+
+Used by `bench/run_suite.py`; kept apart so a later benchmark (offload, 720p) can reuse it. CLIP, T5 and
+wav2vec2 are not run: the loop takes their outputs (random tensors of the right shapes), and in the
+worker they run once per job (T5, wav2vec2) or are cached per condition frame (CLIP).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from worker.engine import generation
+from worker.engine.generation import GenerationInputs, GenerationSettings, generate
+from worker.engine.vae import VAEConfig, WanVAE, WanVAEModel
+
+SECONDS_PER_CHUNK = 72 / 25  # 81 frames, 9 of them motion frames carried over: 72 new frames at 25 fps
+
+# The sampler presets of conf/sampler/*.yaml at 480p (steps, text scale, audio scale, shift).
+PRESETS = {
+    "turbo": dict(steps=4, text_scale=1.0, audio_scale=2.0, shift=2.0),
+    "fast": dict(steps=8, text_scale=1.0, audio_scale=2.0, shift=2.0),
+    "quality": dict(steps=40, text_scale=5.0, audio_scale=4.0, shift=7.0),
+}
+
+
+def build_vae(seed: int, dtype: torch.dtype = torch.bfloat16) -> WanVAE:
+    """Full-size Wan2.1 VAE on the GPU with random weights (N(0, 1/fan_in) kernels, unit norm scales, zero biases)."""
+    model = WanVAEModel.on_meta(VAEConfig()).to(dtype).to_empty(device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(1.0)
+            elif p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen, device="cuda") / math.sqrt(p[0].numel()))
+            else:
+                p.zero_()
+        for b in model.buffers():
+            b.zero_()
+    return WanVAE(model)
+
+
+def _timed_host(fn, times: dict[str, float], key: str):
+    def run(*args, **kwargs):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        times[key] = times.get(key, 0.0) + time.perf_counter() - t0
+        return out
+
+    return run
+
+
+class _TimedVAE:
+    """Forwards encode/decode to a WanVAE and records each call's wall time (device synchronised)."""
+
+    def __init__(self, vae: WanVAE, times: dict[str, float]) -> None:
+        self.vae, self.times = vae, times
+
+    def _timed(self, key: str, fn, x):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn(x)
+        torch.cuda.synchronize()
+        self.times[key] = self.times.get(key, 0.0) + time.perf_counter() - t0
+        return out
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        return self._timed("vae_encode_s", self.vae.encode, video)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self._timed("vae_decode_s", self.vae.decode, latent)
+
+
+@dataclass
+class _ForwardTimer:
+    """CUDA events around every DiT call (hooks on the top module, so compiled blocks are covered)."""
+
+    events: list[tuple[torch.cuda.Event, torch.cuda.Event, int]] = field(default_factory=list)
+    _open: Any = None
+
+    def attach(self, dit: torch.nn.Module) -> list:
+        def pre(_module, args):
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self._open = (start, int(args[0].shape[0]))
+
+        def post(_module, _args, _out):
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.events.append((self._open[0], end, self._open[1]))
+
+        return [dit.register_forward_pre_hook(pre), dit.register_forward_hook(post)]
+
+    def summary(self) -> dict[str, Any]:
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) / 1000.0 for s, e, _ in self.events]
+        return {
+            "dit_calls": len(times),
+            "dit_batch": sorted({b for _, _, b in self.events}),
+            "dit_s": round(sum(times), 3),
+            "dit_call_s": [round(t, 3) for t in times],
+        }
+
+
+def run_chunk(
+    dit: torch.nn.Module,
+    vae: WanVAE,
+    preset: str,
+    *,
+    steps: int | None = None,
+    height: int = 480,
+    width: int = 832,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One 81-frame chunk (clip mode, one speaker) with a preset's sampling settings; returns timings."""
+    p = dict(PRESETS[preset])
+    if steps is not None:
+        p["steps"] = steps
+    gen = torch.Generator().manual_seed(seed)
+    # An explicit one-entry bucket table pins the output size (the 480 tier has no 480x832 bucket; its
+    # 16:9 neighbour is 448x896, 32,928 tokens against 32,760 here).
+    settings = GenerationSettings(
+        **p, seed=42, frame_num=81, motion_frame=9, mode="clip", color_strength=1.0,
+        bucket={"%.2f" % (height / width): ([height, width], 1)}, batch_passes=True,
+    )
+    image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    audio = torch.randn(100, 12, 768, generator=gen)
+    context = torch.randn(120, 4096, generator=gen).to("cuda", torch.bfloat16)
+    context_null = torch.randn(40, 4096, generator=gen).to("cuda", torch.bfloat16)
+    clip_fea = torch.randn(1, 257, 1280, generator=gen).to("cuda")
+    inputs = GenerationInputs(cond=image, audio=(audio,), context=context, context_null=context_null)
+
+    stages: dict[str, float] = {}
+    timer = _ForwardTimer()
+    hooks = timer.attach(dit)
+    # Host-side stages the loop calls by module-level name: timed by wrapping them for this chunk only.
+    saved = {name: getattr(generation, name) for name in ("match_colors", "to_uint8_frames")}
+    for name, fn in saved.items():
+        setattr(generation, name, _timed_host(fn, stages, name + "_s"))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            chunks = list(generate(dit, _TimedVAE(vae, stages), lambda _img: clip_fea, inputs, settings))
+        torch.cuda.synchronize()
+        total = time.perf_counter() - t0
+    finally:
+        for h in hooks:
+            h.remove()
+        for name, fn in saved.items():
+            setattr(generation, name, fn)
+    fw = timer.summary()
+    frames = chunks[0].frames_uint8
+    rec = {
+        "preset": preset,
+        "steps": p["steps"],
+        "passes_per_step": len(settings.guidance.branches),
+        "size": [height, width],
+        "chunk_s": round(total, 3),
+        **fw,
+        **{k: round(v, 3) for k, v in stages.items()},
+        "outside_dit_s": round(total - fw["dit_s"], 3),
+        "outside_dit_share": round(1 - fw["dit_s"] / total, 4),
+        "gpu_s_per_video_s": round(total / SECONDS_PER_CHUNK, 3),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 1024**3, 2),
+        "frames_out": list(frames.shape),
+    }
+    return rec

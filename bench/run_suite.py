@@ -1,0 +1,246 @@
+"""The GPU benchmark suite (issue #8): one command, one table of (figure, floor, ratio).
+
+    PYTHONUNBUFFERED=1 python3 bench/run_suite.py --out $OUT/suite.json
+
+Parts (`--parts`, in this order; the model is compiled in place by `compile`, so later parts run compiled):
+  matmul   bf16 matmul rate: 8192^3 and the DiT's FFN shape (32760 x 5120 x 13824); the larger is the floor's rate
+  dit      full-size DiT forward, 480x832x81, bf16, one speaker, eager
+  qkv      the same with the self-attention q/k/v projections fused into one matmul (bench-only experiment)
+  compile  `worker.engine.compile.compile_dit` (regional: each block), compile time and the compiled forward
+  turbo    one 480p chunk end to end with the turbo preset (4 steps x 2 passes batched), after a 1-step warm-up chunk
+  quality  the quality preset's chunk (40 steps x 3 passes) estimated from a measured batch-3 forward: see below
+  fast     one 480p chunk end to end with the fast preset (8 steps x 2 passes)
+
+Floors are arithmetic: DiT FLOPs (matmul + attention, `dit_forward.flop_estimate`) over the measured matmul rate;
+the chunk floors count the DiT forwards only (VAE, colour and the rest have no floor here).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+from types import SimpleNamespace
+from typing import Any
+
+from common import GIB, cuda_time, log, machine_info, write_json
+from dit_forward import build_model, flop_estimate, make_inputs, profile_once
+
+import torch
+import torch.nn.functional as F
+
+from gen_chunk import SECONDS_PER_CHUNK, build_vae, run_chunk
+from worker.engine import dit_blocks
+from worker.engine.attention import attention
+from worker.engine.compile import compile_dit
+from worker.engine.rope import apply_rope_3d
+
+PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "offload")
+
+
+def matmul_rates() -> dict[str, float]:
+    out = {}
+    for label, (m, k, n) in {"8192^3": (8192, 8192, 8192), "ffn_32760x5120x13824": (32760, 5120, 13824)}.items():
+        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+        tm = cuda_time(lambda: a @ b, 3, 10)
+        out[label] = round(2 * m * k * n / tm["median_s"] / 1e12, 1)
+        del a, b
+    return out
+
+
+class fused_qkv:
+    """Bench-only: q/k/v weights concatenated into one [3C, C] matrix per block, one matmul instead of three."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def __enter__(self):
+        for blk in self.model.blocks:
+            sa = blk.self_attn
+            sa._w_qkv = torch.cat([sa.q.weight, sa.k.weight, sa.v.weight])
+            sa._b_qkv = torch.cat([sa.q.bias, sa.k.bias, sa.v.bias])
+
+        def forward(sa, x, rope_freqs, frame_tokens, token_masks=None):
+            b, l, _ = x.shape
+            n, d = sa.num_heads, sa.head_dim
+            q, k, v = F.linear(x, sa._w_qkv, sa._b_qkv).split(sa.dim, dim=-1)
+            q = apply_rope_3d(sa.norm_q(q).view(b, l, n, d), rope_freqs)
+            k = apply_rope_3d(sa.norm_k(k).view(b, l, n, d), rope_freqs)
+            return sa.o(attention(q, k, v.view(b, l, n, d)).flatten(2)), None
+
+        self.saved = dit_blocks.SelfAttention.forward
+        dit_blocks.SelfAttention.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        dit_blocks.SelfAttention.forward = self.saved
+        for blk in self.model.blocks:
+            del blk.self_attn._w_qkv, blk.self_attn._b_qkv
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--parts", default="matmul,dit,compile,turbo,quality,fast")
+    ap.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--stream-blocks", type=int, default=24, help="offload part: DiT blocks streamed from host (rtx4090_24: 24)")
+    ap.add_argument("--deadline-s", type=float, default=540.0, help="skip parts that would start after this")
+    args = ap.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    for p in parts:
+        if p not in PARTS:
+            raise SystemExit(f"unknown part {p!r}; known: {PARTS}")
+
+    t_start = time.perf_counter()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    res: dict[str, Any] = {"machine": machine_info(), "args": vars(args)}
+    save = lambda: write_json(args.out, res)  # noqa: E731
+    log(res["machine"])
+
+    shape = SimpleNamespace(frames=81, height=480, width=832, text_tokens=100)
+    model, res["model"] = build_model(seed=0)
+    log("model", res["model"])
+    cfg = model.config
+    tokens = 21 * 30 * 52
+    flops = flop_estimate(cfg, tokens, 100, 21, adapter=True)
+    res["tflop_per_forward"] = round(flops / 1e12, 1)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    inputs = make_inputs(1, shape, gen)
+    ref_out = None
+    vae = None
+
+    def forward_time(label: str, iters: int) -> dict[str, Any]:
+        nonlocal ref_out
+        with torch.inference_mode():
+            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model(**inputs)
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t0
+            tm = cuda_time(lambda: model(**inputs), 0, iters)
+        rec = {**tm, "first_call_s": round(first, 2), "peak_memory_gib": round(torch.cuda.max_memory_allocated() / GIB, 2)}
+        rec["finite"] = bool(torch.isfinite(out).all())
+        if ref_out is None:
+            ref_out = out
+        else:
+            rec["rel_diff_vs_eager"] = float((out - ref_out).norm() / ref_out.norm())
+        log(label, rec)
+        return rec
+
+    for part in parts:
+        elapsed = time.perf_counter() - t_start
+        if elapsed > args.deadline_s:
+            res.setdefault("skipped", []).append(part)
+            log("skip", part, "(deadline)")
+            continue
+        try:
+            if part == "matmul":
+                res["matmul_tflops"] = matmul_rates()
+                log("matmul", res["matmul_tflops"])
+            elif part == "dit":
+                res["dit_eager"] = forward_time("dit eager", args.iters)
+            elif part == "qkv":
+                with fused_qkv(model):
+                    res["dit_eager_fused_qkv"] = forward_time("dit eager fused qkv", args.iters)
+            elif part == "compile":
+                mode = None if args.compile_mode == "default" else args.compile_mode
+                compile_dit(model, mode)
+                res["dit_compiled"] = forward_time(f"dit compiled ({args.compile_mode})", args.iters)
+                res["dit_compiled"]["compile_mode"] = args.compile_mode
+                try:
+                    from torch._dynamo.utils import counters
+
+                    res["dynamo"] = {k: dict(v) for k, v in counters.items() if k in ("stats", "graph_break")}
+                except Exception:  # noqa: BLE001
+                    pass
+            elif part == "profile":
+                with torch.inference_mode():
+                    res["profile"] = profile_once(lambda: model(**inputs))
+                log("profile", res["profile"]["by_class_s"])
+            elif part == "offload":
+                # The 24 GB placement (conf/gpu/rtx4090_24.yaml): the last `stream_blocks` DiT blocks in pinned
+                # host memory, VAE parked in host memory between uses; T5/CLIP are not part of the chunk here.
+                from worker.engine.offload import BlockStreamer, OffloadedVAE
+
+                ref_out = None
+                BlockStreamer.attach(model, args.stream_blocks, "cuda")
+                vae = OffloadedVAE(build_vae(seed=2), "cuda")
+                torch.cuda.empty_cache()
+                res["offload_resident_gib"] = round(torch.cuda.memory_allocated() / GIB, 2)
+                log("offload resident", res["offload_resident_gib"])
+                res["chunk_turbo_offload"] = run_chunk(model, vae, "turbo")
+                log("chunk turbo offload", res["chunk_turbo_offload"])
+            elif part in ("turbo", "fast"):
+                if vae is None:
+                    vae = build_vae(seed=2)
+                    t0 = time.perf_counter()
+                    res["warmup_chunk"] = run_chunk(model, vae, "turbo", steps=1)
+                    res["warmup_chunk"]["wall_s"] = round(time.perf_counter() - t0, 2)
+                    log("warm-up chunk", res["warmup_chunk"])
+                res[f"chunk_{part}"] = run_chunk(model, vae, part)
+                log(f"chunk {part}", res[f"chunk_{part}"])
+            elif part == "quality":
+                # 40 steps x 3 passes, batched into one batch-3 DiT call a step (one speaker: all passes share
+                # the audio shape). Estimated: 40 x measured batch-3 forward + the turbo chunk's outside-DiT time.
+                b3 = {k: torch.cat([v] * 3) if k not in ("t",) else v for k, v in inputs.items()}
+                with torch.inference_mode():
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    model(**b3)
+                    torch.cuda.synchronize()
+                    first = time.perf_counter() - t0
+                    tm = cuda_time(lambda: model(**b3), 0, 2)
+                res["forward_batch3"] = {**tm, "first_call_s": round(first, 2)}
+                log("forward batch 3", res["forward_batch3"])
+        except Exception as exc:  # noqa: BLE001 - one failing part must not cost the others
+            res.setdefault("errors", {})[part] = traceback.format_exc()[-3000:]
+            log("ERROR", part, repr(exc)[:300])
+        save()
+
+    # ------------------------------------------------------------------ table
+    rate = max(res.get("matmul_tflops", {}).values(), default=0.0)
+    floor_fwd = flops / (rate * 1e12) if rate else float("nan")
+    rows: list[tuple[str, float, float]] = []
+    for key, label in (("dit_eager", "DiT forward bf16 eager (s)"), ("dit_eager_fused_qkv", "DiT forward bf16 eager, fused qkv (s)"),
+                       ("dit_compiled", "DiT forward bf16 compiled (s)")):
+        if key in res:
+            rows.append((label, res[key]["median_s"], floor_fwd))
+    if "dit_compiled" in res:
+        rows.append(("  compile time, first forward (s)", res["dit_compiled"]["first_call_s"], float("nan")))
+    for preset in ("turbo", "fast"):
+        c = res.get(f"chunk_{preset}")
+        if c:
+            n_fwd = c["steps"] * c["passes_per_step"]
+            rows.append((f"{preset} chunk (s)", c["chunk_s"], n_fwd * floor_fwd))
+            rows.append((f"{preset} GPU-s per s of video", c["gpu_s_per_video_s"], n_fwd * floor_fwd / SECONDS_PER_CHUNK))
+            rows.append((f"{preset} share outside DiT", c["outside_dit_share"], float("nan")))
+    if "chunk_turbo_offload" in res:
+        c = res["chunk_turbo_offload"]
+        rows.append((f"turbo chunk, {args.stream_blocks} blocks streamed (s)", c["chunk_s"], 8 * floor_fwd))
+        rows.append(("  peak VRAM allocated / reserved (GiB)", c["peak_memory_gib"], float("nan")))
+        rows.append(("  (reserved)", c["peak_reserved_gib"], float("nan")))
+    if "forward_batch3" in res:
+        outside = res.get("chunk_turbo", {}).get("outside_dit_s", float("nan"))
+        est = 40 * res["forward_batch3"]["median_s"] + outside
+        res["quality_chunk_estimate_s"] = round(est, 2)
+        rows.append(("quality chunk, estimated (s)", est, 120 * floor_fwd))
+        rows.append(("quality GPU-s per s of video, est.", est / SECONDS_PER_CHUNK, 120 * floor_fwd / SECONDS_PER_CHUNK))
+    res["table"] = [{"figure": f, "value": v, "floor": fl} for f, v, fl in rows]
+    res["floor_forward_s"] = floor_fwd
+    res["total_s"] = round(time.perf_counter() - t_start, 1)
+    save()
+    print(f"\nGPU: {res['machine'].get('gpu')}  torch {res['machine'].get('torch')}  matmul {res.get('matmul_tflops')} TFLOP/s  "
+          f"{res['tflop_per_forward']} TFLOP per forward")
+    print("%-40s %10s %10s %7s" % ("figure", "value", "floor", "ratio"))
+    for f, v, fl in rows:
+        ratio = v / fl if fl == fl and fl else float("nan")
+        print("%-40s %10.3f %10.3f %7.2f" % (f, v, fl, ratio))
+    if res.get("errors"):
+        print("errors in:", ", ".join(res["errors"]))
+
+
+if __name__ == "__main__":
+    main()
