@@ -123,7 +123,7 @@ def ui_url(tiny_endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture
-def page(ui_url: str):
+def page(ui_url: str, request: pytest.FixtureRequest, artifacts_dir: Path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -136,6 +136,9 @@ def page(ui_url: str):
             pg.goto(ui_url)
             pg.wait_for_selector("#submit")
             yield pg
+            rep = getattr(request.node, "rep_call", None)
+            if rep is not None and rep.failed:
+                pg.screenshot(path=str(artifacts_dir / f"{request.node.name}-failed.png"), full_page=True)
         finally:
             ctx.close()
 
@@ -186,10 +189,10 @@ def test_browser_upload_submit_progress_and_video(page, artifacts_dir: Path) -> 
 
 
 def test_browser_video_toggle_and_cancel(page, artifacts_dir: Path) -> None:
-    page.get_by_label("video").check()
+    page.get_by_label("video", exact=True).check()
     page.wait_for_selector("#input-video", state="visible")
     assert not page.locator("#input-image").is_visible()
-    page.get_by_label("image").check()
+    page.get_by_label("image", exact=True).check()
     _upload_inputs(page)
     page.get_by_text("Overrides (empty").click()
     page.locator("#steps textarea, #steps input").first.fill("100")  # long enough to cancel while it runs
@@ -206,7 +209,7 @@ def test_browser_video_toggle_and_cancel(page, artifacts_dir: Path) -> None:
 def test_browser_worker_error_shows_code_and_hint(page, artifacts_dir: Path) -> None:
     # This worker has no TTS yet, so a TTS job fails at validation with a code and a hint.
     page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "portrait.png"))
-    page.get_by_label("text to speech").check()
+    page.get_by_label("text to speech", exact=True).check()
     page.wait_for_selector("#input-audio1", state="hidden")
     page.get_by_label("TTS text").fill("(s1) Hello there. (s2) Hi!")
     page.wait_for_function("document.querySelector('#estimate').innerText.includes('GPU-min')")
