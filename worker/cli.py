@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-CLIENT_COMMANDS = {"submit", "status", "cancel", "ui"}
+CLIENT_COMMANDS = {"submit", "status", "cancel", "estimate", "ui"}
 
 
 def _resolve_paths(payload: dict[str, Any], base: Path) -> dict[str, Any]:
