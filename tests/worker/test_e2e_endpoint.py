@@ -103,10 +103,14 @@ def test_example_through_endpoint_client(stack, name):
 
 def test_failed_job_reports_code_and_hint(stack):
     srv, _, _ = stack
-    out = srv.endpoint().run_sync({"image": "https://10.0.0.1/x.png", "audio": "https://10.0.0.1/a.wav"}, timeout=60)
-    # run_sync returns the output, or the status dict when the job failed
-    err = json.loads(out["error"]) if isinstance(out, dict) and "error" in out else None
-    assert err is not None and err["code"] == "E_INPUT_VALIDATION" and err["hint"]
+    job = srv.endpoint().run({"image": "https://10.0.0.1/x.png", "audio": "https://10.0.0.1/a.wav"})
+    deadline = time.monotonic() + 60
+    while (st := job._fetch_job())["status"] not in ("COMPLETED", "FAILED"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert st["status"] == "FAILED"
+    err = json.loads(st["error"])
+    assert err["code"] == "E_INPUT_VALIDATION" and err["hint"] and "10.0.0.1" in err["message"]
 
 
 def test_one_job_through_the_sdk_rp_serve_api(tmp_path):
@@ -142,10 +146,18 @@ def test_one_job_through_the_sdk_rp_serve_api(tmp_path):
 
 
 def test_test_input_flag_runs_one_job(tmp_path):
-    payload = as_remote_payload("single_image.json") | {"output": {"target": "inline"}}
+    payload = json.loads((EXAMPLES / "single_image.json").read_text())["input"]
+    payload = payload | {
+        "image": str(EXAMPLES / payload["image"]),
+        "audio": str(EXAMPLES / payload["audio"]),
+        "sampler": "turbo",
+        "output": {"target": "inline"},
+    }
     env = {
         **os.environ,
-        "INFINITETALK_OVERRIDES": json.dumps([f"server.cache_dir={tmp_path / 'cache'}", f"server.work_dir={tmp_path / 'w'}"]),
+        "INFINITETALK_OVERRIDES": json.dumps(
+            [f"server.cache_dir={tmp_path / 'cache'}", f"server.work_dir={tmp_path / 'w'}", f"server.allowed_roots=[{EXAMPLES}]"]
+        ),
     }
     res = subprocess.run(
         [sys.executable, "-m", "worker.handler", "--test_input", json.dumps({"input": payload})],
