@@ -140,7 +140,12 @@ class Engine:
             raise WeightLoadError(str(self.layout.dit_config), None, f"invalid DiT config: {exc}") from exc
         with torch.device("meta"):
             dit = InfiniteTalkDiT(cfg)
-        load_module(dit, self.layout.dit_files, device=self.device, dtype=self.dtype)
+        if self.layout.dit_bundle is not None:
+            from worker.weights.bundle import load_bundle_into
+
+            load_bundle_into(dit, self.layout.dit_bundle, device=self.device, dtype=self.dtype)
+        else:
+            load_module(dit, self.layout.dit_files, device=self.device, dtype=self.dtype)
         return dit.eval().requires_grad_(False)
 
     def _load_dit_streamed(self) -> InfiniteTalkDiT:
