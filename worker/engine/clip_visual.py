@@ -194,11 +194,13 @@ class CLIPVisionTower(nn.Module):
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cpu",
     ) -> CLIPVisionTower:
-        """Build on the meta device and fill from the original CLIP `.pth`; the text tower is never converted."""
+        """Build on the meta device and fill strictly from the original CLIP `.pth`; the text tower is
+        skipped by the key map and never converted; a bad file or key is named in a WeightLoadError."""
+        from .loaders import load_module
+
         with torch.device("meta"):
             model = cls(cfg)
-        sd = split_original_state_dict(torch.load(str(path), map_location="cpu", mmap=True, weights_only=True))
-        model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+        load_module(model, [path], device=device, dtype=dtype, key_map=original_key_map)
         return model.eval().requires_grad_(False)
 
     def preprocess(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:

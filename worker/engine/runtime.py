@@ -20,7 +20,7 @@ from .attention import set_attention_backend
 from .audio_windows import pad_tail
 from .audio_embed import Wav2Vec2Embedder
 from .buckets import BUCKET_TABLES
-from .clip_visual import CLIPVisionConfig, CLIPVisionTower, original_key_map
+from .clip_visual import CLIPVisionConfig, CLIPVisionTower
 from .compile import compile_dit
 from .dit import DiTConfig, InfiniteTalkDiT
 from .errors import EngineOOMError, WeightLoadError
@@ -169,24 +169,19 @@ class Engine:
     def _load_t5(self) -> T5TextEncoder:
         cfg = self._config("t5", lambda **kw: T5Config(**kw), T5Config())
         device = torch.device("cpu") if self.options.offload_text_encoder else self.device
-        with torch.device("meta"):
-            model = UMT5Encoder(cfg)
-        load_module(model, [self.layout.t5_file], device=device, dtype=self.dtype)
+        model = UMT5Encoder.from_original_checkpoint(self.layout.t5_file, cfg, dtype=self.dtype, device=device)
         text_len = int(self._components.get("t5_text_len", 512))
         if not self.layout.t5_tokenizer.is_dir():
             raise WeightLoadError(str(self.layout.t5_tokenizer), None, "tokenizer folder not found")
         try:
-            return T5TextEncoder(model.eval().requires_grad_(False), self.layout.t5_tokenizer, text_len=text_len)
+            return T5TextEncoder(model, self.layout.t5_tokenizer, text_len=text_len)
         except Exception as exc:  # transformers raises many types for a broken tokenizer folder
             raise WeightLoadError(str(self.layout.t5_tokenizer), None, f"cannot load tokenizer: {exc}") from exc
 
     def _load_clip(self) -> CLIPVisionTower:
         cfg = self._config("clip", lambda **kw: CLIPVisionConfig(**kw), CLIPVisionConfig())
-        with torch.device("meta"):
-            tower = CLIPVisionTower(cfg)
         device = HOST if self.options.offload_clip else self.device
-        load_module(tower, [self.layout.clip_file], device=device, dtype=self.dtype, key_map=original_key_map)
-        return tower.eval().requires_grad_(False)
+        return CLIPVisionTower.from_original_checkpoint(self.layout.clip_file, cfg, dtype=self.dtype, device=device)
 
     def _load_wav2vec(self) -> Wav2Vec2Embedder:
         return Wav2Vec2Embedder.from_pretrained(self.layout.wav2vec_dir, device=self.device, dtype=torch.float32)

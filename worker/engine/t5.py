@@ -245,11 +245,13 @@ class UMT5Encoder(nn.Module):
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cpu",
     ) -> UMT5Encoder:
-        """Build on the meta device and fill from the original `.pth` (memory-mapped, one tensor at a time)."""
+        """Build on the meta device and fill strictly from the original `.pth` (memory-mapped, one tensor
+        at a time); a bad file or key is named in a WeightLoadError."""
+        from .loaders import load_module
+
         with torch.device("meta"):
             model = cls(cfg)
-        sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-        model.load_original_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, assign=True)
+        load_module(model, [path], device=device, dtype=dtype)
         return model.eval().requires_grad_(False)
 
 
