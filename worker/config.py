@@ -130,6 +130,11 @@ class GpuConf:
     offload_vae: bool = False
     # DiT blocks streamed from host memory during each forward (0: all resident).
     stream_blocks: int = 0
+    # false: each guidance pass is its own DiT call (peak activations of one pass, same DiT work).
+    batch_passes: bool = True
+    # PYTORCH_CUDA_ALLOC_CONF for the worker process (set before torch loads unless the environment
+    # already sets it), e.g. "expandable_segments:True" where fragmentation decides whether a job fits.
+    cuda_alloc_conf: str = ""
     # torch.compile each DiT block (worker/engine/compile.py); the first job of each shape pays the compile.
     compile: bool = False
     max_size: str = "infinitetalk-720"

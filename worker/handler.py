@@ -8,6 +8,8 @@ add `refresh_worker` so Runpod replaces this worker after the job.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 from worker.config import compose_config, secret_values
@@ -15,6 +17,7 @@ from worker.errors import JobError
 from worker.job import JobContext, run_job
 from worker.logging_setup import configure_logging, get_logger
 from worker.progress import runpod_sink
+from worker.wiring import process_env
 
 _CTX: JobContext | None = None
 log = get_logger("worker.handler")
@@ -25,8 +28,22 @@ def context() -> JobContext:
     if _CTX is None:
         cfg = compose_config()
         configure_logging(cfg.server.log_level, secrets=secret_values(cfg))
+        apply_process_env(cfg)
         _CTX = JobContext.create(cfg)
     return _CTX
+
+
+def apply_process_env(cfg: Any, environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
+    """The GPU tier's process environment (e.g. PYTORCH_CUDA_ALLOC_CONF), set before the engine
+    imports torch; a value the endpoint's own environment sets wins. Returns what was set."""
+    applied = {}
+    for key, value in process_env(cfg).items():
+        if key not in environ:
+            environ[key] = applied[key] = value
+    torch = sys.modules.get("torch")
+    if applied and torch is not None and torch.cuda.is_initialized():  # the allocator has read its config
+        log.warning("CUDA started before the GPU tier's environment was set", keys=sorted(applied))
+    return applied
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:

@@ -85,7 +85,13 @@ def checkpoint_layout(cfg: AppConfig) -> CheckpointLayout:
         infinitetalk_file=Path(m.infinitetalk_file),
         wav2vec_dir=Path(m.wav2vec_dir),
         dit_bundle=Path(m.dit_bundle) if m.dit_bundle else None,
+        quant_file=Path(m.quant_file) if m.quant == "fp8" and m.quant_file else None,
     )
+
+
+def process_env(cfg: AppConfig) -> dict[str, str]:
+    """Environment the GPU tier wants set before torch starts (the CUDA allocator reads it once)."""
+    return {"PYTORCH_CUDA_ALLOC_CONF": cfg.gpu.cuda_alloc_conf} if cfg.gpu.cuda_alloc_conf else {}
 
 
 def engine_options(cfg: AppConfig) -> dict[str, Any]:
@@ -94,12 +100,14 @@ def engine_options(cfg: AppConfig) -> dict[str, Any]:
     return {
         "device": gpu.device,
         "dtype": cfg.model.dtype if gpu.device == "cpu" else gpu.dtype,
+        "quant": cfg.model.quant,
         "attention_backend": gpu.attention,
         "offload_text_encoder": gpu.offload_t5,
         "compile_dit": gpu.compile and gpu.device != "cpu",
         "offload_clip": gpu.offload_clip,
         "offload_vae": gpu.offload_vae,
         "stream_blocks": gpu.stream_blocks,
+        "batch_passes": gpu.batch_passes,
         "lora_dir": cfg.model.lora_dir or "",
         "lora_file": cfg.sampler.lora_file or "",
         "lora_scale": cfg.sampler.lora_scale,

@@ -169,6 +169,38 @@ def load_fp8_state(module: nn.Module, files: Iterable[Path | str], device="cpu",
     return module
 
 
+def stored_fp8_modules(files: Iterable[Path | str]) -> dict[str, str]:
+    """Module name -> file, for every module whose weight the files store in fp8: ours (`<m>.weight`
+    next to `<m>.weight.scale`) or quanto's (`<m>.weight._data`). Read from the headers only.
+
+    Why from the files: which Linears upstream's quanto export quantised is recorded in the file
+    (and its quantisation map), not known here, so the module is shaped after what it is given."""
+    out: dict[str, str] = {}
+    for f in files:
+        path = Path(f)
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                keys = set(handle.keys())
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise WeightLoadError(str(path), None, f"unreadable fp8 file: {exc}") from exc
+        for key in keys:
+            if key.endswith(".weight" + QUANTO_DATA):
+                out[key[: -len(".weight" + QUANTO_DATA)]] = str(path)
+            elif key.endswith(".weight" + SCALE_SUFFIX) and key[: -len(SCALE_SUFFIX)] in keys:
+                out[key[: -len(".weight" + SCALE_SUFFIX)]] = str(path)
+    return out
+
+
+def convert_stored(module: nn.Module, stored: dict[str, str]) -> list[str]:
+    """Make exactly the modules a file stores in fp8 FP8Linear shells (see `stored_fp8_modules`);
+    a stored name that is not a Linear of `module` is a WeightLoadError naming the file and key."""
+    linears = {n for n, m in module.named_modules() if isinstance(m, (nn.Linear, FP8Linear))}
+    for name in sorted(stored):
+        if name not in linears:
+            raise WeightLoadError(stored[name], name + ".weight", "stored as fp8, but the model has no Linear there")
+    return convert_linears(module, include=stored.__contains__)
+
+
 def _target(key: str, fp8_modules: set[str]) -> str | None:
     """File key -> module state-dict key (None: a key with no module counterpart, skipped)."""
     if key.endswith(".input_scale") or key.endswith(".output_scale"):

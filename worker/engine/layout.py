@@ -47,6 +47,9 @@ class CheckpointLayout:
     # A consolidated DiT bundle made by `weights repack` (adapter and LoRA merged, bf16 or fp8):
     # when set, it replaces the base shards and the adapter file.
     dit_bundle: Path | None = None
+    # Upstream's fp8 DiT (optimum-quanto file, adapter included): read only when the engine runs fp8
+    # and no bundle is given; then it, too, replaces the base shards and the adapter file.
+    quant_file: Path | None = None
 
     @property
     def dit_config(self) -> Path:
@@ -71,6 +74,15 @@ class CheckpointLayout:
     def dit_files(self) -> list[Path]:
         """Base shards then the adapter, merged in that order (later files win, as upstream merges)."""
         return [*self.dit_shards, self.infinitetalk_file]
+
+    @property
+    def dit_sources(self) -> list[Path]:
+        """The DiT weight files a load reads: the bundle, else the quant file, else shards + adapter."""
+        if self.dit_bundle:
+            return [self.dit_bundle]
+        if self.quant_file:
+            return [self.quant_file]
+        return self.dit_files
 
     @property
     def t5_file(self) -> Path:
@@ -103,7 +115,7 @@ class CheckpointLayout:
     def required_files(self) -> list[Path]:
         return [
             self.dit_config,
-            *([self.dit_bundle] if self.dit_bundle else self.dit_files),
+            *self.dit_sources,
             self.t5_file,
             self.t5_tokenizer,
             self.clip_file,

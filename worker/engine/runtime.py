@@ -24,15 +24,17 @@ from .clip_visual import CLIPVisionConfig, CLIPVisionTower
 from .compile import compile_dit
 from .dit import DiTConfig, InfiniteTalkDiT
 from .errors import EngineOOMError, WeightLoadError
+from .fp8 import convert_linears, convert_stored, load_fp8_state, stored_fp8_modules
 from .generation import ChunkResult, GenerationInputs, GenerationSettings, ResumeState, StepInfo, generate
 from .layout import CheckpointLayout
-from .loaders import load_module
+from .loaders import _materialise_leftovers, load_module
 from .lora import merge_lora, resolve_lora_path
 from .offload import HOST, BlockStreamer, OffloadedVAE, resident
 from .t5 import T5Config, T5TextEncoder, UMT5Encoder
 from .vae import VAEConfig, WanVAE, WanVAEModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTS = ("none", "fp8")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class EngineOptions:
 
     device: str = "cpu"
     dtype: str = "float32"
+    # "fp8": the DiT's block Linears are FP8Linear (fp8.py), one byte a weight, filled from an fp8
+    # bundle or upstream's quant file kept in fp8 (see `Engine._fill_fp8`); "none": `dtype` throughout.
+    quant: str = "none"
     attention_backend: str = "sdpa"
     offload_text_encoder: bool = False  # keep umT5 on the CPU (it is used once per prompt)
     text_cache_size: int = 16
@@ -55,6 +60,10 @@ class EngineOptions:
     offload_clip: bool = False
     offload_vae: bool = False
     stream_blocks: int = 0
+    # False: every guidance pass is its own DiT call, whatever the request's settings say: the peak
+    # activations of a step drop to one pass's (half, with two passes), the DiT work stays the same;
+    # the 24 GB tier needs it. True: as each request's settings say.
+    batch_passes: bool = True
     # Chaos testing: "oom@step" raises the accelerator's out-of-memory error at the first sampling
     # step of the next job (once), exactly where a real one surfaces; empty in production.
     fault: str = ""
@@ -101,6 +110,8 @@ class Engine:
         self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._components = layout.component_overrides()
         self._fault_armed = options.fault == "oom@step"
+        if options.quant not in QUANTS:
+            raise ValueError(f"EngineOptions.quant must be one of {QUANTS}, not {options.quant!r}")
         set_attention_backend(options.attention_backend)
         layout.check()
         self.dit = self._timed("dit", self._load_dit if not options.stream_blocks else self._load_dit_streamed)
@@ -140,13 +151,48 @@ class Engine:
             raise WeightLoadError(str(self.layout.dit_config), None, f"invalid DiT config: {exc}") from exc
         with torch.device("meta"):
             dit = InfiniteTalkDiT(cfg)
-        if self.layout.dit_bundle is not None:
+        if self.options.quant == "fp8":
+            self._fill_fp8(dit)
+        elif self.layout.dit_bundle is not None:
             from worker.weights.bundle import load_bundle_into
 
             load_bundle_into(dit, self.layout.dit_bundle, device=self.device, dtype=self.dtype)
         else:
             load_module(dit, self.layout.dit_files, device=self.device, dtype=self.dtype)
         return dit.eval().requires_grad_(False)
+
+    def _fill_fp8(self, dit: InfiniteTalkDiT) -> None:
+        """The DiT with fp8 block Linears, from (first found) an fp8 bundle of ours, upstream's quanto
+        file (`layout.quant_file`), or else a bf16 bundle / the original shards quantised per row here.
+
+        Files already in fp8 are loaded as fp8 straight onto the device: no dequantised copy is ever
+        held, so the DiT takes about half its bf16 bytes. Which Linears become fp8 follows the file
+        (`stored_fp8_modules`). Quantising at load reads the source into host memory first (a full
+        bf16 copy on the card is what fp8 is meant to avoid), then moves the quantised model over.
+        """
+        bundle, quant_file = self.layout.dit_bundle, self.layout.quant_file
+        if bundle is not None:
+            from worker.weights.bundle import read_bundle_metadata
+
+            read_bundle_metadata(bundle)  # a non-bundle is named as such
+        source = bundle if bundle is not None else quant_file
+        stored = stored_fp8_modules([source]) if source is not None else {}
+        if stored:
+            convert_stored(dit, stored)
+            load_fp8_state(dit, [source], device=self.device, dtype=self.dtype)
+            _materialise_leftovers(dit, self.device)
+            return
+        if bundle is None and quant_file is not None:
+            raise WeightLoadError(str(quant_file), None, "no fp8 weights in the quant file "
+                                  "(expected `<m>.weight._data` or `<m>.weight` + `<m>.weight.scale`)")
+        if bundle is not None:
+            from worker.weights.bundle import load_bundle_into
+
+            load_bundle_into(dit, bundle, device=HOST, dtype=self.dtype)
+        else:
+            load_module(dit, self.layout.dit_files, device=HOST, dtype=self.dtype)
+        convert_linears(dit)
+        dit.to(self.device)
 
     def _load_dit_streamed(self) -> InfiniteTalkDiT:
         """Loaded into host memory (the whole DiT would not fit the card), then everything but the
@@ -247,6 +293,8 @@ class Engine:
     ) -> Iterator[ChunkResult]:
         """`resume`: `ChunkResult.state.to_bytes()` of an earlier run of the same request (a retried job)."""
         settings = request.settings
+        if not self.options.batch_passes:
+            settings = replace(settings, batch_passes=False)
         if request.lora_file is not None:
             self.use_lora(request.lora_file, request.lora_scale)
         if isinstance(settings.bucket, str):
