@@ -59,3 +59,78 @@ def test_self_reference_is_near_identity_and_blend_is_linear():
     src = torch.rand(1, 3, 2, 16, 16, generator=g) * 1.6 - 0.8
     half = match_colors(src, ref, 0.5)
     torch.testing.assert_close(half, (src + match_colors(src, ref, 1.0)) / 2, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- scikit-image as a reference
+
+
+def _skimage_match(video: torch.Tensor, ref: torch.Tensor, strength: float) -> torch.Tensor:
+    """The reference's per-frame numpy/scikit-image path ([3, T, H, W] in [-1, 1]), kept here as the oracle."""
+    import warnings
+
+    import numpy as np
+    from skimage import color as sk
+
+    frames = np.clip((video.permute(1, 2, 3, 0).numpy() + 1.0) / 2.0, 0.0, 1.0)
+    ref01 = np.clip((ref[:, :1].permute(1, 2, 3, 0).numpy() + 1.0) / 2.0, 0.0, 1.0)[0]
+    rl = sk.rgb2lab(ref01)
+    r_mean = [rl[..., j].mean() for j in range(3)]
+    r_std = [rl[..., j].std() for j in range(3)]
+    out = []
+    for f in frames:
+        lab = sk.rgb2lab(f)
+        c = lab.copy()
+        for j in range(3):
+            m, s = lab[..., j].mean(), lab[..., j].std()
+            c[..., j] = r_mean[j] if s == 0 else (c[..., j] - m) * (r_std[j] / s) + r_mean[j]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            rgb = np.clip(sk.lab2rgb(c), 0.0, 1.0)
+        out.append((1 - strength) * f + strength * rgb)
+    return torch.from_numpy(np.stack(out) * 2.0 - 1.0).permute(3, 0, 1, 2)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("strength", [1.0, 0.35])
+def test_torch_path_matches_skimage_on_random_frames(seed, strength):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.rand(3, 5, 24, 40, generator=g) * 2.4 - 1.2  # some values outside [-1, 1]: clipped first
+    video[:, :2, :12] = video[:, :2, :12] * 0.1 + 0.7  # near-saturated patches
+    ref = torch.rand(3, 1, 24, 40, generator=g) * 0.4 - 0.2
+    ref[seed % 3] += 0.6  # a strong tint: the transfer leaves the gamut and hits the negative-Z and RGB clips
+    got = match_colors(video, ref, strength)
+    torch.testing.assert_close(got, _skimage_match(video, ref, strength), atol=1e-4, rtol=0)
+
+
+def test_lab_conversions_match_skimage():
+    import warnings
+
+    from skimage import color as sk
+
+    from worker.engine.color import lab_to_rgb, rgb_to_lab
+
+    g = torch.Generator().manual_seed(7)
+    rgb = torch.rand(3, 64, 64, generator=g)
+    rgb[:, :4] = 0.02  # the linear segments of sRGB and f(t)
+    want = torch.from_numpy(sk.rgb2lab(rgb.permute(1, 2, 0).numpy())).permute(2, 0, 1)
+    torch.testing.assert_close(rgb_to_lab(rgb), want, atol=5e-4, rtol=0)  # L spans 0..100 in float32
+    lab = torch.stack([torch.rand(64, 64, generator=g) * 100, *(torch.rand(2, 64, 64, generator=g) * 256 - 128)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # negative Z: clamped, as in ours
+        want = torch.from_numpy(sk.lab2rgb(lab.double().permute(1, 2, 0).numpy())).permute(2, 0, 1)
+    torch.testing.assert_close(lab_to_rgb(lab.double()), want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(lab_to_rgb(lab).double(), want, atol=1e-5, rtol=0)
+
+
+def test_flat_channel_takes_the_reference_mean():
+    # A constant frame has zero Lab std: every pixel gets the reference mean. (The reference's float32 numpy
+    # mean is inexact there, so its std comes out ~1e-5 and it amplifies rounding noise instead.)
+    g = torch.Generator().manual_seed(3)
+    ref = torch.rand(3, 1, 16, 16, generator=g) * 2 - 1
+    flat = torch.full((3, 2, 16, 16), 0.3)
+    got = match_colors(flat, ref, 1.0)
+    stats = lab_reference(ref)
+    from worker.engine.color import lab_to_rgb
+
+    want = lab_to_rgb(torch.tensor(stats.mean).view(3, 1, 1, 1).expand(3, 2, 16, 16)) * 2 - 1
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

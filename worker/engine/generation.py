@@ -124,7 +124,8 @@ class StepInfo:
 class ChunkResult:
     """New frames of one chunk, ready for the video encoder.
 
-    `frames`: float32 [3, n, H, W] in [-1, 1] (CPU); `frames_uint8`: [n, H, W, 3] as the reference
+    `frames`: float32 [3, n, H, W] in [-1, 1], on the engine's device (the loop never copies the float
+    frames to the host; drop the chunk once consumed); `frames_uint8`: [n, H, W, 3] on the host, as the reference
     writes them ((x + 1) / 2 * 255, clipped, truncated). `first_frame` is the index of frames[0] in
     the whole video, `total_frames` the planned length of the whole video.
     """
@@ -171,7 +172,7 @@ class ResumeState:
                 "seed": self.seed,
                 "rng_state": self.rng_state.clone(),
                 "rng_calls": self.rng_calls,
-                "motion_pixels": self.motion_pixels.contiguous(),
+                "motion_pixels": self.motion_pixels.detach().cpu().contiguous(),
                 "plan": list(self.plan),
             },
             buf,
@@ -200,9 +201,13 @@ class ResumeState:
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """[3, n, H, W] in [-1, 1] -> uint8 [n, H, W, 3] with the reference's rounding (truncation)."""
-    x = ((video.detach().float().cpu() + 1) / 2).permute(1, 2, 3, 0).numpy()
-    return np.clip(x * 255, 0, 255).astype(np.uint8)
+    """[3, n, H, W] in [-1, 1] -> uint8 [n, H, W, 3] with the reference's rounding (truncation).
+
+    Converted where the frames are (the same float32 operations as the reference's numpy ones, so the
+    bytes are identical); only the uint8 array, a quarter of the float32 bytes, crosses to the host.
+    """
+    x = ((video.detach().float() + 1) / 2 * 255).clamp_(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 3, 0).contiguous().cpu().numpy()
 
 
 def speaker_masks(
@@ -475,7 +480,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
         motion_pixels, emitted = resume.motion_pixels.float(), resume.emitted
         if s.color_strength > 0.0:  # the reference is chunk 0's condition frame, recomputed
             ref_cond = resize_to_target(frames.get(plan.chunks[0].audio_start), (th, tw))
-            color_ref, color_ref_image = lab_reference(ref_cond), ref_cond
+            color_ref, color_ref_image = lab_reference(ref_cond.to(device)), ref_cond
 
     with torch.no_grad():
         for spec in plan.chunks:
@@ -486,7 +491,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
                 continue
             cond = resize_to_target(frames.get(spec.audio_start), (th, tw))  # [1, 3, 1, th, tw]
             if i == 0 and s.color_strength > 0.0:
-                color_ref, color_ref_image = lab_reference(cond), cond
+                color_ref, color_ref_image = lab_reference(cond.to(device)), cond
             emit(f"chunk{i}.clip_input", cond)
             if clip_cache is not None and torch.equal(clip_cache[0], cond):
                 clip_fea = clip_cache[1]
@@ -499,10 +504,11 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
 
             noise = draw((LATENT_CHANNELS, t_lat, lat_h, lat_w), "randn")
 
-            padded = torch.cat([cond, torch.zeros(1, 3, s.frame_num - 1, th, tw)], dim=2)
+            cond_dev = cond.to(device)
+            padded = torch.cat([cond_dev, cond_dev.new_zeros(1, 3, s.frame_num - 1, th, tw)], dim=2)
             y_lat = encode(padded).float().cpu()
             if i == 0:
-                motion = encode(cond)[0].float()
+                motion = encode(cond_dev)[0].float()
             else:
                 motion = encode(motion_pixels)[0].float()
             y = torch.cat([_condition_mask(t_lat, lat_h, lat_w), y_lat], dim=1)
@@ -540,7 +546,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
                     on_step(StepInfo(i, len(plan.chunks), step, s.steps, float(t_now)))
             emit(f"chunk{i}.final_latent", latent)
 
-            video = vae.decode(latent[None]).float().cpu()  # [1, 3, F, H, W]
+            video = vae.decode(latent[None]).float()  # [1, 3, F, H, W], stays on the device
             emit(f"chunk{i}.decoded", video[0])
             if color_ref is not None:
                 emit(f"chunk{i}.color_in", video)
