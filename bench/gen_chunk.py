@@ -53,6 +53,7 @@ def _timed_host(fn, times: dict[str, float], key: str):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = fn(*args, **kwargs)
+        torch.cuda.synchronize()  # the colour correction runs on the GPU now: count its kernels, not the launches
         times[key] = times.get(key, 0.0) + time.perf_counter() - t0
         return out
 
@@ -143,7 +144,7 @@ def run_chunk(
     timer = _ForwardTimer()
     hooks = timer.attach(dit)
     # Host-side stages the loop calls by module-level name: timed by wrapping them for this chunk only.
-    saved = {name: getattr(generation, name) for name in ("match_colors", "to_uint8_frames")}
+    saved = {name: getattr(generation, name) for name in ("match_colors", "lab_reference", "to_uint8_frames")}
     for name, fn in saved.items():
         setattr(generation, name, _timed_host(fn, stages, name + "_s"))
     torch.cuda.synchronize()

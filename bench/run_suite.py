@@ -10,6 +10,8 @@ Parts (`--parts`, in this order; the model is compiled in place by `compile`, so
   turbo    one 480p chunk end to end with the turbo preset (4 steps x 2 passes batched), after a 1-step warm-up chunk
   quality  the quality preset's chunk (40 steps x 3 passes) estimated from a measured batch-3 forward: see below
   fast     one 480p chunk end to end with the fast preset (8 steps x 2 passes)
+  recompile  drop the compiled blocks and compile again with `--recompile-mode` (e.g. reduce-overhead: CUDA
+           graphs), then time the forward as `compile` does (bench-only; the engine compiles once)
 
 Floors are arithmetic: DiT FLOPs (matmul + attention, `dit_forward.flop_estimate`) over the measured matmul rate;
 the chunk floors count the DiT forwards only (VAE, colour and the rest have no floor here).
@@ -34,7 +36,7 @@ from worker.engine.attention import attention
 from worker.engine.compile import compile_dit
 from worker.engine.rope import apply_rope_3d
 
-PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "offload")
+PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "recompile", "offload")
 
 
 def matmul_rates() -> dict[str, float]:
@@ -84,6 +86,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--parts", default="matmul,dit,compile,turbo,quality,fast")
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--recompile-mode", default="reduce-overhead", help="torch.compile mode of the recompile part")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--stream-blocks", type=int, default=24, help="offload part: DiT blocks streamed from host (rtx4090_24: 24)")
     ap.add_argument("--deadline-s", type=float, default=540.0, help="skip parts that would start after this")
@@ -156,6 +159,22 @@ def main() -> None:
                     res["dynamo"] = {k: dict(v) for k, v in counters.items() if k in ("stats", "graph_break")}
                 except Exception:  # noqa: BLE001
                     pass
+            elif part == "recompile":
+                torch._dynamo.reset()
+                for block in model.blocks:
+                    block._compiled_call_impl = None
+                model._blocks_compiled = None
+                torch.cuda.empty_cache()
+                compile_dit(model, args.recompile_mode)
+                if "reduce-overhead" in args.recompile_mode:
+                    # CUDA-graph trees: each forward is a new generation, so mark it (outputs of the last are dead).
+                    hook = model.register_forward_pre_hook(lambda *_: torch.compiler.cudagraph_mark_step_begin())
+                try:
+                    res["dit_recompiled"] = forward_time(f"dit compiled ({args.recompile_mode})", args.iters)
+                finally:
+                    if "reduce-overhead" in args.recompile_mode:
+                        hook.remove()
+                res["dit_recompiled"]["compile_mode"] = args.recompile_mode
             elif part == "profile":
                 with torch.inference_mode():
                     res["profile"] = profile_once(lambda: model(**inputs))
@@ -205,7 +224,7 @@ def main() -> None:
     floor_fwd = flops / (rate * 1e12) if rate else float("nan")
     rows: list[tuple[str, float, float]] = []
     for key, label in (("dit_eager", "DiT forward bf16 eager (s)"), ("dit_eager_fused_qkv", "DiT forward bf16 eager, fused qkv (s)"),
-                       ("dit_compiled", "DiT forward bf16 compiled (s)")):
+                       ("dit_compiled", "DiT forward bf16 compiled (s)"), ("dit_recompiled", "DiT forward bf16 recompiled (s)")):
         if key in res:
             rows.append((label, res[key]["median_s"], floor_fwd))
     if "dit_compiled" in res:
