@@ -106,9 +106,10 @@ def test_gpu_tier_config_reaches_the_engine_options():
     from worker.wiring import engine_options
 
     opts = EngineOptions(**engine_options(compose_config(["gpu=rtx4090_24"])))
-    assert (opts.offload_text_encoder, opts.offload_clip, opts.offload_vae, opts.stream_blocks) == (True, True, False, 24)
+    assert (opts.offload_text_encoder, opts.offload_clip, opts.offload_vae, opts.stream_blocks) == (True, True, True, 32)
+    assert opts.batch_passes is False
     opts = EngineOptions(**engine_options(compose_config(["gpu=h100_80"])))
-    assert opts.stream_blocks == 0 and not opts.offload_clip
+    assert opts.stream_blocks == 0 and not opts.offload_clip and opts.batch_passes
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
