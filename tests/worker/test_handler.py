@@ -33,3 +33,15 @@ def test_oom_asks_runpod_to_refresh_the_worker(ctx):
 
 def test_handler_module_does_not_start_the_sdk_on_import():
     assert handler_mod.__name__ == "worker.handler" and callable(handler_mod.main)
+
+
+def test_gpu_tier_environment_is_set_before_the_engine_and_the_endpoints_own_value_wins():
+    env: dict[str, str] = {}
+    assert handler_mod.apply_process_env(compose_config(["gpu=rtx4090_24"]), env) == {
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"
+    }
+    assert env == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    own = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
+    assert handler_mod.apply_process_env(compose_config(["gpu=rtx4090_24"]), own) == {}
+    assert own == {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}
+    assert handler_mod.apply_process_env(compose_config(["gpu=h100_80"]), {}) == {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from worker.config import compose_config
-from worker.wiring import checkpoint_layout, engine_options, fetch_policy, media_limits, storage_settings
+from worker.wiring import checkpoint_layout, engine_options, fetch_policy, media_limits, process_env, storage_settings
 
 
 def test_fetch_policy_follows_server_settings(tmp_path):
@@ -37,3 +37,28 @@ def test_layout_and_engine_options_from_model_and_gpu():
 def test_media_limits_follow_caps():
     cfg = compose_config(["server.max_image_pixels=1000"])
     assert media_limits(cfg).max_image_pixels == 1000
+
+
+def test_24gb_tier_composes_and_its_placement_reaches_the_engine_options():
+    cfg = compose_config(["gpu=rtx4090_24"])
+    opts = engine_options(cfg)
+    assert (opts["offload_text_encoder"], opts["offload_clip"], opts["offload_vae"]) == (True, True, True)
+    assert 32 <= opts["stream_blocks"] <= 36 and opts["batch_passes"] is False and opts["quant"] == "none"
+    assert process_env(cfg) == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    assert cfg.gpu.max_size == "infinitetalk-480"
+    # the other tiers keep batched passes and the allocator's defaults
+    for tier in ("l40s_48", "h100_80", "cpu"):
+        other = compose_config([f"gpu={tier}"])
+        assert engine_options(other)["batch_passes"] is True and process_env(other) == {}
+
+
+def test_fp8_model_sets_quant_and_the_quant_file_only_for_fp8():
+    cfg = compose_config(["model=infinitetalk_single_fp8", "gpu=rtx4090_24"], env={"QUANT_DIR": "/w/q"})
+    assert engine_options(cfg)["quant"] == "fp8"
+    layout = checkpoint_layout(cfg)
+    assert layout.quant_file == Path("/w/q/infinitetalk_single_fp8.safetensors")
+    assert layout.dit_sources == [layout.quant_file]  # neither base shards nor adapter are needed
+    bundled = compose_config(["model=infinitetalk_single_fp8"], env={"INFINITETALK_DIT_BUNDLE": "/b/fp8.safetensors"})
+    assert checkpoint_layout(bundled).dit_sources == [Path("/b/fp8.safetensors")]  # our bundle wins
+    plain = compose_config(["model=infinitetalk_single"])
+    assert engine_options(plain)["quant"] == "none" and checkpoint_layout(plain).quant_file is None
