@@ -36,3 +36,12 @@ class EngineOOMError(EngineError):
 
 class GenerationCancelled(EngineError):
     """The job was cancelled between steps; not a failure of the engine."""
+
+
+class TtsInputError(EngineError):
+    """A text-to-speech request the voice model cannot serve (no pronounceable text, unknown voice,
+    a language without a phonemizer). The caller's input is at fault, not the engine."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.hint = hint
+        super().__init__(message)

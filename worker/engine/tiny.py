@@ -2,7 +2,7 @@
 
 It is written once to a cache folder in the same file formats and names as the published
 checkpoints (7 DiT shards + adapter safetensors, T5/CLIP/VAE `.pth`, a tokenizer folder, a
-wav2vec2 `save_pretrained` folder), so the production loaders are what runs it. A whole job
+wav2vec2 `save_pretrained` folder, a Kokoro TTS folder), so the production loaders are what runs it. A whole job
 then runs on a CPU in seconds: the embedded default for local runs and tests.
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ from .t5 import T5Config, UMT5Encoder, write_tiny_tokenizer
 from .vae import VAEConfig, WanVAEModel
 
 TINY_VERSION = "v3"  # v3: loras/ (tiny lightx2v and FusioniX distill LoRAs)
+# kokoro/ (TTS) is versioned on its own: it is ~240 MB, so it is written on first TTS use only.
+TINY_KOKORO_VERSION = "k1"
 TINY_SEED = 20261125
 
 TINY_T5 = T5Config.tiny()
@@ -78,6 +80,50 @@ TINY_LORAS = {
     "lightx2v_I2V_14B_480p_cfg_step_distill_rank128_bf16.safetensors": "lightx2v",
     "Wan2.1_I2V_14B_FusionX_LoRA.safetensors": "fusionx",
 }
+
+
+# Kokoro-82M's config with every free size shrunk: ALBERT, layer count, vocoder width. The decoder's
+# 1024-channel blocks, the 512-wide features (text and vocoder input) and the 128-wide style halves are fixed by the
+# architecture, so this "tiny" model is still large; it is written on first TTS use only. The vocabulary covers the symbols espeak-ng's
+# Kokoro mapping emits; ids stay below n_token as in the published config.
+_KOKORO_SYMBOLS = (
+    ';:,.!?—…"()“” '
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    "ɑɐɒæβɔɕçɖðʤəɚɛɜɟɡɥɨɪʝɯɰŋɳɲɴøɸθœɹɾɻʁɽʂʃʈʧʊʋʌɣɤχʎʒʔˈˌːʰʲ↓→↗↘ᵊᵻ"
+)
+TINY_KOKORO = {
+    "istftnet": {
+        "upsample_kernel_sizes": [20, 12],
+        "upsample_rates": [10, 6],
+        "gen_istft_hop_size": 5,
+        "gen_istft_n_fft": 20,
+        "resblock_dilation_sizes": [[1, 3, 5]],
+        "resblock_kernel_sizes": [3],
+        "upsample_initial_channel": 512,  # fixed: the decoder hands over 512 channels
+    },
+    "dim_in": 64,
+    "dropout": 0.2,
+    "hidden_dim": 512,  # fixed: the decoder's asr_res conv expects 512 channels
+    "max_conv_dim": 512,
+    "max_dur": 50,
+    "multispeaker": True,
+    "n_layer": 1,
+    "n_mels": 80,
+    "n_token": 178,
+    "style_dim": 128,  # fixed: KModel slices voice rows at 128
+    "text_encoder_kernel_size": 5,
+    "plbert": {
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+        "num_hidden_layers": 1,
+        "dropout": 0.1,
+    },
+    "vocab": {ch: i + 1 for i, ch in enumerate(dict.fromkeys(_KOKORO_SYMBOLS))},
+}
+# Published voice names, so examples naming them run on the tiny model too.
+TINY_VOICES = ("af_heart", "am_michael")
 
 
 def default_cache_dir() -> Path:
@@ -210,6 +256,33 @@ def _write_loras(folder: Path) -> None:
         write_tiny_lora(folder / name, style, TINY_SEED + 10 + i)
 
 
+def _write_kokoro(folder: Path) -> None:
+    """config.json, kokoro-v1_0.pth ({component: state dict}, keys under `module.` as published)
+    and voices/<name>.pt ([510, 1, 2 * style_dim] float32)."""
+    from .tts import KOKORO_COMPONENTS, KOKORO_CONFIG, KOKORO_MODEL_FILE, VOICES_DIR, build_kmodel
+
+    folder.mkdir(parents=True)
+    (folder / KOKORO_CONFIG).write_text(json.dumps(TINY_KOKORO, indent=2, ensure_ascii=False), encoding="utf-8")
+    model = build_kmodel(TINY_KOKORO)
+    ckpt = {}
+    for i, comp in enumerate(KOKORO_COMPONENTS):
+        sd = randomise(getattr(model, comp), TINY_SEED + 20 + i)
+        if comp == "predictor":
+            # Random durations would average 25 frames (0.3 s) per phoneme; a bias towards ~6
+            # frames keeps the tiny voice near a speaking rate, so clip lengths stay realistic.
+            sd["duration_proj.linear_layer.bias"] = torch.full_like(sd["duration_proj.linear_layer.bias"], -3.0)
+        if comp == "decoder":
+            # The vocoder exponentiates its magnitude branch; small output weights keep samples in range.
+            sd["generator.conv_post.weight_g"] = sd["generator.conv_post.weight_g"] * 0.02
+        ckpt[comp] = {f"module.{k}": v for k, v in sd.items()}
+    torch.save(ckpt, folder / KOKORO_MODEL_FILE)
+    voices = folder / VOICES_DIR
+    voices.mkdir()
+    g = torch.Generator().manual_seed(TINY_SEED + 30)
+    for name in TINY_VOICES:
+        torch.save(0.3 * torch.randn(510, 1, 2 * TINY_KOKORO["style_dim"], generator=g), voices / f"{name}.pt")
+
+
 def _write_components(ckpt_dir: Path) -> None:
     (ckpt_dir / COMPONENTS_FILE).write_text(
         json.dumps(
@@ -256,3 +329,28 @@ def ensure_tiny_checkpoint(cache_dir: Path | None = None) -> CheckpointLayout:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return layout
+
+
+def ensure_tiny_kokoro(cache_dir: Path | None = None) -> Path:
+    """The tiny Kokoro folder under the tiny root (`<root>/kokoro`), written once, atomically."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    folder = root / "kokoro"
+    stamp = folder / ".complete"
+    if stamp.is_file() and stamp.read_text() == TINY_KOKORO_VERSION:
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".kokoro-", dir=root))
+    try:
+        _write_kokoro(tmp / "kokoro")
+        (tmp / "kokoro" / ".complete").write_text(TINY_KOKORO_VERSION)
+        try:
+            os.rename(tmp / "kokoro", folder)
+        except OSError:  # another process won the race, or a stale version is there
+            if not (stamp.is_file() and stamp.read_text() == TINY_KOKORO_VERSION):
+                stale = root / f".stale-kokoro-{os.getpid()}"
+                os.rename(folder, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+                os.rename(tmp / "kokoro", folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
