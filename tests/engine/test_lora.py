@@ -176,3 +176,33 @@ def test_engine_merges_at_load_and_switches_lazily(tmp_path):
     assert eng.lora is None
     for k, v in eng.dit.state_dict().items():
         assert math.isclose(float((v - base[k]).abs().max()), 0.0, abs_tol=1e-5), k
+
+
+def test_lora_merges_into_an_fp8_dit_within_fp8_rounding(tmp_path):
+    from worker.engine.fp8 import FP8, FP8Linear
+    from worker.engine.runtime import Engine, EngineOptions
+
+    root = tmp_path / "tiny"
+    layout = ensure_tiny_checkpoint(root)
+    turbo = next(n for n in TINY_LORAS if TINY_LORAS[n] == "lightx2v")
+    opts = dict(lora_dir=str(root / "loras"), lora_file=turbo, lora_scale=1.0)
+    ref = Engine.load(layout, EngineOptions(**opts))  # float32, merged exactly
+    eng = Engine.load(layout, EngineOptions(quant="fp8", **opts))
+    fp8 = {n: m for n, m in eng.dit.named_modules() if isinstance(m, FP8Linear)}
+    assert fp8 and all(m.weight.dtype == FP8 for m in fp8.values())
+    want = ref.dit.state_dict()
+    changed = 0
+    for name, m in fp8.items():
+        w, target = m.dequantized(torch.float32), want[name + ".weight"]
+        # quantised at load, then requantised after the delta: two e4m3 roundings, 2**-4 relative each at most
+        assert float((w - target).norm() / target.norm()) < 2 * 2**-4, name
+        changed += 1
+    assert changed == len(fp8)
+    before = {n: m.dequantized(torch.float32) for n, m in fp8.items()}
+    eng.use_lora("", 1.0)  # removal requantises once more; it lands on the plain model within rounding
+    plain = Engine.load(layout, EngineOptions()).dit.state_dict()
+    for name, m in fp8.items():
+        w = m.dequantized(torch.float32)
+        target = plain[name + ".weight"]
+        assert float((w - target).norm() / target.norm()) < 3 * 2**-4, name
+    assert any(not torch.equal(before[n], fp8[n].dequantized(torch.float32)) for n in fp8)

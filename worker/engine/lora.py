@@ -23,6 +23,8 @@ Deltas are computed in float32 on the parameter's device and added to a float32 
 weight, then cast back, so a bf16 model is rounded once. Removing a merged LoRA subtracts the
 same recomputed delta: exact up to float32 rounding on a float32 model, one extra bf16 rounding
 per weight on a bf16 model (see `Engine.use_lora` for why that is acceptable there).
+An fp8 Linear (fp8.py) is dequantised, the delta added in float32 and the row requantised: each
+merge or removal rounds its weights to e4m3 once more (half a step, 2**-4 relative, at most).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .errors import WeightLoadError
+from .fp8 import FP8Linear, quantize_rows
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
 KOHYA_PREFIX = "lora_unet_"
@@ -176,9 +179,18 @@ def merge_lora(module: nn.Module, path: Path | str, scale: float = 1.0) -> Merge
     """
     path = Path(path)
     params = dict(module.named_parameters())
-    index = index_lora(path, set(params))
+    fp8 = {f"{n}.weight": m for n, m in module.named_modules() if isinstance(m, FP8Linear)}
+    index = index_lora(path, set(params) | set(fp8))
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         for target, term in index.terms.items():
+            if target in fp8:
+                m = fp8[target]
+                delta = _delta(handle, term, m.weight.shape, m.weight.device, path)
+                q, row_scale = quantize_rows(m.dequantized(torch.float32) + delta * scale)
+                m.weight.copy_(q)
+                m.weight_scale.copy_(row_scale)
+                del delta, q
+                continue
             p = params[target]
             if p.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
                 raise WeightLoadError(str(path), target, f"cannot merge into a {p.dtype} parameter "
