@@ -116,6 +116,7 @@ class ModelConf:
     quant_file: Optional[str] = None
     dit_bundle: Optional[str] = None  # consolidated DiT from `weights repack` (replaces shards + adapter)
     lora_dir: Optional[str] = None
+    tts_dir: Optional[str] = None  # Kokoro-82M folder (config.json, kokoro-v1_0.pth, voices/*.pt) for `tts` jobs
     weights: list[HfSource] = field(default_factory=list)
 
 

@@ -21,7 +21,14 @@ import numpy as np
 from PIL import Image
 
 from worker.config import AppConfig, ResolvedJobConfig, apply_job_overrides
-from worker.engine.errors import AudioDecodeError, EngineError, EngineOOMError, GenerationCancelled, WeightLoadError
+from worker.engine.errors import (
+    AudioDecodeError,
+    EngineError,
+    EngineOOMError,
+    GenerationCancelled,
+    TtsInputError,
+    WeightLoadError,
+)
 from worker.errors import ErrorCode, JobError
 from worker.inputs.fetch import fetch_media
 from worker.inputs.media_guard import check_audio, check_image, check_video
@@ -43,6 +50,9 @@ DEFAULT_NEGATIVE_PROMPT = (
     "messy background, three legs, many people in the background, walking backwards"
 )
 
+# Kokoro voice packs used when a tts job names none (speaker 1, speaker 2).
+DEFAULT_VOICES = ("af_heart", "am_michael")
+
 log = get_logger("worker.job")
 
 
@@ -54,6 +64,8 @@ class EngineHolder:
         self._engine: Any = None
         self._lock = threading.Lock()
         self.load_seconds: float | None = None
+        self._tts: Any = None
+        self._tts_lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -73,6 +85,27 @@ class EngineHolder:
                 self._engine = Engine.load(layout, EngineOptions(**engine_options(self.cfg)))
                 self.load_seconds = round(time.perf_counter() - start, 3)
             return self._engine
+
+    def tts(self) -> Any:
+        """The Kokoro voice model (worker.engine.tts.KokoroTTS), loaded on the first tts job and kept."""
+        with self._tts_lock:
+            if self._tts is None:
+                from worker.engine.tts import KokoroTTS
+
+                folder = self.cfg.model.tts_dir
+                if not folder:
+                    raise JobError(
+                        ErrorCode.E_INPUT_VALIDATION,
+                        "text-to-speech is not configured on this worker (model.tts_dir is unset)",
+                        hint="send recorded speech in `audio`, or set KOKORO_DIR to a Kokoro-82M folder",
+                    )
+                if self.cfg.model.kind == "tiny":
+                    from worker.engine.tiny import ensure_tiny_checkpoint, ensure_tiny_kokoro
+
+                    ensure_tiny_checkpoint(checkpoint_layout(self.cfg).ckpt_dir.parent)
+                    ensure_tiny_kokoro(Path(folder).parent)
+                self._tts = KokoroTTS.from_folder(folder, device=self.cfg.gpu.device)
+            return self._tts
 
 
 @dataclass
@@ -112,6 +145,8 @@ def _engine_error(exc: BaseException) -> JobError:
         return exc
     if isinstance(exc, WeightLoadError):
         return JobError(ErrorCode.E_PIPELINE_LOAD, str(exc), details={"file": exc.file, "key": exc.key})
+    if isinstance(exc, TtsInputError):
+        return JobError(ErrorCode.E_INPUT_VALIDATION, str(exc), hint=exc.hint or "check tts.text and the voice names")
     if isinstance(exc, AudioDecodeError):
         return JobError(ErrorCode.E_AUDIO_EMBEDDING, str(exc))
     if isinstance(exc, EngineOOMError):
@@ -186,12 +221,6 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     progress.stage(Stage.VALIDATE)
     job = parse_job_input(payload, allow_http=cfg.server.allow_http)
     resolved = apply_job_overrides(cfg, job)
-    if job.tts is not None:
-        raise JobError(
-            ErrorCode.E_INPUT_VALIDATION,
-            "text-to-speech is not available on this worker yet",
-            hint="send recorded speech in `audio` instead of `tts`",
-        )
     log.info("job accepted", job=job.log_summary(), config=resolved.to_dict())
 
     timer.enter("download")
@@ -201,7 +230,10 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
 
     timer.enter("audio")
     progress.stage(Stage.AUDIO)
-    tracks, soundtrack = _prepare_audio(job, resolved, media)
+    if job.tts is not None:
+        tracks, soundtrack = _cut_audio(*_synthesize_speech(job, resolved, ctx, progress), resolved)
+    else:
+        tracks, soundtrack = _prepare_audio(job, resolved, media)
 
     timer.enter("load")
     progress.stage(Stage.LOAD, "loading model" if not ctx.engine.loaded else "model is warm")
@@ -344,6 +376,53 @@ def _prepare_audio(
             tracks, soundtrack = (p1,), p1
     except AudioDecodeError as exc:
         raise JobError(ErrorCode.E_AUDIO_EMBEDDING, str(exc)) from exc
+    return _cut_audio(tracks, soundtrack, resolved)
+
+
+def _synthesize_speech(
+    job: JobInput, resolved: ResolvedJobConfig, ctx: JobContext, progress: ProgressReporter
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Kokoro speech laid out like uploaded audio: one track per speaker, turns one after the
+    other (as `add`), each track silent while the other speaker talks. Each speaker's speech is
+    loudness-normalised as a whole, as an uploaded file of that speaker would be."""
+    from worker.engine.audio_io import loudness_normalize
+    from worker.engine.tts import split_dialogue
+
+    spec = job.tts
+    assert spec is not None
+    voices = {1: spec.voice or DEFAULT_VOICES[0], 2: spec.voice2 or DEFAULT_VOICES[1]}
+    turns = split_dialogue(spec.text)
+    if not turns:
+        raise JobError(ErrorCode.E_INPUT_VALIDATION, "tts.text has no words to speak", hint="put the words in tts.text")
+    model = ctx.engine.tts()
+    speech: list[tuple[int, np.ndarray]] = []
+    for i, (who, text) in enumerate(turns):
+        wave = model.synthesize_16k(text, voices[who], seed=(resolved.seed + i) % 2**32)
+        speech.append((who, wave))
+        progress.update((i + 1) / len(turns), f"speech {i + 1}/{len(turns)} (speaker {who})")
+    normed_turns: dict[int, list[np.ndarray]] = {}
+    for who in (1, 2):
+        mine = [w for s, w in speech if s == who]
+        if not mine:
+            continue
+        normed = loudness_normalize(np.concatenate(mine))
+        bounds = np.cumsum([len(w) for w in mine])[:-1]
+        normed_turns[who] = list(np.split(normed, bounds))
+    people = 2 if job.speakers == 2 else 1
+    lanes: dict[int, list[np.ndarray]] = {1: [], 2: []}
+    for who, wave in speech:
+        seg = normed_turns[who].pop(0)
+        for lane in lanes:
+            lanes[lane].append(seg if lane == who else np.zeros(len(seg), dtype=np.float32))
+    tracks = tuple(np.concatenate(lanes[p]).astype(np.float32, copy=False) for p in range(1, people + 1))
+    soundtrack = tracks[0] if people == 1 else (tracks[0] + tracks[1]).astype(np.float32, copy=False)
+    return tracks, soundtrack
+
+
+def _cut_audio(
+    tracks: tuple[np.ndarray, ...], soundtrack: np.ndarray, resolved: ResolvedJobConfig
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Both cut to the length the video will have (max_duration_s; one chunk in clip mode)."""
     seconds = resolved.max_duration_s
     if resolved.mode == "clip":
         seconds = min(seconds, resolved.frame_num / FPS)

@@ -36,8 +36,11 @@ def as_remote_payload(name: str) -> dict:
     for key in ("image", "video"):
         if key in payload:
             payload[key] = data_uri(EXAMPLES / payload[key])
-    audio = payload["audio"]
-    payload["audio"] = {k: data_uri(EXAMPLES / v) for k, v in audio.items()} if isinstance(audio, dict) else data_uri(EXAMPLES / audio)
+    audio = payload.get("audio")  # absent in tts examples
+    if isinstance(audio, dict):
+        payload["audio"] = {k: data_uri(EXAMPLES / v) for k, v in audio.items()}
+    elif audio is not None:
+        payload["audio"] = data_uri(EXAMPLES / audio)
     payload["output"] = {"target": "s3", "key_prefix": "e2e"}
     payload.setdefault("sampler", "turbo")
     return payload

@@ -52,7 +52,7 @@ def example(name: str) -> dict:
             payload[key] = fix(payload[key])
     if isinstance(payload.get("audio"), dict):
         payload["audio"] = {k: fix(v) for k, v in payload["audio"].items()}
-    else:
+    elif "audio" in payload:
         payload["audio"] = fix(payload["audio"])
     return payload
 
@@ -192,6 +192,31 @@ def test_no_files_left_behind(tmp_path, cache_dir):
     assert list((tmp_path / "work").iterdir()) == []
 
 
-def test_tts_is_refused_clearly(ctx):
-    err = expect_code(ctx, {"image": str(MEDIA / "portrait.png"), "tts": {"text": "hello"}}, ErrorCode.E_INPUT_VALIDATION)
-    assert "text-to-speech" in err.message
+def tts_seconds(ctx: JobContext, text: str, voice: str, seed: int) -> float:
+    """What the job's speech lasts: the same Kokoro instance, text, voice and seed, at 16 kHz."""
+    return len(ctx.engine.tts().synthesize_16k(text, voice, seed=seed)) / 16000
+
+
+def test_tts_example_speaks_and_the_video_lasts_as_long_as_the_speech(ctx):
+    payload = example("tts.json") | {"sampler": "turbo"}
+    out, seen = run(ctx, payload, job_id="tts")
+    probe = probe_mp4(out["video_path"])
+    assert (probe.video_codec, probe.audio_codec, probe.fps) == ("h264", "aac", 25)
+    expected = tts_seconds(ctx, payload["tts"]["text"], payload["tts"]["voice"], out["seed"])
+    assert expected > 0.5
+    assert abs(probe.duration_s - expected) <= 1 / 25 + 1e-3
+    assert [p["stage"] for p in seen if p["stage"] in ("audio", "load")][:1] == ["audio"]
+
+
+def test_tts_dialogue_is_two_speakers_one_after_the_other(ctx):
+    text = "(s1) Hi there. (s2) Hello!"
+    payload = {"image": str(MEDIA / "two_people.png"), "tts": {"text": text, "voice": "af_heart", "voice2": "am_michael"}}
+    out, _ = run(ctx, payload | {"sampler": "turbo", "seed": 7}, job_id="tts2")
+    expected = tts_seconds(ctx, "Hi there.", "af_heart", 7) + tts_seconds(ctx, "Hello!", "am_michael", 8)
+    assert abs(probe_mp4(out["video_path"]).duration_s - expected) <= 1 / 25 + 1e-3
+
+
+def test_tts_unknown_voice_is_e_input_validation(ctx):
+    payload = {"image": str(MEDIA / "portrait.png"), "tts": {"text": "hello", "voice": "xx_nobody"}}
+    err = expect_code(ctx, payload, ErrorCode.E_INPUT_VALIDATION)
+    assert "xx_nobody" in err.message and "af_heart" in (err.hint or "")
