@@ -175,6 +175,10 @@ def main() -> None:
                     if "reduce-overhead" in args.recompile_mode:
                         hook.remove()
                 res["dit_recompiled"]["compile_mode"] = args.recompile_mode
+                from torch._dynamo.utils import counters
+
+                res["dit_recompiled"]["inductor_counters"] = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
+                log("cudagraph counters", res["dit_recompiled"]["inductor_counters"])
             elif part == "profile":
                 with torch.inference_mode():
                     res["profile"] = profile_once(lambda: model(**inputs))
