@@ -207,16 +207,17 @@ def test_browser_video_toggle_and_cancel(page, artifacts_dir: Path) -> None:
 
 
 def test_browser_worker_error_shows_code_and_hint(page, artifacts_dir: Path) -> None:
-    # This worker has no TTS yet, so a TTS job fails at validation with a code and a hint.
+    # A voice this worker does not have: the worker fails the job with a code and a hint listing its voices.
     page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "portrait.png"))
     page.get_by_label("text to speech", exact=True).check()
     page.wait_for_selector("#input-audio1", state="hidden")
-    page.get_by_label("TTS text").fill("(s1) Hello there. (s2) Hi!")
+    page.get_by_label("TTS text (mark two speakers (s1) / (s2))").fill("Hello there.")
+    page.get_by_label("voice, speaker 1 (optional)").fill("xx_nobody")
     page.wait_for_function("document.querySelector('#estimate').innerText.includes('GPU-min')")
     page.locator("#submit").click()
-    seen = _watch_progress(page, "FAILED", timeout_s=60)
+    seen = _watch_progress(page, "FAILED", timeout_s=120)
     assert seen[-1][0] == "FAILED"
     page.wait_for_function("document.querySelector('#job-error').innerText.includes('E_INPUT_VALIDATION')")
     text = page.locator("#job-error").inner_text()
-    assert "text-to-speech" in text and "Hint:" in text and "audio" in text
+    assert "xx_nobody" in text and "Hint:" in text and "af_heart" in text
     page.screenshot(path=str(artifacts_dir / "ui-error.png"), full_page=True)
