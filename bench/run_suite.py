@@ -36,7 +36,7 @@ from worker.engine.attention import attention
 from worker.engine.compile import compile_dit
 from worker.engine.rope import apply_rope_3d
 
-PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "recompile", "offload")
+PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "recompile", "offload", "quality_full")
 
 
 def matmul_rates() -> dict[str, float]:
@@ -196,6 +196,13 @@ def main() -> None:
                 log("offload resident", res["offload_resident_gib"])
                 res["chunk_turbo_offload"] = run_chunk(model, vae, "turbo")
                 log("chunk turbo offload", res["chunk_turbo_offload"])
+            elif part == "quality_full":  # the whole 40-step, 3-pass chunk, run rather than estimated
+                if vae is None:
+                    vae = build_vae(seed=2)
+                    res["warmup_chunk"] = run_chunk(model, vae, "quality", steps=1)
+                    log("warm-up chunk", res["warmup_chunk"])
+                res["chunk_quality"] = run_chunk(model, vae, "quality")
+                log("chunk quality", res["chunk_quality"])
             elif part in ("turbo", "fast"):
                 if vae is None:
                     vae = build_vae(seed=2)
