@@ -2,7 +2,7 @@
 
 The engine test proves the resume state is complete (the frames after chunk k are bit-identical to
 an uninterrupted run's); the endpoint test is the real thing: a streaming job submitted over HTTP,
-its worker process SIGKILLed after a checkpoint, `/retry` with the same id, and the final MP4's
+its worker process SIGKILLed after a checkpoint, `/retry` with the same id, and the final MP4:
 its H.264 packets compared, exactly, with an uninterrupted run of the same seed.
 """
 from __future__ import annotations
