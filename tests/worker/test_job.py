@@ -97,22 +97,26 @@ def test_clip_mode_is_one_chunk_and_the_audio_is_cut_to_it(ctx):
     assert out["num_frames"] == 33 and out["duration_s"] == pytest.approx(33 / 25, abs=0.04)
 
 
-def encoded_streams(path: str) -> bytes:
-    """The encoded video and audio packets: the container header carries a creation time, and
-    converting tiny yuv420p frames to RGB is not bit-stable across processes, so compare these."""
+def decoded(path: str):
     import av
+    import numpy as np
 
     with av.open(path) as c:
-        return b"".join(bytes(p) for p in c.demux() if p.size)
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.int16)
 
 
 def test_same_seed_same_video(ctx):
+    """The engine's frames are bit-identical for a seed (tests/engine/test_runtime.py, test_generation.py);
+    the tiny 32x48 frames' colour conversion around H.264 is not bit-stable from run to run here, so the
+    MP4s are compared decoded, to within that noise, and a different seed must differ by far more."""
     payload = example("single_image.json") | {"sampler": "turbo", "seed": 5}
     a, _ = run(ctx, payload, "a")
     b, _ = run(ctx, payload, "b")
     c, _ = run(ctx, payload | {"seed": 6}, "c")
-    assert encoded_streams(a["video_path"]) == encoded_streams(b["video_path"])
-    assert encoded_streams(a["video_path"]) != encoded_streams(c["video_path"])
+    same = abs(decoded(a["video_path"]) - decoded(b["video_path"]))
+    other = abs(decoded(a["video_path"]) - decoded(c["video_path"]))
+    assert same.mean() < 0.5 and (same > 8).mean() < 0.02, (same.mean(), (same > 8).mean())
+    assert other.mean() > 5 * max(same.mean(), 0.5)
 
 
 def test_data_uri_inputs_and_inline_output(ctx):

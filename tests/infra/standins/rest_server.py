@@ -28,7 +28,10 @@ def spec_path() -> Path:
     env = os.environ.get("RUNPOD_OPENAPI")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[4] / "shared" / "runpod" / "openapi-v2.json"
+    shared = Path(__file__).resolve().parents[4] / "shared" / "runpod" / "openapi-v2.json"
+    # The shared copy of Runpod's official spec when it sits beside the checkout; otherwise the same file
+    # kept here, so the stand-in validates against the spec wherever the tests run.
+    return shared if shared.is_file() else Path(__file__).with_name("openapi-v2.json")
 
 
 _SPECS: dict[str, OpenAPI] = {}
