@@ -14,10 +14,8 @@ Exit codes: 0 done, 1 the job failed (its code and hint on stderr), 2 bad usage 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +25,7 @@ from typing import Any, TextIO
 import httpx
 
 from client.api import ApiError, JobErrorInfo, JobStatus, PollPolicy, RunpodEndpointClient
+from client.results import save_result
 from client.payload import (
     MODES,
     OUTPUT_TARGETS,
@@ -87,39 +86,6 @@ class ProgressBar:
 
 # ---------------------------------------------------------------------------------------
 # Results
-
-
-def save_result(output: Any, out_dir: Path, job_id: str, *, http: httpx.Client | None = None) -> Path | None:
-    """Put the finished MP4 under out_dir whatever way the worker returned it; None if it cannot be reached."""
-    if not isinstance(output, dict):
-        return None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dest = out_dir / f"{job_id}.mp4"
-    if output.get("video_base64"):
-        dest.write_bytes(base64.b64decode(output["video_base64"]))
-        return dest
-    if output.get("video_url"):
-        own = http is None
-        http = http or httpx.Client(timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=True)
-        tmp = dest.with_suffix(".part")
-        try:
-            with http.stream("GET", output["video_url"]) as resp:
-                resp.raise_for_status()
-                with tmp.open("wb") as fh:
-                    for block in resp.iter_bytes(1 << 20):
-                        fh.write(block)
-            tmp.replace(dest)
-        finally:
-            if own:
-                http.close()
-            tmp.unlink(missing_ok=True)
-        return dest
-    if output.get("video_path"):
-        src = Path(output["video_path"])
-        if src.is_file():  # a local worker on this machine
-            shutil.copyfile(src, dest)
-            return dest
-    return None
 
 
 # ---------------------------------------------------------------------------------------

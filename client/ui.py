@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from client.api import JobErrorInfo, JobStatus, PollPolicy, RunpodEndpointClient, is_loopback_base
-from client.cli import save_result
+from client.results import save_result
 from client.estimate import GPU_TIERS, PRESETS, estimate_job, format_estimate, media_duration_s
 from client.payload import (
     MODES,
