@@ -9,7 +9,8 @@ handed to the MP4 encoder chunk by chunk. What legitimately grows with the audio
 float32 track and its 25 fps embedding (tiny model: 2 x 32 floats a frame) plus the resampled copies
 audio preparation holds at once, about 64 KB and a few hundred KB per second, i.e. a few MB for 50
 extra seconds. Everything else (frames, latents, the video) must stay per chunk. The tolerance of
-32 MiB covers that and allocator noise. At the tiny model's 32x48 frames the whole extra video is only
+64 MiB (about a tenth of the ~600 MiB peak) covers that and allocator noise: with two malloc arenas the
+growth measured 21 MiB on an idle machine and 35 MiB beside a parallel test run. At the tiny model's 32x48 frames the whole extra video is only
 about 6 MB of uint8 (23 MB as float32), so the RSS test alone could miss a leak of finished frames; the
 second test checks that precisely, with weak references to every chunk the engine yields.
 """
@@ -27,7 +28,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MEDIA = REPO / "examples" / "media"
-TOLERANCE_KB = 32 * 1024
+TOLERANCE_KB = 64 * 1024
 
 CHILD = r"""
 import json, resource, sys
@@ -92,7 +93,7 @@ def run_job_in_child(tmp: Path, cache: Path, audio: Path) -> dict:
             "payload": payload}
     # glibc's per-thread malloc arenas make the RSS high-water mark creep with the number of chunks processed
     # (measured here: +61 MiB from 10 s to 60 s with the default, +21 MiB with MALLOC_ARENA_MAX=1) without any
-    # data being retained; two arenas keep that noise below the tolerance.
+    # data being retained; two arenas keep most of that noise out.
     env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=REPO, capture_output=True,
                           text=True, timeout=1500, env=env)
