@@ -1,6 +1,7 @@
 """Shared fixtures: where the golden reference data lives."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -24,6 +25,14 @@ def golden_cases(predicate) -> list[Path]:
     if root is None or not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and predicate(p))
+
+
+def is_generation_case(p: Path) -> bool:
+    """A full-generation golden case (generate_clip / generate_streaming format), whatever its folder name."""
+    if not all((p / name).is_file() for name in ("cond_image.png", "tensors.safetensors", "meta.json")):
+        return False
+    meta = json.loads((p / "meta.json").read_text())
+    return "mode" in meta and "rng_calls" in meta
 
 
 @pytest.fixture(scope="session")

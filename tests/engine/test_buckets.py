@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from tests.conftest import golden_cases
+from tests.conftest import golden_cases, is_generation_case
 from worker.engine.buckets import (
     BUCKET_TABLES,
     BUCKETS_480,
@@ -22,14 +21,7 @@ from worker.engine.buckets import (
 )
 
 
-def _is_generation_case(p: Path) -> bool:
-    if not ((p / "cond_image.png").is_file() and (p / "tensors.safetensors").is_file() and (p / "meta.json").is_file()):
-        return False
-    meta = json.loads((p / "meta.json").read_text())
-    return "mode" in meta and "rng_calls" in meta
-
-
-CASES = golden_cases(_is_generation_case)
+CASES = golden_cases(is_generation_case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

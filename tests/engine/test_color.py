@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from tests.conftest import golden_cases
+from tests.conftest import golden_cases, is_generation_case
 from worker.engine.color import lab_reference, match_colors
 
 
-def _is_generation_case(p: Path) -> bool:
-    if not ((p / "cond_image.png").is_file() and (p / "tensors.safetensors").is_file() and (p / "meta.json").is_file()):
-        return False
-    meta = json.loads((p / "meta.json").read_text())
-    return "mode" in meta and "rng_calls" in meta
-
-
-CASES = golden_cases(_is_generation_case)
+CASES = golden_cases(is_generation_case)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

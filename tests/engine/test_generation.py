@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.conftest import golden_cases
+from tests.conftest import golden_cases, is_generation_case
 from worker.engine.dit import DiTConfig, InfiniteTalkDiT
 from worker.engine.errors import GenerationCancelled
 from worker.engine.generation import (
@@ -31,14 +31,7 @@ from worker.engine.generation import (
 from worker.engine.vae import VAEConfig, WanVAE
 
 
-def _is_generation_case(p: Path) -> bool:
-    if not ((p / "cond_image.png").is_file() and (p / "tensors.safetensors").is_file() and (p / "meta.json").is_file()):
-        return False
-    meta = json.loads((p / "meta.json").read_text())
-    return "mode" in meta and "rng_calls" in meta
-
-
-CASES = golden_cases(_is_generation_case)
+CASES = golden_cases(is_generation_case)
 case_param = pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 
 STEP_ATOL = 1e-4
