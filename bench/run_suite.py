@@ -12,6 +12,14 @@ Parts (`--parts`, in this order; the model is compiled in place by `compile`, so
   fast     one 480p chunk end to end with the fast preset (8 steps x 2 passes)
   recompile  drop the compiled blocks and compile again with `--recompile-mode` (e.g. reduce-overhead: CUDA
            graphs), then time the forward as `compile` does (bench-only; the engine compiles once)
+  attn     the self-attention alone ([1, 32760, 40, 128] bf16) through every attention backend importable here:
+           time, TFLOP/s and relative error against a float32 reference on 4 heads
+  backend:NAME  switch the engine's attention backend (`worker.engine.attention`) to NAME for the parts after it
+           and time the forward (compiled if `compile` ran), with its difference to the forward before the switch
+  fp8      convert the block Linears to fp8 (`worker.engine.fp8.convert_linears`: e4m3 weights, per-row scales,
+           `torch._scaled_mm` with per-row activation scales) and time the forward; the relative error of the
+           output against the bf16 forward just before (same attention backend, same inputs) is the fp8 accuracy
+  vae      the VAE decode of one chunk's latent with `torch.backends.cudnn.benchmark` off and on
 
 Floors are arithmetic: DiT FLOPs (matmul + attention, `dit_forward.flop_estimate`) over the measured matmul rate;
 the chunk floors count the DiT forwards only (VAE, colour and the rest have no floor here).
@@ -36,7 +44,37 @@ from worker.engine.attention import attention
 from worker.engine.compile import compile_dit
 from worker.engine.rope import apply_rope_3d
 
-PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "recompile", "offload", "quality_full")
+PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "recompile", "offload", "quality_full",
+         "attn", "backend", "fp8", "vae")
+ATTN_SHAPE = (1, 32760, 40, 128)  # the 480x832x81 self-attention: batch, tokens, heads, head dim
+
+
+def attention_kernels() -> dict[str, Any]:
+    """Every importable backend on the self-attention shape; error against float32 on the first 4 heads."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from worker.engine.attention import BACKENDS, attention, backend_available, flash_module_name
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v = (torch.randn(ATTN_SHAPE, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):  # float32, memory-efficient: the reference
+        ref = F.scaled_dot_product_attention(*(t[:, :, :4].float().transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    flop = 4 * ATTN_SHAPE[0] * ATTN_SHAPE[1] ** 2 * ATTN_SHAPE[2] * ATTN_SHAPE[3]
+    out: dict[str, Any] = {"flash_module": flash_module_name()}
+    for name in BACKENDS:
+        if not backend_available(name):
+            out[name] = "not installed"
+            continue
+        try:
+            with torch.inference_mode():
+                got = attention(q, k, v, backend=name)
+                tm = cuda_time(lambda: attention(q, k, v, backend=name), 2, 5)
+            err = float((got[:, :, :4].float() - ref).norm() / ref.norm())
+            out[name] = {**tm, "tflops": round(flop / tm["median_s"] / 1e12, 1), "rel_err_vs_fp32": err}
+        except Exception as exc:  # noqa: BLE001 - an unusable kernel is a result, not a crash
+            out[name] = "error: " + traceback.format_exc()[-1500:]
+        log("attn", name, out[name] if isinstance(out[name], str) else {k: out[name][k] for k in ("median_s", "tflops", "rel_err_vs_fp32")})
+    return out
 
 
 def matmul_rates() -> dict[str, float]:
@@ -48,6 +86,17 @@ def matmul_rates() -> dict[str, float]:
         out[label] = round(2 * m * k * n / tm["median_s"] / 1e12, 1)
         del a, b
     return out
+
+
+def fp8_matmul_rate() -> float:
+    """`torch._scaled_mm` e4m3 x e4m3 -> bf16 with row-wise scales on the FFN shape (the fp8 floor's rate)."""
+    m, k, n = 32760, 5120, 13824
+    a = torch.randn(m, k, device="cuda").to(torch.float8_e4m3fn)
+    b = torch.randn(n, k, device="cuda").to(torch.float8_e4m3fn)
+    sa = torch.ones(m, 1, device="cuda")
+    sb = torch.ones(1, n, device="cuda")
+    tm = cuda_time(lambda: torch._scaled_mm(a, b.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), 3, 10)
+    return round(2 * m * k * n / tm["median_s"] / 1e12, 1)
 
 
 class fused_qkv:
@@ -81,6 +130,17 @@ class fused_qkv:
         torch.cuda.empty_cache()
 
 
+def best_backend(kernels: dict[str, Any]) -> str:
+    """The fastest attention backend whose error is within 1.5x of SDPA's (i.e. bf16-exact kernels only;
+    8-bit kernels such as SageAttention are timed by naming them explicitly)."""
+    timed = {n: r for n, r in kernels.items() if isinstance(r, dict) and "median_s" in r}
+    if "sdpa" not in timed:
+        return "sdpa"
+    limit = 1.5 * timed["sdpa"]["rel_err_vs_fp32"]
+    ok = {n: r for n, r in timed.items() if r["rel_err_vs_fp32"] <= limit}
+    return min(ok, key=lambda n: ok[n]["median_s"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
@@ -88,12 +148,13 @@ def main() -> None:
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--recompile-mode", default="reduce-overhead", help="torch.compile mode of the recompile part")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--chunks", type=int, default=1, help="turbo/fast: chunks per job (2+: streaming, figures of the last)")
     ap.add_argument("--stream-blocks", type=int, default=24, help="offload part: DiT blocks streamed from host (rtx4090_24: 24)")
     ap.add_argument("--deadline-s", type=float, default=540.0, help="skip parts that would start after this")
     args = ap.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     for p in parts:
-        if p not in PARTS:
+        if p.split(":")[0] not in PARTS:
             raise SystemExit(f"unknown part {p!r}; known: {PARTS}")
 
     t_start = time.perf_counter()
@@ -112,10 +173,11 @@ def main() -> None:
     gen = torch.Generator(device="cuda").manual_seed(1)
     inputs = make_inputs(1, shape, gen)
     ref_out = None
+    last_out = None  # output of the latest timed forward: what the next variant is compared with
     vae = None
 
     def forward_time(label: str, iters: int) -> dict[str, Any]:
-        nonlocal ref_out
+        nonlocal ref_out, last_out
         with torch.inference_mode():
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
@@ -130,6 +192,9 @@ def main() -> None:
             ref_out = out
         else:
             rec["rel_diff_vs_eager"] = float((out - ref_out).norm() / ref_out.norm())
+        if last_out is not None:
+            rec["rel_diff_vs_previous"] = float((out.float() - last_out.float()).norm() / last_out.float().norm())
+        last_out = out
         log(label, rec)
         return rec
 
@@ -143,8 +208,48 @@ def main() -> None:
             if part == "matmul":
                 res["matmul_tflops"] = matmul_rates()
                 log("matmul", res["matmul_tflops"])
+                try:
+                    res["fp8_matmul_tflops"] = fp8_matmul_rate()
+                    log("fp8 matmul (rowwise scaled_mm)", res["fp8_matmul_tflops"])
+                except Exception as exc:  # noqa: BLE001
+                    res.setdefault("errors", {})["fp8_matmul"] = repr(exc)[:500]
             elif part == "dit":
                 res["dit_eager"] = forward_time("dit eager", args.iters)
+            elif part == "attn":
+                res["attention_kernels"] = attention_kernels()
+            elif part.startswith("backend:"):
+                from worker.engine.attention import set_attention_backend
+
+                name = part.split(":", 1)[1]
+                if name == "best":
+                    name = best_backend(res.get("attention_kernels", {}))
+                    log("best attention backend", name)
+                set_attention_backend(name)
+                res[f"dit_{name}"] = forward_time(f"dit attention={name}", args.iters)
+            elif part == "fp8":
+                from worker.engine.fp8 import convert_linears
+
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    names = convert_linears(model)
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+                rec = res["dit_fp8"] = forward_time("dit fp8 linears", args.iters)
+                rec["convert_s"] = round(time.perf_counter() - t0, 2)
+                rec["fp8_linears"] = len(names)
+                rec["weights_gib_after"] = round(torch.cuda.memory_allocated() / GIB, 2)
+                # rel_diff_vs_previous is the fp8 error: against the bf16 forward just before, same inputs
+            elif part == "vae":
+                if vae is None:
+                    vae = build_vae(seed=2)
+                lat = torch.randn(1, 16, 21, 60, 104, device="cuda", dtype=torch.bfloat16, generator=gen)
+                res["vae_decode"] = {}
+                for bench_mode in (False, True):
+                    torch.backends.cudnn.benchmark = bench_mode
+                    with torch.inference_mode():
+                        tm = cuda_time(lambda: vae.decode(lat), 1, 2)
+                    res["vae_decode"][f"cudnn_benchmark={bench_mode}"] = tm
+                    log("vae decode", bench_mode, tm)
             elif part == "qkv":
                 with fused_qkv(model):
                     res["dit_eager_fused_qkv"] = forward_time("dit eager fused qkv", args.iters)
@@ -210,8 +315,16 @@ def main() -> None:
                     res["warmup_chunk"] = run_chunk(model, vae, "turbo", steps=1)
                     res["warmup_chunk"]["wall_s"] = round(time.perf_counter() - t0, 2)
                     log("warm-up chunk", res["warmup_chunk"])
-                res[f"chunk_{part}"] = run_chunk(model, vae, part)
-                log(f"chunk {part}", res[f"chunk_{part}"])
+                key = f"chunk_{part}"
+                n = 2
+                while key in res:  # the same preset again after a change (backend, fp8): keep both
+                    key, n = f"chunk_{part}_{n}", n + 1
+                res[key] = run_chunk(model, vae, part, chunks=args.chunks)
+                from worker.engine.attention import get_attention_backend
+
+                res[key]["attention"] = get_attention_backend()
+                res[key]["fp8"] = "dit_fp8" in res
+                log(key, res[key])
             elif part == "quality":
                 # 40 steps x 3 passes, batched into one batch-3 DiT call a step (one speaker: all passes share
                 # the audio shape). Estimated: 40 x measured batch-3 forward + the turbo chunk's outside-DiT time.
@@ -240,13 +353,17 @@ def main() -> None:
             rows.append((label, res[key]["median_s"], floor_fwd))
     if "dit_compiled" in res:
         rows.append(("  compile time, first forward (s)", res["dit_compiled"]["first_call_s"], float("nan")))
-    for preset in ("turbo", "fast"):
-        c = res.get(f"chunk_{preset}")
-        if c:
-            n_fwd = c["steps"] * c["passes_per_step"]
-            rows.append((f"{preset} chunk (s)", c["chunk_s"], n_fwd * floor_fwd))
-            rows.append((f"{preset} GPU-s per s of video", c["gpu_s_per_video_s"], n_fwd * floor_fwd / SECONDS_PER_CHUNK))
-            rows.append((f"{preset} share outside DiT", c["outside_dit_share"], float("nan")))
+    for key in res:  # the variants timed by backend:NAME and fp8, in the order they ran
+        if key.startswith("dit_") and key not in ("dit_eager", "dit_eager_fused_qkv", "dit_compiled", "dit_recompiled"):
+            rows.append((f"DiT forward, {key[4:]} (s)", res[key]["median_s"], floor_fwd))
+    for key, c in list(res.items()):
+        if not (key.startswith("chunk_turbo") or key.startswith("chunk_fast")) or key == "chunk_turbo_offload":
+            continue
+        preset = c["preset"] + (" fp8" if c.get("fp8") else "") + f" [{c.get('attention', 'sdpa')}]"
+        n_fwd = c["steps"] * c["passes_per_step"]
+        rows.append((f"{preset} chunk (s)", c["chunk_s"], n_fwd * floor_fwd))
+        rows.append((f"{preset} GPU-s per s of video", c["gpu_s_per_video_s"], n_fwd * floor_fwd / SECONDS_PER_CHUNK))
+        rows.append((f"{preset} share outside DiT", c["outside_dit_share"], float("nan")))
     if "chunk_turbo_offload" in res:
         c = res["chunk_turbo_offload"]
         rows.append((f"turbo chunk, {args.stream_blocks} blocks streamed (s)", c["chunk_s"], 8 * floor_fwd))

@@ -153,3 +153,43 @@ def test_optional_backend_matches_sdpa_when_installed(name):
 def test_set_backend_roundtrip():
     set_attention_backend("sdpa")
     assert get_attention_backend() == "sdpa"
+
+
+def _stand_in_sageattention(monkeypatch):
+    """A stand-in for the third-party `sageattention` package (not our code): exact softmax in torch,
+    with the package's call signature, so the seam around it can be exercised on a CPU."""
+    import sys
+    import types
+
+    calls = []
+
+    def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None):
+        assert tensor_layout == "NHD"
+        calls.append(q.shape)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=is_causal, scale=sm_scale
+        )
+        return out.transpose(1, 2)
+
+    module = types.ModuleType("sageattention")
+    module.sageattn = sageattn
+    monkeypatch.setitem(sys.modules, "sageattention", module)
+    return calls
+
+
+def test_external_kernel_is_one_opaque_operator_under_torch_compile(monkeypatch):
+    """A compiled block must not trace into (or break on) a third-party kernel's Python: the seam wraps it
+    in a custom operator with a shape-only fake, so `fullgraph=True` compiles and the kernel runs inside."""
+    calls = _stand_in_sageattention(monkeypatch)
+    q, k, v = _qkv(b=1, lq=6, lk=6, n=2, c=16, seed=7, dtype=torch.bfloat16)
+
+    def block(q, k, v):
+        return attention(q * 1.5, k, v, backend="sageattention") + 1.0
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    out = compiled(q, k, v)
+    assert calls, "the external kernel did not run"
+    want = attention(q * 1.5, k, v, backend="sdpa") + 1.0
+    torch.testing.assert_close(out.float(), want.float(), atol=2e-2, rtol=0)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 6, 2, 16)

@@ -23,7 +23,7 @@ BACKENDS: tuple[str, ...] = ("sdpa", "flash_attn", "sageattention", "xformers")
 
 # The pip package an operator must install for each optional backend (named in errors).
 _PACKAGES = {
-    "flash_attn": "flash-attn (module flash_attn) or flash-attn 3 (module flash_attn_interface)",
+    "flash_attn": "flash-attn 3 (module flash_attn_interface), flash-attn-4 (module flash_attn.cute) or flash-attn 2",
     "sageattention": "sageattention",
     "xformers": "xformers",
 }
@@ -45,8 +45,19 @@ def _import_first(*names: str):
 
 
 def _flash_module():
-    # flash-attn 3 (Hopper) first, then flash-attn 2.
-    return _import_first("flash_attn_interface", "flash_attn")
+    # flash-attn 3 (Hopper, compiled), then flash-attn 4 (CuTe DSL, JIT-compiled; Hopper and Blackwell), then 2.
+    # FA4 installs `flash_attn` as a namespace package, so FA2 is only trusted if it has `flash_attn_func`.
+    for name in ("flash_attn_interface", "flash_attn.cute", "flash_attn"):
+        module = _import_first(name)
+        if module is not None and hasattr(module, "flash_attn_func"):
+            return module
+    return None
+
+
+def flash_module_name() -> str | None:
+    """Which FlashAttention the `flash_attn` backend runs here (for benchmarks and logs)."""
+    module = _flash_module()
+    return None if module is None else module.__name__
 
 
 def _module_for(name: str):
@@ -169,6 +180,20 @@ def _xformers(q, k, v, causal, scale):
 _KERNELS = {"flash_attn": _flash, "sageattention": _sage, "xformers": _xformers}
 
 
+@torch.library.custom_op("infinitetalk::external_attention", mutates_args=())
+def _external_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str, causal: bool, scale: float | None
+) -> torch.Tensor:
+    """The third-party kernels as one opaque operator, so torch.compile keeps a compiled block in one graph
+    instead of tracing into (and breaking on) the packages' Python wrappers and JIT launchers."""
+    return _KERNELS[backend](q, k, v, causal, scale).contiguous()
+
+
+@_external_attention.register_fake
+def _(q, k, v, backend, causal, scale):
+    return q.new_empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -194,7 +219,12 @@ def attention(
     if name == "sdpa":
         return _sdpa(q, k, v, k_lens, causal, softmax_scale).to(out_dtype)
 
-    kernel = _KERNELS[name]
+    if not torch.compiler.is_compiling():
+        _require(name)  # a clear error for a missing package, before entering the operator
+
+    def kernel(q, k, v, causal, scale):
+        return _external_attention(q, k, v, name, causal, scale)
+
     lens = _key_lengths(k_lens, q.shape[0], k.shape[1])
     if lens is None:
         out = kernel(q, k, v, causal, softmax_scale)

@@ -44,13 +44,26 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (wf / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale.float()
 
 
+# CUDA device index -> whether `torch._scaled_mm` runs fp8 there. Filled eagerly (`prime_fused`) when fp8
+# weights land on a GPU, so a compiled forward only reads a constant instead of querying the driver.
+_FUSED_CAPABLE: dict[int, bool] = {}
+
+
+def prime_fused(device: torch.device | str) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index not in _FUSED_CAPABLE:
+            _FUSED_CAPABLE[index] = hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(index) >= (8, 9)
+
+
 def _fused_ok(x: torch.Tensor) -> bool:
-    return (
-        x.is_cuda
-        and hasattr(torch, "_scaled_mm")
-        and torch.cuda.get_device_capability(x.device) >= (8, 9)
-        and x.shape[-1] % 16 == 0
-    )
+    if not x.is_cuda or x.shape[-1] % 16:
+        return False
+    index = x.device.index or 0
+    if index not in _FUSED_CAPABLE:
+        prime_fused(x.device)
+    return _FUSED_CAPABLE[index]
 
 
 class FP8Linear(nn.Module):
@@ -76,6 +89,7 @@ class FP8Linear(nn.Module):
         m.weight_scale.copy_(s)
         if linear.bias is not None:
             m.bias.data.copy_(linear.bias.detach())
+        prime_fused(m.weight.device)
         return m
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
@@ -83,6 +97,8 @@ class FP8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and _fused_ok(x):
+            if torch.compiler.is_compiling():  # traced once per shape; a refusal surfaces at compile time
+                return self._scaled_mm(x)
             try:
                 return self._scaled_mm(x)
             except RuntimeError:  # shape/layout the fused kernel refuses: fall back for good
@@ -93,6 +109,7 @@ class FP8Linear(nn.Module):
     def _scaled_mm(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
+        # Row-wise activation scales; under torch.compile these lines fuse into one reduction + one cast kernel.
         amax = x2.abs().amax(dim=1, keepdim=True).float()
         xs = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
         xq = (x2.float() / xs).clamp(-FP8_MAX, FP8_MAX).to(FP8)
@@ -166,6 +183,7 @@ def load_fp8_state(module: nn.Module, files: Iterable[Path | str], device="cpu",
     if missing:
         raise WeightLoadError(", ".join(str(f) for f in files), missing[0], f"missing key ({len(missing)} in all)")
     module.load_state_dict(loaded, strict=True, assign=True)
+    prime_fused(device)
     return module
 
 

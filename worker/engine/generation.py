@@ -457,9 +457,11 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
 
     vae_calls = 0
 
-    def encode(video: torch.Tensor) -> torch.Tensor:
+    def encode(video: torch.Tensor, cached: torch.Tensor | None = None) -> torch.Tensor:
+        """VAE encode, or a cached result of the same input (still traced under its call index, so a trace
+        lines up with the reference's call order and a golden check covers the cache too)."""
         nonlocal vae_calls
-        out = vae.encode(video)
+        out = vae.encode(video) if cached is None else cached
         emit(f"vae_encode{vae_calls}.in", video[0])
         emit(f"vae_encode{vae_calls}.out", out[0])
         vae_calls += 1
@@ -474,6 +476,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
     color_ref_image: torch.Tensor | None = None
     motion_pixels: torch.Tensor | None = None  # last motion_frame corrected frames of the previous chunk
     clip_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+    y_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (condition frame, its y latent), see below
     emitted = 0
     masks_dev = masks.to(device)
     if resume is not None:
@@ -505,8 +508,17 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
             noise = draw((LATENT_CHANNELS, t_lat, lat_h, lat_w), "randn")
 
             cond_dev = cond.to(device)
-            padded = torch.cat([cond_dev, cond_dev.new_zeros(1, 3, s.frame_num - 1, th, tw)], dim=2)
-            y_lat = encode(padded).float().cpu()
+            # The condition latent depends on the condition frame alone: an image input (the same frame every
+            # chunk) encodes its 81-frame clip once a job, not once a chunk.
+            hit = y_cache is not None and torch.equal(y_cache[0], cond)
+            if not hit or trace is not None:
+                padded = torch.cat([cond_dev, cond_dev.new_zeros(1, 3, s.frame_num - 1, th, tw)], dim=2)
+            if hit:
+                y_lat = encode(padded if trace is not None else cond_dev, cached=y_cache[1])
+            else:
+                y_lat = encode(padded)
+                y_cache = (cond, y_lat)
+            y_lat = y_lat.float().cpu()
             if i == 0:
                 motion = encode(cond_dev)[0].float()
             else:
