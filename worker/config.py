@@ -125,7 +125,7 @@ class GpuConf:
     name: str = MISSING
     device: str = "cuda"  # cuda | cpu
     dtype: str = "bfloat16"
-    attention: str = "sdpa"  # sdpa | flash_attn | sage
+    attention: str = "sdpa"  # sdpa | flash_attn | sageattention | xformers | auto (flash_attn on Hopper+ when FA3/FA4 is installed)
     offload_t5: bool = False
     offload_clip: bool = False
     offload_vae: bool = False

@@ -193,3 +193,15 @@ def test_external_kernel_is_one_opaque_operator_under_torch_compile(monkeypatch)
     want = attention(q * 1.5, k, v, backend="sdpa") + 1.0
     torch.testing.assert_close(out.float(), want.float(), atol=2e-2, rtol=0)
     assert out.dtype == torch.bfloat16 and out.shape == (1, 6, 2, 16)
+
+
+def test_auto_backend_is_sdpa_off_hopper():
+    """`auto` (the H100/H200 tiers' setting) must fall back to SDPA wherever FA3/FA4 cannot run."""
+    from worker.engine.attention import resolve_backend
+
+    assert resolve_backend("auto", "cpu") == "sdpa"
+    assert resolve_backend("auto", None) == "sdpa"
+    assert set_attention_backend("auto", "cpu") == "sdpa" and get_attention_backend() == "sdpa"
+    assert resolve_backend("sdpa", "cuda") == "sdpa"
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        resolve_backend("fastest", "cpu")

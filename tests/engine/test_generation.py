@@ -193,6 +193,44 @@ def test_dubbing_frames_source(case):
     torch.testing.assert_close(video, tensors["final_video"], atol=VIDEO_ATOL, rtol=0)
 
 
+class _CountingVAE:
+    """Counts the encodes reaching the real VAE (a wrapper, the VAE itself is untouched)."""
+
+    def __init__(self, vae: WanVAE) -> None:
+        self.vae, self.encoded_frames = vae, []
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        self.encoded_frames.append(int(video.shape[2]))
+        return self.vae.encode(video)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent)
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if json.loads((c / "meta.json").read_text())["mode"] == "streaming"],
+    ids=lambda c: c.name,
+)
+def test_image_condition_latent_is_encoded_once_a_job(case):
+    """The 81-frame condition clip depends on the condition frame alone: with an image it is encoded once,
+    and every later chunk only encodes its motion frames; a video (new frame each chunk) encodes it each time.
+    The golden check of `test_generation_matches_golden` covers the cached values themselves."""
+    meta, tensors, dit, vae, settings, inputs, clip_encode, _ = _setup(case)
+    counting = _CountingVAE(vae)
+    chunks = list(generate(dit, counting, clip_encode, inputs, settings))
+    n, f, m = len(chunks), meta["frame_num"], meta["motion_frame"]
+    assert n >= 2
+    assert counting.encoded_frames == [f, 1] + [m] * (n - 1)
+
+    frames = np.array(inputs.cond)
+    shifted = [np.roll(frames, shift=i, axis=1) for i in range(n * f)]  # every frame differs
+    as_video = GenerationInputs(cond=iter(shifted), audio=inputs.audio, context=inputs.context,
+                                context_null=inputs.context_null)
+    counting = _CountingVAE(vae)
+    list(generate(dit, counting, clip_encode, as_video, settings))
+    assert counting.encoded_frames == [f, 1] + [f, m] * (n - 1)
+
+
 def test_speaker_masks():
     one = speaker_masks((100, 130), (48, 64), 1)
     assert one.shape == (3, 6, 8) and bool(one.eq(1).all())

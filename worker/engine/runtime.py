@@ -112,7 +112,7 @@ class Engine:
         self._fault_armed = options.fault == "oom@step"
         if options.quant not in QUANTS:
             raise ValueError(f"EngineOptions.quant must be one of {QUANTS}, not {options.quant!r}")
-        set_attention_backend(options.attention_backend)
+        self.attention_backend = set_attention_backend(options.attention_backend, self.device)
         layout.check()
         self.dit = self._timed("dit", self._load_dit if not options.stream_blocks else self._load_dit_streamed)
         self.lora: tuple[str, float] | None = None  # (resolved path, scale) merged into self.dit
