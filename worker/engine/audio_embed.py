@@ -129,7 +129,11 @@ class Wav2Vec2Embedder:
             raise WeightLoadError(str(cfg_path), None, f"invalid wav2vec2 config: {exc}") from exc
         # The reference ran SDPA; eager gives the same math, so SDPA is only a speed choice.
         config._attn_implementation = "sdpa"
-        model = Wav2Vec2Model(config)
+        # Built on meta and given empty storage: transformers' random initialisation of 95M parameters
+        # costs seconds of a cold start, and every tensor is overwritten below (the optional ones zeroed).
+        with torch.device("meta"):
+            model = Wav2Vec2Model(config)
+        model.to_empty(device="cpu")
 
         expected = dict(model.state_dict())
         expected_keys = set(expected)
@@ -149,6 +153,9 @@ class Wav2Vec2Embedder:
         missing = sorted(k for k in expected_keys - set(loaded) if k not in _OPTIONAL_KEYS)
         if missing:
             raise WeightLoadError(str(folder), missing[0], f"missing key ({len(missing)} missing in all)")
+        with torch.no_grad():
+            for key in expected_keys - set(loaded):  # only _OPTIONAL_KEYS get here: unused at inference
+                model.get_parameter(key).zero_()
         model.load_state_dict(loaded, strict=False)
         model.to(device=device, dtype=dtype)
 

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from .errors import WeightLoadError
+from .prefetch import Prefetcher
 
 KeyMap = Callable[[str], str | None]
 """Maps a file's key to the module's key; None drops the key on purpose (e.g. CLIP's text tower)."""
@@ -38,9 +39,12 @@ class CheckpointReader:
         self._stack = ExitStack()
         self._index: dict[str, tuple[TensorSource, Callable[[], torch.Tensor]]] = {}
         self._key_map = key_map or (lambda k: k)
+        files = [Path(f) for f in files]
         try:
             for f in files:
-                self._add(Path(f))
+                self._add(f)
+            # Opening only read headers; stream the files' bytes ahead of the tensor reads (prefetch.py).
+            self._stack.enter_context(Prefetcher([f for f in files if f.is_file()]))
         except BaseException:
             self._stack.close()
             raise

@@ -69,8 +69,10 @@ def load_bundle_into(
         handle_cm = safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise WeightLoadError(str(path), None, f"corrupt bundle: {exc}") from exc
+    from worker.engine.prefetch import Prefetcher
+
     loaded: dict[str, torch.Tensor] = {}
-    with handle_cm as handle:
+    with handle_cm as handle, Prefetcher([path]):  # stream the file ahead of the tensor reads
         keys = set(handle.keys())
         scales = {k for k in keys if k.endswith(SCALE_SUFFIX) and k[: -len(SCALE_SUFFIX)] in keys}
         available = keys - scales

@@ -1,0 +1,52 @@
+"""The checkpoint prefetcher: reads every byte of its files in order, stops early on request, and the
+checkpoint reader runs one for the files it opens (and stops it when closed)."""
+from __future__ import annotations
+
+import time
+
+import torch
+from safetensors.torch import save_file
+
+from worker.engine import loaders
+from worker.engine.prefetch import Prefetcher
+
+
+def _wait(p: Prefetcher, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not p.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_reads_every_byte_of_every_file_and_skips_missing(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"x" * 1_000_003)
+    b.write_bytes(b"y" * 17)
+    p = Prefetcher([a, tmp_path / "missing.bin", b], block=4096)
+    _wait(p)
+    assert p.done() and p.bytes_read == 1_000_003 + 17
+
+
+def test_stop_ends_the_thread_before_the_end(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"z" * (8 << 20))
+    p = Prefetcher([big] * 50, block=1 << 16)  # 400 MiB to read: stop() must not wait for it
+    p.stop()
+    assert p.done() and p.bytes_read < 50 * (8 << 20)
+
+
+def test_checkpoint_reader_prefetches_its_files_and_stops_on_close(tmp_path, monkeypatch):
+    f = tmp_path / "w.safetensors"
+    save_file({"w": torch.arange(6.0).reshape(2, 3)}, str(f))
+    started: list[Prefetcher] = []
+
+    class Recording(Prefetcher):
+        def __init__(self, files, block=loaders.Prefetcher.__init__.__defaults__[0]):
+            super().__init__(files, block)
+            started.append(self)
+
+    monkeypatch.setattr(loaders, "Prefetcher", Recording)
+    with loaders.CheckpointReader([f]) as reader:
+        assert torch.equal(reader.get("w"), torch.arange(6.0).reshape(2, 3))
+        assert [p.files for p in started] == [[f]]
+    assert started[0].done()
+    _ = started[0].bytes_read  # readable after close
