@@ -295,7 +295,21 @@ def run_child(root: Path, device: str, dtype: str) -> None:
 
     imports_s = time.perf_counter() - _SCRIPT_T0
     t = time.perf_counter()
+    profiler = None
+    if os.environ.get("COLD_START_PROFILE") == "1":  # where the constructor's time goes (slows it a little)
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     engine = Engine(layout_for(root), EngineOptions(device=device, dtype=dtype, attention_backend="sdpa"))
+    if profiler is not None:
+        import io
+        import pstats
+
+        profiler.disable()
+        buf = io.StringIO()
+        pstats.Stats(profiler, stream=buf).sort_stats("cumulative").print_stats(30)
+        print(buf.getvalue()[-6000:], file=sys.stderr, flush=True)
     if engine.device.type == "cuda":
         torch.cuda.synchronize()
     engine_s = time.perf_counter() - t
@@ -315,6 +329,40 @@ def run_child(root: Path, device: str, dtype: str) -> None:
         "gpu_allocated_gib": round(torch.cuda.memory_allocated() / GIB, 3) if engine.device.type == "cuda" else 0.0,
     }
     print(READY_TAG + json.dumps(ready), flush=True)
+
+
+def run_pth_probe(path: Path, mode: str) -> None:
+    """One `.pth` onto the GPU the loader's way (memory-mapped `torch.load`, tensor by tensor), with the copy
+    made `direct` (mapped pages straight to `.to("cuda")`, as the loader does), after a `clone` into
+    anonymous memory, or `direct` with the prefetch thread running: which part of the loader is slow."""
+    from worker.engine.prefetch import Prefetcher
+
+    t0 = time.perf_counter()
+    pre = Prefetcher([path]) if mode == "prefetch" else None
+    sd = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    out = {}
+    for k, v in sd.items():
+        out[k] = (v.clone() if mode == "clone" else v).to("cuda")
+    torch.cuda.synchronize()
+    if pre is not None:
+        pre.stop()
+    nbytes = sum(v.numel() * v.element_size() for v in out.values())
+    print(READY_TAG + json.dumps({"mode": mode, "s": round(time.perf_counter() - t0, 3), "bytes": nbytes,
+                                  "gb_per_s": round(nbytes / (time.perf_counter() - t0) / 1e9, 3)}), flush=True)
+
+
+def pth_probe(root: Path, files: list[Path], drop_all: bool) -> dict[str, Any]:
+    """The largest `.pth` loaded cold in a fresh process per mode (see `run_pth_probe`)."""
+    pth = max((f for f in files if f.suffix == ".pth"), key=lambda f: f.stat().st_size)
+    res: dict[str, Any] = {"file": str(pth.relative_to(root))}
+    for mode in ("direct", "clone", "prefetch"):
+        evict_files(root, files, drop_all)
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", mode, "--dir", str(pth)],
+                              capture_output=True, text=True, timeout=300)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(READY_TAG)), None)
+        res[mode] = json.loads(line[len(READY_TAG):]) if line else {"error": proc.stderr[-1500:]}
+        log("pth probe", mode, res[mode])
+    return res
 
 
 # ---------------------------------------------------------------- the cold start (parent side)
@@ -358,12 +406,14 @@ def cold_start(root: Path, device: str, dtype: str, timeout_s: float) -> dict[st
             rc = proc.wait()
         exit_s = time.perf_counter() - t0
         err.seek(0)
-        stderr_tail = err.read().decode(errors="replace")[-3000:]
+        stderr_tail = err.read().decode(errors="replace")[-6000:]
     out: dict[str, Any] = {"cmd": " ".join(cmd), "rc": rc, "process_exit_s": round(exit_s, 3)}
     if ready is None:
         out.update(error="the child never reported ready", stdout_tail=other[-20:], stderr_tail=stderr_tail)
         return out
     out.update(process_to_ready_s=round(t_ready - t0, 3), child=ready)
+    if os.environ.get("COLD_START_PROFILE") == "1":
+        out["profile"] = stderr_tail
     return out
 
 
@@ -466,6 +516,9 @@ def run(args: argparse.Namespace, result: dict[str, Any], save: Callable[[], Non
     result["cold_start"] = cold_start(root, args.device, args.dtype, args.child_timeout)
     log("ready", {k: v for k, v in result["cold_start"].items() if k != "child"})
     summarise(result)
+    if args.pth_probe:
+        save()
+        result["pth_probe"] = pth_probe(root, files, not args.no_drop_caches)
 
 
 def main() -> None:
@@ -481,9 +534,14 @@ def main() -> None:
     ap.add_argument("--no-drop-caches", action="store_true",
                     help="evict only the checkpoint's files, not the whole page cache (for shared test machines)")
     ap.add_argument("--child-timeout", type=float, default=400.0, help="seconds the child may take to get ready")
+    ap.add_argument("--pth-probe", action="store_true", help="afterwards, load the largest .pth cold three ways")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.probe:
+        run_pth_probe(Path(args.dir), args.probe)
+        return
     if args.child:
         run_child(Path(args.dir), args.device, args.dtype)
         return
