@@ -33,6 +33,19 @@ import time
 
 _SCRIPT_T0 = time.perf_counter()  # the child's "script start", before torch is imported
 
+import sys  # noqa: E402
+
+if "--child" in sys.argv:
+    # As the worker does (worker/job.py, EngineHolder): stream the weights before torch is imported.
+    from dataclasses import replace as _replace
+    from pathlib import Path as _Path
+
+    from worker.engine.layout import published_layout as _published
+    from worker.engine.prefetch import checkpoint_prefetch as _prefetch
+
+    _root = _Path(sys.argv[sys.argv.index("--dir") + 1])
+    _PREFETCH = _prefetch(_replace(_published(_root), dit_bundle=_root / "bundles/infinitetalk_single_bf16.safetensors"))
+
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -40,7 +53,6 @@ import os  # noqa: E402
 import queue  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402
@@ -54,7 +66,9 @@ import torch  # noqa: E402
 
 from worker.engine.clip_visual import CLIPVisionConfig, CLIPVisionTower  # noqa: E402
 from worker.engine.dit import DiTConfig, InfiniteTalkDiT  # noqa: E402
-from worker.engine.layout import CLIP_FILE, T5_FILE, T5_TOKENIZER_DIR, VAE_FILE, CheckpointLayout  # noqa: E402
+from worker.engine.layout import (  # noqa: E402
+    CLIP_FILE, T5_FILE, T5_TOKENIZER_DIR, VAE_FILE, CheckpointLayout, published_layout,
+)
 from worker.engine.t5 import T5Config, UMT5Encoder, write_tiny_tokenizer  # noqa: E402
 from worker.engine.vae import VAEConfig, WanVAEModel  # noqa: E402
 
@@ -88,9 +102,7 @@ def scale_spec(name: str) -> Scale:
 
 def layout_for(root: Path) -> CheckpointLayout:
     """The published folder names (as the tiny model uses them), the DiT read from the bundle only."""
-    from worker.engine.tiny import tiny_layout
-
-    return replace(tiny_layout(root), dit_bundle=root / BUNDLE_REL)
+    return replace(published_layout(root), dit_bundle=root / BUNDLE_REL)
 
 
 def meta_shapes(factory: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:

@@ -75,14 +75,21 @@ class EngineHolder:
         with self._lock:
             if self._engine is None:
                 start = time.perf_counter()
-                from worker.engine.runtime import Engine, EngineOptions
+                from worker.engine.prefetch import checkpoint_prefetch
 
                 layout = checkpoint_layout(self.cfg)
-                if self.cfg.model.kind == "tiny":
-                    from worker.engine.tiny import ensure_tiny_checkpoint
+                # Before torch is imported: the disk streams the weights while the imports run.
+                prefetch = checkpoint_prefetch(layout)
+                try:
+                    from worker.engine.runtime import Engine, EngineOptions
 
-                    ensure_tiny_checkpoint(layout.ckpt_dir.parent)
-                self._engine = Engine.load(layout, EngineOptions(**engine_options(self.cfg)))
+                    if self.cfg.model.kind == "tiny":
+                        from worker.engine.tiny import ensure_tiny_checkpoint
+
+                        ensure_tiny_checkpoint(layout.ckpt_dir.parent)
+                    self._engine = Engine.load(layout, EngineOptions(**engine_options(self.cfg)))
+                finally:
+                    prefetch.stop()
                 self.load_seconds = round(time.perf_counter() - start, 3)
             return self._engine
 

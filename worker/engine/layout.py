@@ -127,3 +127,13 @@ class CheckpointLayout:
         for path in self.required_files():
             if not path.exists():
                 raise WeightLoadError(str(path), None, "file not found")
+
+
+def published_layout(root: Path) -> CheckpointLayout:
+    """The folder names of the published downloads under one root (as the tiny model mirrors them)."""
+    root = Path(root)
+    return CheckpointLayout(
+        ckpt_dir=root / "Wan2.1-I2V-14B-480P",
+        infinitetalk_file=root / "InfiniteTalk" / "single" / "infinitetalk.safetensors",
+        wav2vec_dir=root / "chinese-wav2vec2-base",
+    )

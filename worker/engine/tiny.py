@@ -31,6 +31,7 @@ from .layout import (
     VAE_FILE,
     CheckpointLayout,
     dit_shard_names,
+    published_layout,
     is_adapter_key,
 )
 from .t5 import T5Config, UMT5Encoder, write_tiny_tokenizer
@@ -132,11 +133,7 @@ def default_cache_dir() -> Path:
 
 
 def tiny_layout(root: Path) -> CheckpointLayout:
-    return CheckpointLayout(
-        ckpt_dir=root / "Wan2.1-I2V-14B-480P",
-        infinitetalk_file=root / "InfiniteTalk" / "single" / "infinitetalk.safetensors",
-        wav2vec_dir=root / "chinese-wav2vec2-base",
-    )
+    return published_layout(root)
 
 
 def randomise(module: nn.Module, seed: int) -> dict[str, torch.Tensor]:
