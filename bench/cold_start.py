@@ -33,19 +33,6 @@ import time
 
 _SCRIPT_T0 = time.perf_counter()  # the child's "script start", before torch is imported
 
-import sys  # noqa: E402
-
-if "--child" in sys.argv:
-    # As the worker does (worker/job.py, EngineHolder): stream the weights before torch is imported.
-    from dataclasses import replace as _replace
-    from pathlib import Path as _Path
-
-    from worker.engine.layout import published_layout as _published
-    from worker.engine.prefetch import checkpoint_prefetch as _prefetch
-
-    _root = _Path(sys.argv[sys.argv.index("--dir") + 1])
-    _PREFETCH = _prefetch(_replace(_published(_root), dit_bundle=_root / "bundles/infinitetalk_single_bf16.safetensors"))
-
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -53,6 +40,7 @@ import os  # noqa: E402
 import queue  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402

@@ -75,21 +75,14 @@ class EngineHolder:
         with self._lock:
             if self._engine is None:
                 start = time.perf_counter()
-                from worker.engine.prefetch import checkpoint_prefetch
+                from worker.engine.runtime import Engine, EngineOptions
 
                 layout = checkpoint_layout(self.cfg)
-                # Before torch is imported: the disk streams the weights while the imports run.
-                prefetch = checkpoint_prefetch(layout)
-                try:
-                    from worker.engine.runtime import Engine, EngineOptions
+                if self.cfg.model.kind == "tiny":
+                    from worker.engine.tiny import ensure_tiny_checkpoint
 
-                    if self.cfg.model.kind == "tiny":
-                        from worker.engine.tiny import ensure_tiny_checkpoint
-
-                        ensure_tiny_checkpoint(layout.ckpt_dir.parent)
-                    self._engine = Engine.load(layout, EngineOptions(**engine_options(self.cfg)))
-                finally:
-                    prefetch.stop()
+                    ensure_tiny_checkpoint(layout.ckpt_dir.parent)
+                self._engine = Engine.load(layout, EngineOptions(**engine_options(self.cfg)))
                 self.load_seconds = round(time.perf_counter() - start, 3)
             return self._engine
 

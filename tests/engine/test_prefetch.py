@@ -51,19 +51,3 @@ def test_checkpoint_reader_prefetches_its_files_and_stops_on_close(tmp_path, mon
     assert started[0].done()
     _ = started[0].bytes_read  # readable after close
 
-
-def test_checkpoint_prefetch_streams_the_layout_in_load_order(tmp_path):
-    """The worker starts this before importing torch: DiT first, then VAE, T5, CLIP, wav2vec2."""
-    from dataclasses import replace
-
-    from worker.engine.layout import published_layout
-    from worker.engine.prefetch import checkpoint_prefetch
-
-    layout = replace(published_layout(tmp_path), dit_bundle=tmp_path / "b.safetensors")
-    files = [layout.dit_bundle, layout.vae_file, layout.t5_file, layout.clip_file, layout.wav2vec_dir / "model.safetensors"]
-    for i, f in enumerate(files):
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_bytes(bytes([i]) * (1000 + i))
-    p = checkpoint_prefetch(layout)
-    _wait(p)
-    assert p.files == files and p.bytes_read == sum(1000 + i for i in range(len(files)))

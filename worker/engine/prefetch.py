@@ -13,10 +13,6 @@ import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # no runtime import: this module must stay importable before torch
-    from worker.engine.layout import CheckpointLayout
 
 BLOCK = 16 << 20
 
@@ -69,11 +65,3 @@ class Prefetcher:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def checkpoint_prefetch(layout: "CheckpointLayout") -> Prefetcher:
-    """Start streaming every weight file of `layout`, in the engine's load order (DiT, VAE, T5, CLIP,
-    wav2vec2). Meant for the very start of a worker process: the disk is then busy while Python imports
-    torch and sets up CUDA, the seconds a cold start would otherwise add to the pure read time."""
-    wav2vec = sorted(layout.wav2vec_dir.glob("*.safetensors")) + sorted(layout.wav2vec_dir.glob("*.bin"))
-    files = [*layout.dit_sources, layout.vae_file, layout.t5_file, layout.clip_file, *wav2vec]
-    return Prefetcher([f for f in files if f.is_file()])
