@@ -49,21 +49,19 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 _FUSED_CAPABLE: dict[int, bool] = {}
 
 
-def prime_fused(device: torch.device | str) -> None:
+def prime_fused(device: torch.device | str) -> bool:
+    """Whether `_scaled_mm` runs fp8 on `device` (False off CUDA), cached per CUDA device index."""
     device = torch.device(device)
-    if device.type == "cuda":
-        index = torch.cuda.current_device() if device.index is None else device.index
-        if index not in _FUSED_CAPABLE:
-            _FUSED_CAPABLE[index] = hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(index) >= (8, 9)
+    if device.type != "cuda":
+        return False
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index not in _FUSED_CAPABLE:
+        _FUSED_CAPABLE[index] = hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(index) >= (8, 9)
+    return _FUSED_CAPABLE[index]
 
 
 def _fused_ok(x: torch.Tensor) -> bool:
-    if not x.is_cuda or x.shape[-1] % 16:
-        return False
-    index = x.device.index or 0
-    if index not in _FUSED_CAPABLE:
-        prime_fused(x.device)
-    return _FUSED_CAPABLE[index]
+    return x.is_cuda and x.shape[-1] % 16 == 0 and prime_fused(x.device)
 
 
 class FP8Linear(nn.Module):

@@ -475,8 +475,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
     color_ref: LabReference | None = None
     color_ref_image: torch.Tensor | None = None
     motion_pixels: torch.Tensor | None = None  # last motion_frame corrected frames of the previous chunk
-    clip_cache: tuple[torch.Tensor, torch.Tensor] | None = None
-    y_cache: tuple[torch.Tensor, torch.Tensor] | None = None  # (condition frame, its y latent), see below
+    cond_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (frame, CLIP features, y latent)
     emitted = 0
     masks_dev = masks.to(device)
     if resume is not None:
@@ -496,11 +495,13 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
             if i == 0 and s.color_strength > 0.0:
                 color_ref, color_ref_image = lab_reference(cond.to(device)), cond
             emit(f"chunk{i}.clip_input", cond)
-            if clip_cache is not None and torch.equal(clip_cache[0], cond):
-                clip_fea = clip_cache[1]
+            # CLIP features and the condition latent depend on the condition frame alone: an image input (the
+            # same frame every chunk) computes them once a job, not once a chunk.
+            same_cond = cond_cache is not None and torch.equal(cond_cache[0], cond)
+            if same_cond:
+                clip_fea = cond_cache[1]
             else:
                 clip_fea = clip_encode(cond).to(device=device, dtype=torch.float32)
-                clip_cache = (cond, clip_fea)
 
             audio = chunk_audio(inputs.audio, spec, s.frame_num)  # [speakers, F, 5, 12, 768]
             emit(f"chunk{i}.audio_windows", audio)
@@ -508,16 +509,13 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
             noise = draw((LATENT_CHANNELS, t_lat, lat_h, lat_w), "randn")
 
             cond_dev = cond.to(device)
-            # The condition latent depends on the condition frame alone: an image input (the same frame every
-            # chunk) encodes its 81-frame clip once a job, not once a chunk.
-            hit = y_cache is not None and torch.equal(y_cache[0], cond)
-            if not hit or trace is not None:
+            if not same_cond or trace is not None:
                 padded = torch.cat([cond_dev, cond_dev.new_zeros(1, 3, s.frame_num - 1, th, tw)], dim=2)
-            if hit:
-                y_lat = encode(padded if trace is not None else cond_dev, cached=y_cache[1])
+            if same_cond:
+                y_lat = encode(padded if trace is not None else cond_dev, cached=cond_cache[2])
             else:
                 y_lat = encode(padded)
-                y_cache = (cond, y_lat)
+                cond_cache = (cond, clip_fea, y_lat)
             y_lat = y_lat.float().cpu()
             if i == 0:
                 motion = encode(cond_dev)[0].float()
