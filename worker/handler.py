@@ -7,6 +7,7 @@ add `refresh_worker` so Runpod replaces this worker after the job.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import MutableMapping
@@ -16,7 +17,7 @@ from worker.config import compose_config, secret_values
 from worker.errors import JobError
 from worker.job import JobContext, run_job
 from worker.logging_setup import configure_logging, get_logger
-from worker.progress import runpod_sink
+from worker.progress_sender import OrderedSender, runpod_post
 from worker.wiring import process_env
 
 _CTX: JobContext | None = None
@@ -47,17 +48,18 @@ def apply_process_env(cfg: Any, environ: MutableMapping[str, str] = os.environ) 
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
-    import runpod
-
     ctx = context()
-    sink = runpod_sink(job, runpod.serverless.progress_update)
+    sender = OrderedSender(functools.partial(runpod_post, job))
     try:
-        return run_job(str(job.get("id", "local")), job.get("input"), ctx, sink)
+        return run_job(str(job.get("id", "local")), job.get("input"), ctx, sender)
     except JobError as exc:
         out: dict[str, Any] = {"error": exc.to_error_string()}
         if exc.refresh_worker:
             out["refresh_worker"] = True
         return out
+    finally:
+        if not sender.close(timeout=5.0):  # the last stage goes out before the result
+            log.warning("progress updates still pending at the end of the job", job_id=job.get("id"))
 
 
 def preload() -> None:

@@ -1,12 +1,12 @@
-"""Job progress as dicts for `runpod.serverless.progress_update`.
+"""Job progress as dicts for Runpod's IN_PROGRESS status output.
 
 Each stage owns a fixed band of the 0-100 scale, so a client's progress bar never jumps
 backwards and stages can report fractions without knowing about each other. Sampling owns
 most of the scale because it is most of the time. Percent is monotonic: a late or repeated
 update never lowers it.
 
-Runpod is not imported here; the worker passes `runpod.serverless.progress_update` in
-(`runpod_sink(job, progress_update)`), so this module stays importable anywhere.
+Runpod is not imported here; the handler passes a sink in (worker/progress_sender.py posts the
+payloads in order), so this module stays importable anywhere.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from enum import Enum
 from typing import Any, Callable, Mapping
 
-__all__ = ["Stage", "STAGE_BANDS", "ProgressReporter", "runpod_sink"]
+__all__ = ["Stage", "STAGE_BANDS", "ProgressReporter"]
 
 
 class Stage(str, Enum):
@@ -179,11 +179,3 @@ class ProgressReporter:
             self.sink_errors += 1
         return payload
 
-
-def runpod_sink(job: Mapping[str, Any], progress_update: Callable[[Any, Any], Any]) -> Sink:
-    """A sink that forwards to `runpod.serverless.progress_update(job, payload)`."""
-
-    def sink(payload: dict[str, Any]) -> None:
-        progress_update(job, payload)
-
-    return sink

@@ -1,6 +1,6 @@
 import pytest
 
-from worker.progress import STAGE_BANDS, ProgressReporter, Stage, runpod_sink
+from worker.progress import STAGE_BANDS, ProgressReporter, Stage
 
 
 class Clock:
@@ -104,11 +104,3 @@ def test_bad_input_and_sink_failure():
     with pytest.raises(RuntimeError):
         ProgressReporter(lambda _: None).update(0.5)
 
-
-def test_runpod_sink_forwards_job_and_payload():
-    calls = []
-    job = {"id": "abc"}
-    p = ProgressReporter(runpod_sink(job, lambda j, payload: calls.append((j, payload))))
-    p.stage(Stage.LOAD, "loading")
-    assert calls == [(job, {"stage": "load", "percent": 12.0, "message": "loading", "chunk": None, "chunks": None,
-                            "step": None, "steps": None})]
