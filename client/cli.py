@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--apg", dest="use_apg", type=_bool, metavar="true|false")
     gen.add_argument("--teacache", dest="use_teacache", type=_bool, metavar="true|false")
     gen.add_argument("--teacache-thresh", dest="teacache_thresh", type=float)
+    gen.add_argument("--guidance-every", dest="guidance_every", type=int, metavar="K",
+                     help="guidance passes on every K-th step only (cheaper, approximate; default 1)")
     gen.add_argument("--frame-num", type=int)
     gen.add_argument("--motion-frame", type=int)
     gen.add_argument("--max-duration", dest="max_duration_s", type=float)
@@ -204,7 +206,7 @@ def make_client(args: argparse.Namespace) -> RunpodEndpointClient:
 
 _PARAM_KEYS = (
     "prompt", "negative_prompt", "size", "mode", "sampler", "sample_steps", "sample_shift", "text_guide_scale",
-    "audio_guide_scale", "use_apg", "use_teacache", "teacache_thresh", "frame_num", "motion_frame",
+    "audio_guide_scale", "use_apg", "use_teacache", "teacache_thresh", "guidance_every", "frame_num", "motion_frame",
     "max_duration_s", "color_correction_strength", "seed", "audio_type",
 )
 

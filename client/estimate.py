@@ -2,13 +2,16 @@
 
 These are estimates, not measurements of this worker. The model:
 
-- seconds per DiT forward on an H100 80GB at 480p (81 frames, bf16): 4.0 s for one speaker,
-  5.3 s for two. Source: ARCHITECTURE.md section 5 (upstream's DiT measured at 4.84 s / 5.60 s,
-  less the speaker-map and RoPE-copy costs the engine avoids). 720p costs 3.63x as much (the
-  measured 11.08 s / 3.05 s ratio of the diffusers DiT at the two sizes).
+- seconds per DiT forward on an H100 80GB at 480p (81 frames, bf16, compiled blocks, the H100
+  tier's FlashAttention-4): 2.82 s for one speaker, measured (bench/README.md section 8); 3.34 s for
+  two, scaled by the 1.18 two-speaker/one-speaker ratio measured eager (section 1). A batch of
+  guidance passes costs the sum of its passes (measured: batch 2 = 2 x batch 1). 720p costs 3.63x
+  as much (the measured 11.08 s / 3.05 s ratio of the diffusers DiT at the two sizes).
 - forwards per step: 3 guidance passes when text guidance is on (quality preset), 2 when text
   guidance is 1 (fast, turbo); steps from the preset (quality 40, fast 8, turbo 4) unless overridden.
-- per chunk: VAE encode/decode and colour correction, a guess of 6 s at 480p and 15 s at 720p.
+  With `guidance_every` k the guidance passes run on every k-th step and the others run one pass.
+- per chunk outside the DiT (VAE encode/decode, colour, uint8): 3.0 s at 480p (measured 2.0-3.0 s,
+  section 8), 7 s at 720p (the 480p figure scaled by pixels, a guess).
 - per job: 15 s warm overhead (download, audio features, text and image encoders, mux, upload),
   plus 90 s to load the model when the worker is cold (a guess for a baked, repacked bundle).
 - other GPUs scale the H100 time by their dense bf16 matmul rate relative to an H100
@@ -43,9 +46,9 @@ FPS = 25.0
 FIRST_CHUNK_FRAMES = 81
 MOTION_FRAMES = 9
 
-FORWARD_S_480_H100 = {1: 4.0, 2: 5.3}
+FORWARD_S_480_H100 = {1: 2.82, 2: 3.34}
 SIZE_FACTOR = {"infinitetalk-480": 1.0, "infinitetalk-720": 3.63}
-CHUNK_OVERHEAD_S = {"infinitetalk-480": 6.0, "infinitetalk-720": 15.0}
+CHUNK_OVERHEAD_S = {"infinitetalk-480": 3.0, "infinitetalk-720": 7.0}
 JOB_OVERHEAD_S = 15.0
 COLD_START_S = 90.0
 
@@ -105,6 +108,13 @@ class Estimate:
     price_per_hour_usd: float
     video_seconds: float
     warning: str | None = None
+    guidance_every: int = 1
+
+    @property
+    def forwards_per_chunk(self) -> int:
+        """DiT pass-equivalents: full guidance on steps 0, k, 2k, ..., one pass on the others."""
+        full = math.ceil(self.steps / self.guidance_every)
+        return full * self.passes + (self.steps - full)
 
     @property
     def cost_usd(self) -> float:
@@ -118,7 +128,7 @@ class Estimate:
 def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "quality", size: str = "infinitetalk-480",
                  mode: str = "clip", speakers: int = 1, sample_steps: int | None = None,
                  text_guide_scale: float | None = None, frame_num: int | None = None,
-                 motion_frame: int | None = None) -> Estimate:
+                 motion_frame: int | None = None, guidance_every: int | None = None) -> Estimate:
     if tier not in GPU_TIERS:
         raise ValueError(f"unknown GPU tier {tier!r}; one of {', '.join(GPU_TIERS)}")
     if preset not in PRESETS:
@@ -131,25 +141,31 @@ def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "qualit
     if text_guide_scale is not None:
         text_on = text_guide_scale != 1.0
     passes = 3 if text_on else 2
+    every = 1 if guidance_every is None else guidance_every
+    if every < 1:
+        raise ValueError("guidance_every must be >= 1")
     fn = frame_num or FIRST_CHUNK_FRAMES
     mf = motion_frame or MOTION_FRAMES
     chunks = count_chunks(audio_s, mode, fn, mf)
     forward = FORWARD_S_480_H100[2 if speakers >= 2 else 1] * SIZE_FACTOR[size] * (fn / FIRST_CHUNK_FRAMES)
-    per_chunk = steps * passes * forward + CHUNK_OVERHEAD_S[size]
+    shape = Estimate(tier, chunks, steps, passes, 0.0, 0.0, price, 0.0, None, every)
+    per_chunk = shape.forwards_per_chunk * forward + CHUNK_OVERHEAD_S[size]
     warm = (chunks * per_chunk + JOB_OVERHEAD_S) / speed
     cold = warm + COLD_START_S / max(speed, 0.5)
     video_s = fn / FPS if mode == "clip" else max(audio_s, fn / FPS)
     warning = None
     if SIZE_FACTOR[size] > SIZE_FACTOR[max_size]:
         warning = f"{tier} serves up to {max_size}; the worker will refuse {size}"
-    return Estimate(tier, chunks, steps, passes, warm, cold, price, video_s, warning)
+    return Estimate(tier, chunks, steps, passes, warm, cold, price, video_s, warning, every)
 
 
 def format_estimate(est: Estimate) -> str:
     text = (
         f"≈ {est.gpu_seconds / 60:.1f} GPU-min on {est.tier} (warm), ≈ ${est.cost_usd:.2f}"
         f"; cold start ≈ {est.gpu_seconds_cold / 60:.1f} min, ≈ ${est.cost_usd_cold:.2f}"
-        f" — {est.chunks} chunk(s) × {est.steps} steps × {est.passes} passes, {est.video_seconds:.1f} s of video"
+        f" — {est.chunks} chunk(s) × {est.steps} steps × {est.passes} passes"
+        + (f" (guidance every {est.guidance_every} steps)" if est.guidance_every > 1 else "")
+        + f", {est.video_seconds:.1f} s of video"
         f" (${est.price_per_hour_usd:.3f}/h; rough model, see client/estimate.py)"
     )
     if est.warning:

@@ -77,7 +77,7 @@ def collect_params(
     *, prompt: str = "", negative_prompt: str = "", size: str | None = None, mode: str | None = None,
     preset: str | None = None, sample_steps: Any = None, sample_shift: Any = None, text_guide_scale: Any = None,
     audio_guide_scale: Any = None, use_apg: Any = None, use_teacache: Any = None, teacache_thresh: Any = None,
-    frame_num: Any = None, motion_frame: Any = None, max_duration_s: Any = None,
+    guidance_every: Any = None, frame_num: Any = None, motion_frame: Any = None, max_duration_s: Any = None,
     color_correction_strength: Any = None, seed: Any = None, audio_type: str | None = None,
     bbox1: str | None = None, bbox2: str | None = None, output_target: str = "auto", local: bool = False,
 ) -> dict[str, Any]:
@@ -95,6 +95,7 @@ def collect_params(
         "use_apg": _tristate(use_apg),
         "use_teacache": _tristate(use_teacache),
         "teacache_thresh": _num(teacache_thresh),
+        "guidance_every": _int(guidance_every),
         "frame_num": _int(frame_num),
         "motion_frame": _int(motion_frame),
         "max_duration_s": _num(max_duration_s),
@@ -116,7 +117,7 @@ def collect_params(
 def estimate_markdown(*, tier: str, preset: str | None, size: str | None, mode: str | None, audio1: str | None,
                       audio2: str | None = None, tts_text: str | None = None, audio_type: str | None = None,
                       sample_steps: Any = None, text_guide_scale: Any = None, frame_num: Any = None,
-                      motion_frame: Any = None) -> str:
+                      motion_frame: Any = None, guidance_every: Any = None) -> str:
     """The estimate line shown before submitting (or why there is none yet)."""
     durations = [d for d in (media_duration_s(a) if a else None for a in (audio1, audio2)) if d is not None]
     if tts_text and tts_text.strip():
@@ -131,7 +132,7 @@ def estimate_markdown(*, tier: str, preset: str | None, size: str | None, mode: 
         est = estimate_job(audio_s=seconds, tier=tier, preset=preset or "quality", size=size or "infinitetalk-480",
                            mode=mode or "clip", speakers=speakers, sample_steps=_int(sample_steps),
                            text_guide_scale=_num(text_guide_scale), frame_num=_int(frame_num),
-                           motion_frame=_int(motion_frame))
+                           motion_frame=_int(motion_frame), guidance_every=_int(guidance_every))
     except ValueError as exc:
         return f"Estimate unavailable: {exc}"
     return f"Estimate ({seconds:.1f} s of audio): " + format_estimate(est)
@@ -313,6 +314,7 @@ def build_app(base_url: str | None = None) -> Any:
                         apg = gr.Dropdown(TRISTATE, value=TRISTATE[0], label="APG")
                         teacache = gr.Dropdown(TRISTATE, value=TRISTATE[0], label="TeaCache")
                         tc_thresh = _opt("teacache_thresh")
+                        guide_every = _opt("guidance_every")
                     with gr.Row():
                         frame_num = _opt("frame_num (4n+1)")
                         motion_frame = _opt("motion_frame (4n+1)")
@@ -347,21 +349,21 @@ def build_app(base_url: str | None = None) -> Any:
             speech_kind, [audio1, audio2, audio_type, tts_text, tts_voices])
 
         est_inputs = [tier, preset, size, mode, audio1, audio2, tts_text, audio_type, speech_kind, steps, text_scale,
-                      frame_num, motion_frame]
+                      frame_num, motion_frame, guide_every]
 
-        def on_estimate(tier_v, preset_v, size_v, mode_v, a1, a2, tts_v, at, sk, st, ts, fn, mf):
+        def on_estimate(tier_v, preset_v, size_v, mode_v, a1, a2, tts_v, at, sk, st, ts, fn, mf, ge):
             use_tts = sk != "audio"
             return estimate_markdown(tier=tier_v, preset=preset_v, size=size_v, mode=mode_v,
                                      audio1=None if use_tts else a1, audio2=None if use_tts else a2,
                                      tts_text=tts_v if use_tts else None, audio_type=at, sample_steps=st,
-                                     text_guide_scale=ts, frame_num=fn, motion_frame=mf)
+                                     text_guide_scale=ts, frame_num=fn, motion_frame=mf, guidance_every=ge)
 
         for comp in est_inputs:
             comp.change(on_estimate, est_inputs, estimate)
 
         form = [api_key, endpoint_id, base, s3_bucket, s3_endpoint, s3_region, s3_access, s3_secret,
                 source_kind, image, video, speech_kind, audio1, audio2, audio_type, tts_text, voice1, voice2, prompt, neg_prompt,
-                preset, size, mode, steps, shift, text_scale, audio_scale, apg, teacache, tc_thresh, frame_num,
+                preset, size, mode, steps, shift, text_scale, audio_scale, apg, teacache, tc_thresh, guide_every, frame_num,
                 motion_frame, max_dur, color, seed, bbox1, bbox2, output_target]
         outputs = [job_id, progress, stages, error, result, download, link]
 
@@ -371,7 +373,7 @@ def build_app(base_url: str | None = None) -> Any:
 
         def on_submit(*values: Any):
             (key, eid, burl, b_bucket, b_endpoint, b_region, b_access, b_secret, sk, img, vid, spk, a1, a2, at, tts_v,
-             v1, v2, pr, npr, pre, sz, md, st, sh, ts, au, apg_v, tc_v, tct, fn, mf, mdur, col, sd, bb1, bb2, tgt) = values
+             v1, v2, pr, npr, pre, sz, md, st, sh, ts, au, apg_v, tc_v, tct, ge, fn, mf, mdur, col, sd, bb1, bb2, tgt) = values
             up = UiUpdate(status="PREPARING")
             try:
                 client = _client_from_form(key, eid, burl)
@@ -380,6 +382,7 @@ def build_app(base_url: str | None = None) -> Any:
                 params = collect_params(
                     prompt=pr, negative_prompt=npr, size=sz, mode=md, preset=pre, sample_steps=st, sample_shift=sh,
                     text_guide_scale=ts, audio_guide_scale=au, use_apg=apg_v, use_teacache=tc_v, teacache_thresh=tct,
+                    guidance_every=ge,
                     frame_num=fn, motion_frame=mf, max_duration_s=mdur, color_correction_strength=col, seed=sd,
                     audio_type=at if two else None, bbox1=bb1, bbox2=bb2 if two else None, output_target=tgt,
                     local=is_loopback_base(client.endpoint_url))

@@ -159,6 +159,7 @@ class SamplerConf:
     lora_file: Optional[str] = None  # relative to model.lora_dir
     lora_scale: float = 1.0
     teacache_thresh: float = 0.2
+    guidance_every: int = 1  # guidance branches on every k-th step only (1 = every step, as upstream)
     apg_momentum: float = -0.75
     apg_norm_threshold: float = 55.0
     color_correction_strength: float = 1.0
@@ -599,6 +600,7 @@ class ResolvedJobConfig:
     output_target: str
     key_prefix: str
     presign_expiry_s: int
+    guidance_every: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -691,6 +693,7 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
         apg_norm_threshold=preset.apg_norm_threshold,
         use_teacache=bool(_pick(job.use_teacache, cfg.job_defaults.use_teacache)),
         teacache_thresh=float(_pick(job.teacache_thresh, preset.teacache_thresh)),
+        guidance_every=int(_pick(job.guidance_every, preset.guidance_every)),
         frame_num=int(frame_num),
         motion_frame=int(motion_frame),
         max_duration_s=float(max_duration),

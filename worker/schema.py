@@ -288,6 +288,10 @@ class JobInput(BaseModel):
     use_apg: bool | None = None
     use_teacache: bool | None = None
     teacache_thresh: float | None = Field(default=None, gt=0, le=1)
+    guidance_every: int | None = Field(
+        default=None, ge=1, le=10,
+        description="Run the guidance passes on every k-th step only, reusing their correction between (1 = every step).",
+    )
     frame_num: int | None = Field(default=None, ge=5, le=201, description="4n+1")
     motion_frame: int | None = Field(default=None, ge=1, le=200, description="4n+1, < frame_num")
     max_duration_s: float | None = Field(

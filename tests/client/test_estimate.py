@@ -34,10 +34,17 @@ def test_cost_model_direction() -> None:
     assert estimate_job(audio_s=10, mode="streaming", speakers=2).gpu_seconds > base.gpu_seconds
     assert base.gpu_seconds_cold > base.gpu_seconds
     assert base.cost_usd == pytest.approx(base.gpu_seconds * 4.176 / 3600)
-    # turbo at 480p on an H100: 4 steps x 2 passes x 4 s + 6 s per chunk, 15 s per job
+    # turbo at 480p on an H100: 4 steps x 2 passes x 2.82 s + 3 s per chunk, 15 s per job
     t = estimate_job(audio_s=3, preset="turbo")
-    assert (t.chunks, t.steps, t.passes) == (1, 4, 2) and t.gpu_seconds == pytest.approx(4 * 2 * 4.0 + 6 + 15)
+    assert (t.chunks, t.steps, t.passes) == (1, 4, 2) and t.gpu_seconds == pytest.approx(4 * 2 * 2.82 + 3 + 15)
     assert estimate_job(audio_s=3, preset="turbo", text_guide_scale=5).passes == 3
+    # guidance every 2nd step: steps 0 and 2 run both passes, steps 1 and 3 one
+    r = estimate_job(audio_s=3, preset="turbo", guidance_every=2)
+    assert r.forwards_per_chunk == 6 and r.gpu_seconds == pytest.approx(6 * 2.82 + 3 + 15)
+    assert estimate_job(audio_s=3, preset="quality", guidance_every=3).forwards_per_chunk == 14 * 3 + 26
+    assert "guidance every 2 steps" in format_estimate(r)
+    with pytest.raises(ValueError):
+        estimate_job(audio_s=3, guidance_every=0)
 
 
 def test_warnings_and_errors() -> None:

@@ -20,3 +20,9 @@ def test_turbo_preset_and_overrides_reach_the_sampler():
 def test_clip_mode_renders_exactly_one_chunk():
     s = generation_settings(resolved(mode="clip", frame_num=33))
     assert s.mode == "clip" and s.frame_num == 33 and s.max_frames == 33
+
+
+def test_guidance_every_reaches_the_guider():
+    assert generation_settings(resolved(sampler="turbo")).guidance.refresh_every == 1
+    s = generation_settings(resolved(sampler="turbo", guidance_every=2))
+    assert s.guidance_every == 2 and s.guidance.refresh_every == 2

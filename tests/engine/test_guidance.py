@@ -118,3 +118,24 @@ def test_euler_step_shapes_and_value():
     expected = 1.0 - 2.0 * float((ts[0] - ts[1]) / 1000)
     torch.testing.assert_close(out, torch.full_like(x, expected))
     assert euler_step(x[None], pred[None], ts[0:1], ts[1:2]).shape == (1, 16, 3, 2, 2)
+
+
+def test_guidance_reuse_adds_the_last_full_steps_correction():
+    cfg = GuidanceConfig(1.0, 2.0, refresh_every=2)
+    assert [cfg.full_step(s) for s in range(5)] == [True, False, True, False, True]
+    g = Guider(cfg)
+    with pytest.raises(RuntimeError, match="no full guidance step"):
+        g.reuse(_preds()[COND])
+    first, second = _preds(1), _preds(2)
+    guided = g.combine(first)
+    # a step later the conditional prediction moved; the correction is the first step's
+    assert torch.allclose(g.reuse(second[COND]), second[COND] + (guided - first[COND]))
+    g.reset()  # a new chunk starts with a full step again
+    with pytest.raises(RuntimeError):
+        g.reuse(second[COND])
+
+
+def test_guidance_reuse_off_keeps_every_step_full_and_rejects_zero():
+    assert all(GuidanceConfig().full_step(s) for s in range(40))
+    with pytest.raises(ValueError, match="refresh_every"):
+        GuidanceConfig(refresh_every=0)

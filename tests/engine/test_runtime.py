@@ -1,6 +1,8 @@
 """The engine facade on the tiny model: loads through the strict loaders, generates, caches prompts."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -297,3 +299,27 @@ def test_unbatched_passes_option_runs_one_dit_call_per_guidance_pass(layout, eng
     assert calls["unbatched"] == [1] * steps * passes
     assert len(calls["batched"]) < len(calls["unbatched"]) and sum(calls["batched"]) == steps * passes
     torch.testing.assert_close(frames["unbatched"], frames["batched"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("text_scale,passes", [(1.0, 2), (5.0, 3)], ids=["two_pass", "three_pass"])
+def test_guidance_every_runs_the_guidance_passes_on_every_kth_step_only(engine, text_scale, passes):
+    """Observed at the DiT itself: the batch size of each call (guidance passes are batched)."""
+    sizes: list[int] = []
+    hook = engine.dit.register_forward_pre_hook(lambda m, args: sizes.append(int(args[0].shape[0])))
+    try:
+        def video(**extra) -> torch.Tensor:
+            # a noisy frame and no colour matching, so the frames show what the DiT did
+            req = request(1.0, steps=4, text_scale=text_scale, color_strength=0.0, **extra)
+            req = dataclasses.replace(req, cond=_fp8_request().cond)
+            return torch.cat([c.frames for c in engine.generate(req)], dim=1)
+
+        reused = video(guidance_every=2)
+        n_chunks = len(sizes) // 4
+        assert n_chunks >= 2 and sizes == [passes, 1, passes, 1] * n_chunks  # every chunk starts full
+        sizes.clear()
+        exact = video()
+        assert sizes == [passes] * 4 * n_chunks
+    finally:
+        hook.remove()
+    assert reused.shape == exact.shape and bool(torch.isfinite(reused).all())
+    assert 0 < float((reused - exact).abs().max()) < 1.0  # approximate, not the same output

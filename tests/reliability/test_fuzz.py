@@ -73,8 +73,8 @@ FIELDS = [
     "image", "cond_image", "video", "cond_video", "audio", "cond_audio", "audio_type", "tts", "tts_audio", "prompt",
     "negative_prompt", "n_prompt", "bbox", "size", "mode", "sampler", "preset", "sample_steps", "sample_shift",
     "text_guide_scale", "sample_text_guide_scale", "audio_guide_scale", "use_apg", "use_teacache", "teacache_thresh",
-    "frame_num", "motion_frame", "max_duration_s", "max_duration", "color_correction_strength", "seed", "base_seed",
-    "output", "unknown_field",
+    "guidance_every", "frame_num", "motion_frame", "max_duration_s", "max_duration", "color_correction_strength", "seed",
+    "base_seed", "output", "unknown_field",
 ]
 
 # Refs that never reach the network: private literals, other schemes, paths in and out of the root.

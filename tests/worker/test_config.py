@@ -139,12 +139,13 @@ def test_job_defaults_from_preset(cfg):
 
 def test_job_overrides_allow_list(cfg):
     r = apply_job_overrides(cfg, job(sampler="turbo", sample_steps=6, text_guide_scale=1.5, use_teacache=True,
-                                     teacache_thresh=0.4, frame_num=41, motion_frame=5, max_duration_s=12,
+                                     teacache_thresh=0.4, guidance_every=2, frame_num=41, motion_frame=5, max_duration_s=12,
                                      color_correction_strength=0.2, mode="streaming",
                                      output={"target": "inline", "key_prefix": "x/"}))
     assert (r.sampler, r.sample_steps, r.sample_shift, r.text_guide_scale, r.audio_guide_scale) == (
         "turbo", 6, 2.0, 1.5, 2.0)
     assert r.use_teacache and r.teacache_thresh == 0.4 and (r.frame_num, r.motion_frame) == (41, 5)
+    assert r.guidance_every == 2 and apply_job_overrides(cfg, job(sampler="turbo")).guidance_every == 1
     assert r.lora_file and r.output_target == "inline" and r.key_prefix == "x/"
     assert r.max_duration_s == 12 and r.color_correction_strength == 0.2 and r.mode == "streaming"
     # the only way in is JobInput: anything else is refused before reaching the config

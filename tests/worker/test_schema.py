@@ -125,6 +125,7 @@ def test_bbox_rules():
     ("max_duration_s", [0.5, 1800], [0.4, 1801]),
     ("seed", [0, 2**32 - 1], [-1, 2**32]),
     ("teacache_thresh", [0.01, 1], [0, 1.5]),
+    ("guidance_every", [1, 10], [0, 11, 1.5]),
     ("color_correction_strength", [0, 1], [-0.1, 1.1]),
     ("size", ["infinitetalk-480", "infinitetalk-720"], ["infinitetalk-1080", "480"]),
     ("mode", ["clip", "streaming"], ["stream"]),

@@ -34,6 +34,7 @@ def generation_settings(resolved: ResolvedJobConfig) -> GenerationSettings:
         use_teacache=resolved.use_teacache,
         teacache_thresh=resolved.teacache_thresh,
         teacache_model=resolved.size,
+        guidance_every=resolved.guidance_every,
     )
 
 

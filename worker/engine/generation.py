@@ -70,6 +70,7 @@ class GenerationSettings:
     use_teacache: bool = False  # skip block stacks while the timestep input barely moves (teacache.py)
     teacache_thresh: float = 0.2
     teacache_model: str = "infinitetalk-480"  # which upstream rescale polynomial applies
+    guidance_every: int = 1  # guidance branches every k-th step, the correction reused between (guidance.py)
 
     @property
     def guidance(self) -> GuidanceConfig:
@@ -79,6 +80,7 @@ class GenerationSettings:
             use_apg=self.use_apg,
             apg_momentum=self.apg_momentum,
             apg_norm_threshold=self.apg_norm_threshold,
+            refresh_every=self.guidance_every,
         )
 
     def bucket_table(self) -> BucketTable:
@@ -355,11 +357,13 @@ class _PassRunner:
         y: torch.Tensor,
         audio: torch.Tensor,
         masks: torch.Tensor,
+        branches: tuple[str, ...] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """Predictions of `branches` (default: all of this runner's) for one step."""
         zero_audio = torch.zeros_like(audio[:1])  # the reference's null audio: one silent speaker
         audio_of = {COND: audio, DROP_TEXT: audio, UNCOND: zero_audio, DROP_AUDIO: zero_audio}
         groups: list[list[str]] = []
-        for b in self.branches:
+        for b in self.branches if branches is None else branches:
             if self.batch and groups and audio_of[groups[-1][0]].shape == audio_of[b].shape:
                 groups[-1].append(b)
             else:
@@ -516,15 +520,14 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
             else:
                 y_lat = encode(padded)
                 cond_cache = (cond, clip_fea, y_lat)
-            y_lat = y_lat.float().cpu()
             if i == 0:
                 motion = encode(cond_dev)[0].float()
             else:
                 motion = encode(motion_pixels)[0].float()
-            y = torch.cat([_condition_mask(t_lat, lat_h, lat_w), y_lat], dim=1)
+            # built where the latent lives: no host round trip of the [1, 20, T, h, w] condition each chunk
+            y = torch.cat([_condition_mask(t_lat, lat_h, lat_w).to(y_lat.device), y_lat.float()], dim=1).to(device)
             emit(f"chunk{i}.y", y)
             emit(f"chunk{i}.ref_target_masks", masks)
-            y = y.to(device)
             motion = motion.to(device)
             n_motion = spec.motion_latent_frames
 
@@ -542,11 +545,12 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
                 latent[:, :n_motion] = motion
                 t_now = ts[step : step + 1]
                 emit(f"chunk{i}.step{step}.t", t_now)
-                preds = runner(latent, t_now, clip_fea, y, audio, masks_dev)
-                for b in runner.branches:
+                full = guider.config.full_step(step)
+                preds = runner(latent, t_now, clip_fea, y, audio, masks_dev, None if full else (COND,))
+                for b in preds:
                     emit(f"chunk{i}.step{step}.{b}.x", latent)
                     emit(f"chunk{i}.step{step}.{b}.out", preds[b][None])
-                pred = guider.combine(preds)
+                pred = guider.combine(preds) if full else guider.reuse(preds[COND])
                 latent = euler_step(latent, pred, t_now.to(device), ts[step + 1 : step + 2].to(device),
                                     NUM_TRAIN_TIMESTEPS)
                 if i > 0:
