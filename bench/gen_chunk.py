@@ -123,6 +123,7 @@ def run_chunk(
     width: int = 832,
     seed: int = 0,
     chunks: int = 1,
+    guidance_every: int = 1,
 ) -> dict[str, Any]:
     """`chunks` 81-frame chunks (one speaker; clip mode for one, streaming for more) with a preset's sampling
     settings; returns timings. With several chunks the headline figures are the last chunk's (the steady
@@ -137,7 +138,7 @@ def run_chunk(
     settings = GenerationSettings(
         **p, seed=42, frame_num=81, motion_frame=9, mode="clip" if chunks == 1 else "streaming",
         max_frames=max_frames, color_strength=1.0,
-        bucket={"%.2f" % (height / width): ([height, width], 1)}, batch_passes=True,
+        bucket={"%.2f" % (height / width): ([height, width], 1)}, batch_passes=True, guidance_every=guidance_every,
     )
     image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
     audio = torch.randn(max_frames + 19, 12, 768, generator=gen)
@@ -186,6 +187,10 @@ def run_chunk(
         "preset": preset,
         "steps": p["steps"],
         "passes_per_step": len(settings.guidance.branches),
+        "guidance_every": guidance_every,
+        # DiT pass-equivalents a chunk: every guidance pass on steps 0, k, 2k, ...; the conditional one between
+        "forwards": sum(len(settings.guidance.branches) if settings.guidance.full_step(i) else 1
+                        for i in range(p["steps"])),
         "size": [height, width],
         "chunks": len(per_chunk),
         **last,
