@@ -253,6 +253,10 @@ class ServerConf:
     # Where chunk checkpoints go so a retried job (same id) resumes; shared by the endpoint's
     # workers (the network volume). Empty: no checkpoints. See worker/checkpoint.py.
     checkpoint_dir: str = ""
+    # torch.compile's kernel caches (Inductor, Triton), shared by the endpoint's workers so a fresh worker
+    # skips most of the per-shape compile. Empty: <volume_root>/cache/torch-compile when the volume is
+    # mounted; "off": the process default (/tmp, lost with the worker). See worker/wiring.py.
+    compile_cache_dir: str = ""
     # Chaos testing only (e.g. "oom@step"); empty in production.
     fault: str = ""
     log_level: str = "INFO"

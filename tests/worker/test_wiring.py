@@ -62,3 +62,19 @@ def test_fp8_model_sets_quant_and_the_quant_file_only_for_fp8():
     assert checkpoint_layout(bundled).dit_sources == [Path("/b/fp8.safetensors")]  # our bundle wins
     plain = compose_config(["model=infinitetalk_single"])
     assert engine_options(plain)["quant"] == "none" and checkpoint_layout(plain).quant_file is None
+
+
+def test_compile_caches_go_to_the_volume_only_for_compiling_tiers_with_a_volume(tmp_path):
+    vol = f"server.volume_root={tmp_path}"
+    env = process_env(compose_config(["gpu=h100_80", vol]))
+    assert env == {"TORCHINDUCTOR_CACHE_DIR": f"{tmp_path}/cache/torch-compile/inductor",
+                   "TRITON_CACHE_DIR": f"{tmp_path}/cache/torch-compile/triton"}
+    assert process_env(compose_config(["gpu=h100_80", f"server.volume_root={tmp_path}/absent"])) == {}
+    assert process_env(compose_config(["gpu=h100_80", vol, "server.compile_cache_dir=off"])) == {}
+    assert process_env(compose_config(["gpu=h100_80", vol], env={"INFINITETALK_COMPILE_CACHE_DIR": "/x"}))[
+        "TORCHINDUCTOR_CACHE_DIR"] == "/x/inductor"
+    assert process_env(compose_config(["gpu=cpu", vol])) == {}  # nothing compiles on the CPU tier
+    tiers = {p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "gpu").glob("*.yaml")} - {"base_gpu"}
+    for tier in sorted(tiers):  # each compiling tier gets the caches, the others not
+        cfg = compose_config([f"gpu={tier}", vol])
+        assert ("TRITON_CACHE_DIR" in process_env(cfg)) == (cfg.gpu.compile and cfg.gpu.device != "cpu"), tier
