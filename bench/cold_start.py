@@ -84,7 +84,7 @@ def scale_spec(name: str) -> Scale:
     if name == "tiny":
         from worker.engine import tiny
 
-        return Scale(tiny.TINY_DIT, tiny.TINY_T5, tiny.TINY_CLIP, tiny.TINY_VAE, tiny.TINY_WAV2VEC, tiny._write_components)
+        return Scale(tiny.TINY_DIT, tiny.TINY_T5, tiny.TINY_CLIP, tiny.TINY_VAE, tiny.TINY_WAV2VEC, tiny.write_components)
     return Scale(DiTConfig.full_size(), T5Config(), CLIPVisionConfig(), VAEConfig(), {}, None)
 
 
@@ -129,13 +129,13 @@ def write_bundle(path: Path, cfg: DiTConfig, config_text: str, gen: torch.Genera
         BUNDLE_VERSION,
         FP8_MAX,
         SCALE_SUFFIX,
-        _OutTensor,
+        OutTensor,
         write_streamed,
     )
 
     shapes = meta_shapes(lambda: InfiniteTalkDiT(cfg))
     plan = [
-        _OutTensor(k, "BF16", s, lambda k=k, s=s: draw(k, s, torch.bfloat16, gen)) for k, s in shapes.items()
+        OutTensor(k, "BF16", s, lambda k=k, s=s: draw(k, s, torch.bfloat16, gen)) for k, s in shapes.items()
     ]
     metadata = {
         "format": BUNDLE_FORMAT,

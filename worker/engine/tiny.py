@@ -280,7 +280,9 @@ def _write_kokoro(folder: Path) -> None:
         torch.save(0.3 * torch.randn(510, 1, 2 * TINY_KOKORO["style_dim"], generator=g), voices / f"{name}.pt")
 
 
-def _write_components(ckpt_dir: Path) -> None:
+def write_components(ckpt_dir: Path) -> None:
+    """The components file naming the tiny sizes, so the loaders build tiny modules from it (also used by
+    bench/cold_start.py to describe its own sizes)."""
     (ckpt_dir / COMPONENTS_FILE).write_text(
         json.dumps(
             {
@@ -312,7 +314,7 @@ def ensure_tiny_checkpoint(cache_dir: Path | None = None) -> CheckpointLayout:
         _write_clip(staged.ckpt_dir)
         _write_vae(staged.ckpt_dir)
         _write_wav2vec(staged.wav2vec_dir)
-        _write_components(staged.ckpt_dir)
+        write_components(staged.ckpt_dir)
         _write_loras(tmp / "loras")
         (tmp / ".complete").write_text(TINY_VERSION)
         try:

@@ -131,7 +131,10 @@ def read_tensor(entry: TensorEntry, handle: BinaryIO | None = None) -> "torch.Te
 
 
 @dataclass
-class _OutTensor:
+class OutTensor:
+    """One tensor of a file `write_streamed` writes: its header entry and how to make its bytes when
+    their turn comes (so a file larger than host RAM is written one tensor at a time)."""
+
     key: str
     code: str
     shape: tuple[int, ...]
@@ -145,7 +148,7 @@ class _OutTensor:
         return n
 
 
-def write_streamed(path: Path, tensors: Sequence[_OutTensor], metadata: dict[str, str]) -> int:
+def write_streamed(path: Path, tensors: Sequence[OutTensor], metadata: dict[str, str]) -> int:
     """Write a safetensors file whose tensors are produced one at a time; returns the file size.
 
     Written to `<path>.partial` and renamed at the end, so a crash never leaves a file that looks whole.
@@ -385,17 +388,17 @@ def repack(
 
     # Group output by source file so each file is read front to back once.
     ordered = sorted(winners.values(), key=lambda e: (files.index(e.file), e.offset))
-    plan: list[_OutTensor] = []
+    plan: list[OutTensor] = []
     quantized = 0
     for entry in ordered:
         if entry.dtype not in _FLOAT_CODES:
-            plan.append(_OutTensor(entry.key, entry.dtype, entry.shape, produce(entry, False, "")))
+            plan.append(OutTensor(entry.key, entry.dtype, entry.shape, produce(entry, False, "")))
         elif dtype == "float8_e4m3fn" and is_fp8_target(entry.key, entry.shape, entry.dtype):
-            plan.append(_OutTensor(entry.key, "F8_E4M3", entry.shape, produce(entry, True, "q")))
-            plan.append(_OutTensor(entry.key + SCALE_SUFFIX, "F32", (entry.shape[0],), produce(entry, True, "s")))
+            plan.append(OutTensor(entry.key, "F8_E4M3", entry.shape, produce(entry, True, "q")))
+            plan.append(OutTensor(entry.key + SCALE_SUFFIX, "F32", (entry.shape[0],), produce(entry, True, "s")))
             quantized += 1
         else:
-            plan.append(_OutTensor(entry.key, "BF16", entry.shape, produce(entry, False, "")))
+            plan.append(OutTensor(entry.key, "BF16", entry.shape, produce(entry, False, "")))
 
     config_text = ""
     if config_file is not None and Path(config_file).is_file():
