@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from worker.background import SerialBackground
 from worker.config import AppConfig, ResolvedJobConfig, apply_job_overrides
 from worker.engine.errors import (
     AudioDecodeError,
@@ -268,25 +269,30 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     def cancel() -> bool:
         return deadline.check()
 
+    def keep(chunk) -> None:  # on the background thread, in chunk order
+        writer.write_frames(chunk.frames_uint8)
+        if ckpt is not None and chunk.state is not None:
+            ckpt.save(chunk.index, chunk.frames_uint8, chunk.state.to_bytes(), seed=chunk.seed)
+
     timer.enter("sampling")
     frames_written = 0
-    with Mp4Writer(out_path, soundtrack, fps=FPS, audio_rate=SAMPLE_RATE) as writer:
+    # The encoder and the checkpoint store work on chunk n while the GPU samples chunk n+1.
+    with Mp4Writer(out_path, soundtrack, fps=FPS, audio_rate=SAMPLE_RATE) as writer, SerialBackground() as host:
         if resume is not None:
             for done in ckpt.frames():
-                writer.write_frames(done)
+                host.submit(writer.write_frames, done)
                 frames_written += int(done.shape[0])
         for chunk in engine.generate(
             request, on_step=on_step, should_cancel=cancel, **({"resume": resume.state} if resume else {})
         ):
-            writer.write_frames(chunk.frames_uint8)
+            host.submit(keep, chunk)
             frames_written += int(chunk.frames_uint8.shape[0])
-            if ckpt is not None and chunk.state is not None:
-                ckpt.save(chunk.index, chunk.frames_uint8, chunk.state.to_bytes(), seed=chunk.seed)
             if chunk.is_last:
                 timer.enter("decode")
                 progress.stage(Stage.DECODE, f"decoded {frames_written} frames")
         timer.enter("mux")
         progress.stage(Stage.MUX)
+        host.drain()
     probe = probe_mp4(out_path)
 
     timer.enter("upload")
