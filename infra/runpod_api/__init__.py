@@ -9,7 +9,6 @@ from infra.runpod_api.base import (
     TemplateState,
     VolumeSpec,
     VolumeState,
-    make_api,
 )
 from infra.runpod_api.errors import (
     RunpodApiError,
@@ -20,6 +19,7 @@ from infra.runpod_api.errors import (
     RunpodServerError,
     RunpodValidationError,
 )
+from infra.runpod_api.factory import make_api
 
 __all__ = [
     "DEFAULT_GRAPHQL_URL",

@@ -228,25 +228,3 @@ class Transport:
     def fail(self, resp: httpx.Response, operation: str) -> RunpodApiError:
         return error_for_status(resp.status_code, self.describe(resp), operation)
 
-
-def make_api(
-    mode: str,
-    api_key: str,
-    *,
-    base_url: Optional[str] = None,
-    backoff_s: float = 0.5,
-    retries: int = 5,
-    secrets: Iterable[str] = (),
-) -> RunpodApi:
-    """The client for `mode` (`rest` or `graphql`)."""
-    if mode == "rest":
-        from infra.runpod_api.rest import RestApi
-
-        return RestApi(api_key, base_url=base_url or DEFAULT_REST_URL, backoff_s=backoff_s, retries=retries, secrets=secrets)
-    if mode == "graphql":
-        from infra.runpod_api.graphql import GraphqlApi
-
-        return GraphqlApi(
-            api_key, url=base_url or DEFAULT_GRAPHQL_URL, backoff_s=backoff_s, retries=retries, secrets=secrets
-        )
-    raise ValueError(f"unknown Runpod API mode {mode!r}: use one of {API_MODES}")

@@ -170,7 +170,7 @@ class Engine:
         if self.options.quant == "fp8":
             self._fill_fp8(dit)
         elif self.layout.dit_bundle is not None:
-            from worker.weights.bundle import load_bundle_into
+            from worker.engine.bundle import load_bundle_into
 
             load_bundle_into(dit, self.layout.dit_bundle, device=self.device, dtype=self.dtype)
         else:
@@ -188,7 +188,7 @@ class Engine:
         """
         bundle, quant_file = self.layout.dit_bundle, self.layout.quant_file
         if bundle is not None:
-            from worker.weights.bundle import read_bundle_metadata
+            from worker.engine.bundle import read_bundle_metadata
 
             read_bundle_metadata(bundle)  # a non-bundle is named as such
         source = bundle if bundle is not None else quant_file
@@ -202,7 +202,7 @@ class Engine:
             raise WeightLoadError(str(quant_file), None, "no fp8 weights in the quant file "
                                   "(expected `<m>.weight._data` or `<m>.weight` + `<m>.weight.scale`)")
         if bundle is not None:
-            from worker.weights.bundle import load_bundle_into
+            from worker.engine.bundle import load_bundle_into
 
             load_bundle_into(dit, bundle, device=HOST, dtype=self.dtype)
         else:

@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from worker.engine.bundle import BUNDLE_FORMAT, SCALE_SUFFIX
+
 if TYPE_CHECKING:  # torch is imported lazily: `worker.weights` must import without the engine extras
     import torch
 
-BUNDLE_FORMAT = "infinitetalk-bundle"
 BUNDLE_VERSION = "1"
-SCALE_SUFFIX = ".scale"
 FP8_MAX = 448.0
 # Half a step of e4m3's 3-bit mantissa, relative to the value, for normal numbers...
 FP8_REL_ERR = 2.0**-4

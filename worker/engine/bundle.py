@@ -1,6 +1,7 @@
 """Load a bundle made by `weights repack` into a module (the engine's side of the format).
 
-The format is described in `worker.weights.repack`. Loading is strict, like the engine's own
+The format is described in `worker.weights.repack`, which writes it; its names are defined here, where the
+engine reads them, so the engine needs nothing from the weights tooling. Loading is strict, like the engine's own
 loader: a missing, unexpected or mis-shaped key is a `WeightLoadError` naming the bundle and the
 key. fp8 matrices are moved to the target device as fp8 (a quarter of the fp32 bytes over PCIe)
 and dequantised there. torch is imported inside the functions so that importing this module has
@@ -13,19 +14,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from worker.engine.errors import WeightLoadError
-from worker.weights.repack import BUNDLE_FORMAT, SCALE_SUFFIX, RepackError, read_header
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
+BUNDLE_FORMAT = "infinitetalk-bundle"
+SCALE_SUFFIX = ".scale"  # fp8: `<key>.scale`, float32, one value per output row
+
 
 def read_bundle_metadata(path: Path | str) -> dict[str, Any]:
     """The bundle's metadata with JSON fields decoded; raises WeightLoadError for a non-bundle."""
+    from safetensors import SafetensorError, safe_open
+
     try:
-        _, meta = read_header(Path(path))
-    except RepackError as exc:
-        raise WeightLoadError(str(path), None, str(exc)) from exc
+        with safe_open(str(path), framework="numpy") as handle:  # the header alone; numpy keeps torch out
+            meta = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightLoadError(str(path), None, f"not a readable safetensors file: {exc}") from exc
     if meta.get("format") != BUNDLE_FORMAT:
         raise WeightLoadError(str(path), None, f"not an {BUNDLE_FORMAT} file (format={meta.get('format')!r})")
     out: dict[str, Any] = dict(meta)
@@ -99,7 +105,7 @@ def load_bundle_into(
             loaded[key] = tensor.to(dtype=target)
             del tensor
     module.load_state_dict(loaded, strict=True, assign=True)
-    from worker.engine.loaders import _materialise_leftovers
+    from worker.engine.loaders import _materialise_leftovers  # noqa: PLC2701 - same package
 
     _materialise_leftovers(module, device)
     return module
