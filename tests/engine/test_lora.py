@@ -206,3 +206,31 @@ def test_lora_merges_into_an_fp8_dit_within_fp8_rounding(tmp_path):
         target = plain[name + ".weight"]
         assert float((w - target).norm() / target.norm()) < 3 * 2**-4, name
     assert any(not torch.equal(before[n], fp8[n].dequantized(torch.float32)) for n in fp8)
+
+
+def test_a_lora_baked_into_the_bundle_is_not_merged_again(tmp_path):
+    """`weights repack --lora` plus a preset naming the same LoRA: the weights carry it once."""
+    from dataclasses import replace
+
+    from worker.engine.errors import WeightLoadError
+    from worker.engine.runtime import Engine, EngineOptions
+    from worker.weights.repack import LoraSpec, repack
+
+    root = tmp_path / "tiny"
+    layout = ensure_tiny_checkpoint(root)
+    turbo = next(n for n in TINY_LORAS if TINY_LORAS[n] == "lightx2v")
+    loras = str(root / "loras")
+    bundle = tmp_path / "dit-turbo.safetensors"
+    repack(layout.dit_files, bundle, dtype="bfloat16", config_file=layout.dit_config,
+           loras=[LoraSpec(root / "loras" / turbo, 1.0)])
+    baked = Engine.load(replace(layout, dit_bundle=bundle), EngineOptions(lora_dir=loras, lora_file=turbo))
+    once = Engine.load(layout, EngineOptions(lora_dir=loras, lora_file=turbo))  # merged once, at load
+    q = "blocks.0.self_attn.q.weight"
+    got, want = baked.dit.state_dict()[q].float(), once.dit.state_dict()[q].float()
+    base = Engine.load(layout).dit.state_dict()[q].float()
+    lora_size = float((want - base).abs().max())
+    assert lora_size > 1e-3
+    assert float((got - want).abs().max()) < 0.05 * lora_size  # bf16 rounding of the bundle, not a second merge
+    assert baked.baked_loras == {turbo: 1.0} and baked.lora is None
+    with pytest.raises(WeightLoadError, match="merged at strength 1.0"):
+        baked.use_lora(turbo, 0.5)

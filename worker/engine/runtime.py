@@ -6,6 +6,7 @@ which names the file and key of any bad weight.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -131,6 +132,7 @@ class Engine:
         importer.start()
         self.dit = self._timed("dit", self._load_dit if not options.stream_blocks else self._load_dit_streamed)
         self.lora: tuple[str, float] | None = None  # (resolved path, scale) merged into self.dit
+        self.baked_loras = self._baked_loras()  # LoRA file name -> strength, merged by `weights repack`
         if options.lora_file:
             self._timed("lora", lambda: self.use_lora(options.lora_file, options.lora_scale))
         self.vae = self._timed("vae", self._load_vae)
@@ -248,6 +250,14 @@ class Engine:
     def _load_wav2vec(self) -> Wav2Vec2Embedder:
         return Wav2Vec2Embedder.from_pretrained(self.layout.wav2vec_dir, device=self.device, dtype=torch.float32)
 
+    def _baked_loras(self) -> dict[str, float]:
+        bundle = self.layout.dit_bundle
+        if bundle is None:
+            return {}
+        from worker.engine.bundle import read_bundle_metadata
+
+        return {str(e["file"]): float(e.get("strength", 1.0)) for e in read_bundle_metadata(bundle)["loras"]}
+
     def use_lora(self, lora_file: str | None, scale: float = 1.0) -> None:
         """Make the DiT carry exactly this LoRA (None or "": none), merging lazily once per (file, scale).
 
@@ -256,8 +266,18 @@ class Engine:
         one: exact up to float32 rounding on a float32 model; on a bf16 model each switch rounds the
         touched weights once more (at most one bf16 ulp each), which is far below the LoRA's own
         effect, and a worker that keeps switching should be given its own endpoint per preset.
+        LoRAs a bundle was repacked with belong to its weights: a preset naming one (same file name and
+        strength) merges nothing more, and presets without a LoRA keep them.
         """
         path = resolve_lora_path(lora_file, self.options.lora_dir)
+        if path is not None and path.name in self.baked_loras:
+            # the bundle was repacked with this LoRA: it is part of the weights already (merging it here
+            # would apply it twice); a different strength cannot be reached without the base weights
+            baked = self.baked_loras[path.name]
+            if not math.isclose(baked, float(scale), rel_tol=1e-6):
+                raise WeightLoadError(str(self.layout.dit_bundle), None, f"the bundle has LoRA {path.name} merged "
+                                      f"at strength {baked}; the preset asks for {scale}: repack it or change lora_scale")
+            path = None
         want = None if path is None else (str(path), float(scale))
         if want == self.lora:
             return
