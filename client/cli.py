@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--size", default="infinitetalk-480", choices=SIZES)
     e.add_argument("--mode", default="clip", choices=MODES)
     e.add_argument("--speakers", type=int, default=1, choices=(1, 2))
+    e.add_argument("--guidance-every", type=int, default=1, metavar="K")
     e.set_defaults(func=cmd_estimate)
 
     u = sub.add_parser("ui", help="start the Gradio web UI")
@@ -375,8 +376,12 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if secs is None:
         print("error: give --audio-seconds or a readable --audio file", file=sys.stderr)
         return EXIT_USAGE
-    est = estimate_job(audio_s=secs, tier=args.tier, preset=args.preset, size=args.size, mode=args.mode,
-                       speakers=args.speakers)
+    try:
+        est = estimate_job(audio_s=secs, tier=args.tier, preset=args.preset, size=args.size, mode=args.mode,
+                           speakers=args.speakers, guidance_every=args.guidance_every)
+    except ValueError as exc:  # an unknown tier, guidance_every < 1
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     print(format_estimate(est))
     return EXIT_OK
 

@@ -99,6 +99,12 @@ def test_usage_errors(capsys, monkeypatch) -> None:
 def test_estimate_command(capsys) -> None:
     assert main(["estimate", "--audio", str(MEDIA / "speech_person1.wav"), "--preset", "turbo"]) == 0
     assert "GPU-min on h100_80" in capsys.readouterr().out
+    assert main(["estimate", "--audio-seconds", "3", "--preset", "turbo", "--guidance-every", "2"]) == 0
+    assert "guidance every 2 steps" in capsys.readouterr().out
+    assert main(["estimate", "--audio-seconds", "3", "--guidance-every", "0"]) == 2
+    assert main(["estimate", "--audio-seconds", "3", "--tier", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "guidance_every must be >= 1" in err and "unknown GPU tier 'tpu'" in err and "Traceback" not in err
 
 
 def test_python_m_client_in_the_client_env_imports_no_worker_runtime() -> None:

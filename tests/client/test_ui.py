@@ -36,8 +36,9 @@ def test_collect_params_leaves_empty_fields_to_the_defaults() -> None:
                        use_apg="preset default", use_teacache="on", bbox1="1, 2, 30 40", local=True)
     assert p == {"size": "infinitetalk-480", "sampler": "turbo", "use_teacache": True,
                  "bbox": {"person1": [1.0, 2.0, 30.0, 40.0]}, "output": {"target": "inline"}}
-    remote = collect_params(sample_steps=12.0, seed=5, text_guide_scale="4.5", output_target="auto", local=False)
-    assert remote == {"sample_steps": 12, "seed": 5, "text_guide_scale": 4.5}
+    remote = collect_params(sample_steps=12.0, seed=5, text_guide_scale="4.5", guidance_every="2", output_target="auto",
+                            local=False)
+    assert remote == {"sample_steps": 12, "seed": 5, "text_guide_scale": 4.5, "guidance_every": 2}
     assert collect_params(output_target="s3", local=True)["output"] == {"target": "s3"}
     with pytest.raises(ValueError):
         collect_params(bbox1="1 2 3")
@@ -48,6 +49,9 @@ def test_estimate_markdown() -> None:
     md = estimate_markdown(tier="a100_80", preset="turbo", size="infinitetalk-480", mode="clip",
                            audio1=str(MEDIA / "speech_person1.wav"))
     assert "GPU-min on a100_80" in md and "$" in md
+    reused = estimate_markdown(tier="a100_80", preset="turbo", size="infinitetalk-480", mode="clip",
+                               audio1=str(MEDIA / "speech_person1.wav"), guidance_every="2")
+    assert "guidance every 2 steps" in reused
     two = estimate_markdown(tier="h100_80", preset="turbo", size=None, mode="streaming",
                             audio1=str(MEDIA / "speech_person1.wav"), audio2=str(MEDIA / "speech_person2.wav"))
     assert "s of audio" in two
