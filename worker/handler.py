@@ -7,7 +7,6 @@ add `refresh_worker` so Runpod replaces this worker after the job.
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import MutableMapping
@@ -17,7 +16,7 @@ from worker.config import compose_config, secret_values
 from worker.errors import JobError
 from worker.job import JobContext, run_job
 from worker.logging_setup import configure_logging, get_logger
-from worker.progress_sender import OrderedSender, runpod_post
+from worker.progress_sender import OrderedSender, progress_delivery
 from worker.wiring import process_env
 
 _CTX: JobContext | None = None
@@ -49,7 +48,7 @@ def apply_process_env(cfg: Any, environ: MutableMapping[str, str] = os.environ) 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
     ctx = context()
-    sender = OrderedSender(functools.partial(runpod_post, job))
+    sender = OrderedSender(progress_delivery(job))
     try:
         return run_job(str(job.get("id", "local")), job.get("input"), ctx, sender)
     except JobError as exc:

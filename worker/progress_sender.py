@@ -7,7 +7,10 @@ sequentially; a newer payload of the same stage replaces an older one still wait
 endpoint costs fewer posts, never a stage change. `close()` drains with a time limit at the end
 of a job so the last stage is delivered before the result and nothing outlives the job.
 
-runpod is imported only inside `runpod_post`, so the module stays import-light.
+Outside Runpod (`--test_input`, `--rp_serve_api`) the SDK has no job-done URL, and a post would
+only log a failed request per update; `progress_delivery` then writes each update to the log.
+
+runpod is imported only inside the functions that post, so the module stays import-light.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import threading
 from collections import deque
 from typing import Any, Callable, Mapping
 
-__all__ = ["OrderedSender", "runpod_post"]
+from worker.logging_setup import get_logger
+
+__all__ = ["OrderedSender", "progress_delivery", "runpod_post"]
 
 Deliver = Callable[[dict[str, Any]], None]
 
@@ -82,3 +87,15 @@ def runpod_post(job: Mapping[str, Any], payload: dict[str, Any]) -> None:
             await send_result(session, {"status": "IN_PROGRESS", "output": payload}, dict(job))
 
     asyncio.run(post())
+
+
+def progress_delivery(job: Mapping[str, Any]) -> Deliver:
+    """How this process delivers a job's progress: posted to Runpod when the SDK has a job-done
+    URL (a deployed worker, or the local endpoint's workers), else logged."""
+    from runpod.serverless.modules import rp_http
+
+    if str(rp_http.JOB_DONE_URL).startswith(("http://", "https://")):
+        return lambda payload: runpod_post(job, payload)
+    log = get_logger("worker.progress")
+    job_id = str(job.get("id", "local"))
+    return lambda payload: log.info("progress", job_id=job_id, **payload)

@@ -79,9 +79,9 @@ def test_close_gives_up_after_its_timeout_on_a_stuck_endpoint():
     stuck.set()
 
 
-def test_runpod_post_reaches_the_job_done_url_through_the_sdk():
-    """The SDK's own HTTP path (aiohttp, its URL template) against a real local server."""
-    bodies = []
+def _recording_server() -> tuple[list, ThreadingHTTPServer]:
+    """A real HTTP server that records each POST's path and JSON body."""
+    bodies: list = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 - http.server's name
@@ -96,6 +96,12 @@ def test_runpod_post_reaches_the_job_done_url_through_the_sdk():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return bodies, server
+
+
+def test_runpod_post_reaches_the_job_done_url_through_the_sdk():
+    """The SDK's own HTTP path (aiohttp, its URL template) against a real local server."""
+    bodies, server = _recording_server()
     try:
         env = os.environ | {
             "RUNPOD_WEBHOOK_POST_OUTPUT": f"http://127.0.0.1:{server.server_port}/done/$ID?gpu=x",
@@ -114,3 +120,35 @@ def test_runpod_post_reaches_the_job_done_url_through_the_sdk():
         {"status": "IN_PROGRESS", "output": {"stage": "sampling", "percent": 25.0}},
     ]
     assert all(path.startswith("/done/job-7?gpu=x") for path, _ in bodies)
+
+
+
+def _deliver_in_child(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    """`progress_delivery` in a fresh process: the SDK reads its job-done URL at import."""
+    code = (
+        "from worker.logging_setup import configure_logging\n"
+        "configure_logging('INFO')\n"
+        "from worker.progress_sender import progress_delivery\n"
+        "progress_delivery({'id': 'job-9'})({'stage': 'encode', 'percent': 20.0})\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RUNPOD_WEBHOOK_POST_OUTPUT"} | env_extra
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_without_a_job_done_url_progress_goes_to_the_log_not_a_failed_post():
+    out = _deliver_in_child({})
+    text = out.stdout + out.stderr
+    assert "progress" in text and "job-9" in text and "encode" in text
+    assert "Failed to return job results" not in text and "Error while returning" not in text
+
+
+def test_with_a_job_done_url_progress_is_posted():
+    bodies, server = _recording_server()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/done/$ID?gpu=x"
+        _deliver_in_child({"RUNPOD_WEBHOOK_POST_OUTPUT": url, "RUNPOD_POD_ID": "w1"})
+    finally:
+        server.shutdown()
+    assert [b for _, b in bodies] == [{"status": "IN_PROGRESS", "output": {"stage": "encode", "percent": 20.0}}]
