@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.client.faultproxy import FaultProxy
+from tests.processes import stop_process
 from tests.worker.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,12 +55,7 @@ class LocalEndpoint:
         raise RuntimeError(f"local endpoint not ready: {self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout=15)
         self._log.close()
 
 

@@ -20,6 +20,7 @@ import pytest
 from client.api import PollPolicy, RunpodEndpointClient
 from client.ui import collect_params, estimate_markdown, follow_job
 from tests.client.conftest import CLIENT_PYTHON, ENDPOINT_ID, MEDIA, REPO_ROOT
+from tests.processes import stop_process
 from tests.worker.conftest import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -117,12 +118,7 @@ def ui_url(tiny_endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

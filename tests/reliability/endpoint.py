@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+from tests.processes import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 ENDPOINT_ID = "reliability"
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
@@ -67,12 +69,7 @@ class LocalEndpoint:
 
     def __exit__(self, *exc: Any) -> None:
         self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout=15)
         self._log.close()
 
     # ------------------------------------------------------------------ API

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.processes import stop_process
 from worker.weights.manifest import MANIFEST_NAME, build_manifest
 from worker.weights.upload_volume import make_client, upload_volume
 
@@ -55,8 +56,7 @@ def moto_url():
             raise RuntimeError("moto_server did not start")
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 class PartLimitProxy:

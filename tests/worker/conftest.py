@@ -24,6 +24,7 @@ import httpx
 import pytest
 from botocore.config import Config
 
+from tests.processes import stop_process
 from worker.storage.base import S3Settings
 
 TEST_ACCESS_KEY = "testing"
@@ -101,12 +102,7 @@ def start_moto_server(**env: str) -> Iterator[MotoServer]:
             time.sleep(0.1)
         yield MotoServer(endpoint=endpoint, proc=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

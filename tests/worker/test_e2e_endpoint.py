@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import stop_process
 from tests.worker.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, free_port
 from tests.worker.test_local_endpoint import Server
 from worker.mux import probe_mp4
@@ -145,8 +146,7 @@ def test_one_job_through_the_sdk_rp_serve_api(tmp_path):
         mp4.write_bytes(base64.b64decode(body["output"]["video_base64"]))
         assert probe_mp4(mp4).video_codec == "h264"
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        stop_process(proc, timeout=20)
 
 
 def test_test_input_flag_runs_one_job(tmp_path):

@@ -21,6 +21,8 @@ import pytest
 import requests
 import runpod
 
+from tests.processes import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = "tests.worker.local_endpoint_handlers"
 ENDPOINT_ID = "local-test"
@@ -64,11 +66,7 @@ class Server:
         return runpod.Endpoint(ENDPOINT_ID)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
         self._log.close()
 
 
