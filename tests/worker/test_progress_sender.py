@@ -103,16 +103,12 @@ def test_runpod_post_reaches_the_job_done_url_through_the_sdk():
     """The SDK's own HTTP path (aiohttp, its URL template) against a real local server."""
     bodies, server = _recording_server()
     try:
-        env = os.environ | {
-            "RUNPOD_WEBHOOK_POST_OUTPUT": f"http://127.0.0.1:{server.server_port}/done/$ID?gpu=x",
-            "RUNPOD_POD_ID": "w1",
-        }
-        code = (
+        _run_in_child(
             "from worker.progress_sender import runpod_post\n"
             "runpod_post({'id': 'job-7'}, {'stage': 'encode', 'percent': 20.0})\n"
-            "runpod_post({'id': 'job-7'}, {'stage': 'sampling', 'percent': 25.0})\n"
+            "runpod_post({'id': 'job-7'}, {'stage': 'sampling', 'percent': 25.0})\n",
+            {"RUNPOD_WEBHOOK_POST_OUTPUT": f"http://127.0.0.1:{server.server_port}/done/$ID?gpu=x", "RUNPOD_POD_ID": "w1"},
         )
-        subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
     finally:
         server.shutdown()
     assert [b for _, b in bodies] == [
@@ -122,19 +118,22 @@ def test_runpod_post_reaches_the_job_done_url_through_the_sdk():
     assert all(path.startswith("/done/job-7?gpu=x") for path, _ in bodies)
 
 
-
-def _deliver_in_child(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
-    """`progress_delivery` in a fresh process: the SDK reads its job-done URL at import."""
-    code = (
-        "from worker.logging_setup import configure_logging\n"
-        "configure_logging('INFO')\n"
-        "from worker.progress_sender import progress_delivery\n"
-        "progress_delivery({'id': 'job-9'})({'stage': 'encode', 'percent': 20.0})\n"
-    )
+def _run_in_child(code: str, env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    """`code` in a fresh process: the SDK reads its job-done URL from the environment at import."""
     env = {k: v for k, v in os.environ.items() if k != "RUNPOD_WEBHOOK_POST_OUTPUT"} | env_extra
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out
+
+
+def _deliver_in_child(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    return _run_in_child(
+        "from worker.logging_setup import configure_logging\n"
+        "configure_logging('INFO')\n"
+        "from worker.progress_sender import progress_delivery\n"
+        "progress_delivery({'id': 'job-9'})({'stage': 'encode', 'percent': 20.0})\n",
+        env_extra,
+    )
 
 
 def test_without_a_job_done_url_progress_goes_to_the_log_not_a_failed_post():
