@@ -74,8 +74,8 @@ class JobError(Exception):
         refresh_worker: bool | None = None,
     ) -> None:
         self.code = ErrorCode(code)
-        self.message = str(message)
-        self.hint = hint if hint is not None else self.code.default_hint
+        self.message = clean_text(str(message))
+        self.hint = clean_text(hint) if hint is not None else self.code.default_hint
         self.details = details
         self.refresh_worker = (
             bool(refresh_worker) if refresh_worker is not None else self.code in _REFRESH_BY_DEFAULT
@@ -107,16 +107,38 @@ class JobError(Exception):
         return cls(data["code"], data["message"], data.get("hint"), data.get("details"))
 
 
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """`text` with lone UTF-16 surrogates replaced by U+FFFD.
+
+    Python strings may hold them (JSON's \\ud800 escape decodes to one) but UTF-8 cannot encode
+    them, so a message quoting such input could never be sent; every string that leaves the
+    worker passes through here.
+    """
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def jsonable(value: Any, _depth: int = 0) -> Any:
+    """`value` as plain JSON data that UTF-8 can encode: strings cleaned, unknown types as str,
+    containers deeper than 32 levels summarised (a result or error must always be sendable)."""
+    if value is None or isinstance(value, (bool, int)):
         return value
-    except (TypeError, ValueError):
-        if isinstance(value, Mapping):
-            return {str(k): _jsonable(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple, set, frozenset)):
-            return [_jsonable(v) for v in value]
-        return str(value)
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if isinstance(value, str):
+        return clean_text(value)
+    if _depth >= 32:
+        return f"<{type(value).__name__} nested too deep>"
+    if isinstance(value, Mapping):
+        return {clean_text(str(k)): jsonable(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, _depth + 1) for v in value]
+    return clean_text(str(value))
+
+
+_jsonable = jsonable
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,6 +165,7 @@ def safe_preview(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str):
+        value = clean_text(value)
         if value[:5].lower() == "data:":
             head = value[: min(len(value), 64)].split(",", 1)[0]
             return f"{head},…({len(value)} chars)"
@@ -153,7 +176,7 @@ def safe_preview(value: Any) -> Any:
             return value[:MAX_PREVIEW_CHARS] + f"…({len(value)} chars)"
         return value
     if isinstance(value, Mapping):
-        keys = [str(k) for k in list(value.keys())[:10]]
+        keys = [clean_text(str(k))[:MAX_PREVIEW_CHARS] for k in list(value.keys())[:10]]
         return f"<object with keys {keys}>"
     if isinstance(value, (list, tuple)):
         return f"<list of {len(value)}>"

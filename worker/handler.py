@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from worker.config import compose_config, secret_values
-from worker.errors import JobError
+from worker.errors import ErrorCode, JobError, jsonable
 from worker.job import JobContext, run_job
 from worker.logging_setup import configure_logging, get_logger
 from worker.progress_sender import OrderedSender, progress_delivery
@@ -47,18 +47,27 @@ def apply_process_env(cfg: Any, environ: MutableMapping[str, str] = os.environ) 
 
 
 def handler(job: dict[str, Any]) -> dict[str, Any]:
-    ctx = context()
+    """Run one job. Whatever the input held, the answer is plain JSON that UTF-8 can encode (an
+    output, or an error string with a code): a result that cannot be sent is a result lost."""
+    job_id = jsonable(str(job.get("id", "local")))
     sender = OrderedSender(progress_delivery(job))
     try:
-        return run_job(str(job.get("id", "local")), job.get("input"), ctx, sender)
+        return jsonable(run_job(job_id, job.get("input"), context(), sender))
     except JobError as exc:
-        out: dict[str, Any] = {"error": exc.to_error_string()}
-        if exc.refresh_worker:
-            out["refresh_worker"] = True
-        return out
+        return _error_result(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. the config failed to compose; still a coded answer
+        log.error("job failed before it started", error_type=type(exc).__name__)
+        return _error_result(JobError(ErrorCode.E_INTERNAL, f"the worker could not run the job ({type(exc).__name__})"))
     finally:
         if not sender.close(timeout=5.0):  # the last stage goes out before the result
-            log.warning("progress updates still pending at the end of the job", job_id=job.get("id"))
+            log.warning("progress updates still pending at the end of the job", job_id=job_id)
+
+
+def _error_result(exc: JobError) -> dict[str, Any]:
+    out: dict[str, Any] = {"error": exc.to_error_string()}
+    if exc.refresh_worker:
+        out["refresh_worker"] = True
+    return out
 
 
 def preload() -> None:
