@@ -12,12 +12,15 @@ These are estimates, not measurements of this worker. The model:
   With `guidance_every` k the guidance passes run on every k-th step and the others run one pass.
 - per chunk outside the DiT (VAE encode/decode, colour, uint8): 3.0 s at 480p (measured 2.0-3.0 s,
   section 8), 7 s at 720p (the 480p figure scaled by pixels, a guess).
-- per job: 15 s warm overhead (download, audio features, text and image encoders, mux, upload),
-  plus 90 s to load the model when the worker is cold (a guess for a baked, repacked bundle).
+- per job: 15 s warm overhead (download, audio features, text and image encoders, mux, upload).
+- cold start, paid once when no worker is warm: 53.8 s from process start to a ready engine, measured on
+  the H100 from a bf16 bundle on local disk at 1.4 GB/s (bench/README.md section 9, run J4), plus 6.6 s for
+  the first compiled forward with the volume's compile cache on the tiers that compile (section 10: h100_80,
+  h200_141, a100_80). The other tiers read the same bytes and are given the same load time (not measured).
 - other GPUs scale the H100 time by their dense bf16 matmul rate relative to an H100
   (H200 1.0, A100 0.32, L40S 0.33, RTX 4090 0.15, the last two also pay for offloading).
-- chunks: `clip` mode renders one chunk of 81 frames; `streaming` covers the audio, 81 frames
-  first and 72 new frames (9 motion frames carried) per further chunk, at 25 fps.
+- chunks: `streaming` (the default) covers the audio, 81 frames first and 72 new frames (9 motion
+  frames carried) per further chunk, at 25 fps; `clip` renders one chunk of 81 frames.
 - price: `price_per_hour_usd` from conf/gpu/<tier>.yaml (a snapshot of Runpod's serverless
   flex prices), with the same numbers built in for clients installed without conf/.
 """
@@ -50,7 +53,8 @@ FORWARD_S_480_H100 = {1: 2.82, 2: 3.34}
 SIZE_FACTOR = {"infinitetalk-480": 1.0, "infinitetalk-720": 3.63}
 CHUNK_OVERHEAD_S = {"infinitetalk-480": 3.0, "infinitetalk-720": 7.0}
 JOB_OVERHEAD_S = 15.0
-COLD_START_S = 90.0
+LOAD_S = 53.8  # bench/README.md section 9, J4
+COMPILE_FIRST_S = 6.6  # bench/README.md section 10, K2 (compile cache on the volume)
 
 # preset -> (steps, text guidance on)
 PRESETS: dict[str, tuple[int, bool]] = {"quality": (40, True), "fast": (8, False), "turbo": (4, False)}
@@ -62,6 +66,15 @@ _BUILTIN_TIERS: dict[str, tuple[float, float, str]] = {
     "a100_80": (0.32, 2.736, "infinitetalk-720"),
     "l40s_48": (0.33, 1.908, "infinitetalk-720"),
     "rtx4090_24": (0.15, 1.116, "infinitetalk-480"),
+}
+
+# tier -> seconds a cold worker spends before its first step (disk-bound, so not scaled by GPU speed)
+COLD_START_S: dict[str, float] = {
+    "h200_141": LOAD_S + COMPILE_FIRST_S,
+    "h100_80": LOAD_S + COMPILE_FIRST_S,
+    "a100_80": LOAD_S + COMPILE_FIRST_S,
+    "l40s_48": LOAD_S,
+    "rtx4090_24": LOAD_S,
 }
 
 _CONF_GPU = Path(__file__).resolve().parents[1] / "conf" / "gpu"
@@ -87,7 +100,7 @@ def _tiers() -> dict[str, tuple[float, float, str]]:
 GPU_TIERS = _tiers()
 
 
-def count_chunks(duration_s: float, mode: str = "clip", frame_num: int = FIRST_CHUNK_FRAMES,
+def count_chunks(duration_s: float, mode: str = "streaming", frame_num: int = FIRST_CHUNK_FRAMES,
                  motion_frame: int = MOTION_FRAMES) -> int:
     if mode == "clip":
         return 1
@@ -109,6 +122,17 @@ class Estimate:
     video_seconds: float
     warning: str | None = None
     guidance_every: int = 1
+    audio_seconds: float = 0.0
+
+    @property
+    def cold_start_s(self) -> float:
+        """The surcharge when no worker is warm: model load (+ first compile), billed once."""
+        return self.gpu_seconds_cold - self.gpu_seconds
+
+    @property
+    def truncated_s(self) -> float:
+        """Seconds of audio a clip leaves out (0 when the video covers the audio)."""
+        return max(0.0, self.audio_seconds - self.video_seconds)
 
     @property
     def forwards_per_chunk(self) -> int:
@@ -124,11 +148,19 @@ class Estimate:
     def cost_usd_cold(self) -> float:
         return self.gpu_seconds_cold * self.price_per_hour_usd / 3600.0
 
+    @property
+    def cold_start_usd(self) -> float:
+        return self.cold_start_s * self.price_per_hour_usd / 3600.0
 
-def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "quality", size: str = "infinitetalk-480",
-                 mode: str = "clip", speakers: int = 1, sample_steps: int | None = None,
+
+def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "fast", size: str = "infinitetalk-480",
+                 mode: str = "streaming", speakers: int = 1, sample_steps: int | None = None,
                  text_guide_scale: float | None = None, frame_num: int | None = None,
                  motion_frame: int | None = None, guidance_every: int | None = None) -> Estimate:
+    if not isinstance(audio_s, (int, float)) or not math.isfinite(audio_s) or audio_s <= 0:
+        raise ValueError(f"audio seconds must be a positive number, got {audio_s}")
+    if mode not in ("clip", "streaming"):
+        raise ValueError(f"unknown mode {mode!r}; one of clip, streaming")
     if tier not in GPU_TIERS:
         raise ValueError(f"unknown GPU tier {tier!r}; one of {', '.join(GPU_TIERS)}")
     if preset not in PRESETS:
@@ -151,26 +183,33 @@ def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "qualit
     shape = Estimate(tier, chunks, steps, passes, 0.0, 0.0, price, 0.0, None, every)
     per_chunk = shape.forwards_per_chunk * forward + CHUNK_OVERHEAD_S[size]
     warm = (chunks * per_chunk + JOB_OVERHEAD_S) / speed
-    cold = warm + COLD_START_S / max(speed, 0.5)
-    video_s = fn / FPS if mode == "clip" else max(audio_s, fn / FPS)
+    cold = warm + COLD_START_S[tier]
+    video_s = min(fn / FPS, audio_s) if mode == "clip" else audio_s
     warning = None
     if SIZE_FACTOR[size] > SIZE_FACTOR[max_size]:
         warning = f"{tier} serves up to {max_size}; the worker will refuse {size}"
-    return Estimate(tier, chunks, steps, passes, warm, cold, price, video_s, warning, every)
+    return Estimate(tier, chunks, steps, passes, warm, cold, price, video_s, warning, every, float(audio_s))
 
 
 def format_estimate(est: Estimate) -> str:
     text = (
-        f"≈ {est.gpu_seconds / 60:.1f} GPU-min on {est.tier} (warm), ≈ ${est.cost_usd:.2f}"
-        f"; cold start ≈ {est.gpu_seconds_cold / 60:.1f} min, ≈ ${est.cost_usd_cold:.2f}"
+        f"GPU time on {est.tier}: ≈ {_duration(est.gpu_seconds)} on a warm worker (≈ ${est.cost_usd:.2f})"
+        f" + ≈ {_duration(est.cold_start_s)} cold-start surcharge if no worker is warm (≈ ${est.cold_start_usd:.2f})"
+        f" = ≈ {_duration(est.gpu_seconds_cold)}, ≈ ${est.cost_usd_cold:.2f} in all"
         f" — {est.chunks} chunk(s) × {est.steps} steps × {est.passes} passes"
         + (f" (guidance every {est.guidance_every} steps)" if est.guidance_every > 1 else "")
         + f", {est.video_seconds:.1f} s of video"
         f" (${est.price_per_hour_usd:.3f}/h; rough model, see client/estimate.py)"
     )
+    if est.truncated_s > 0.005:
+        text += f"\n⚠ clip mode renders {est.video_seconds:.1f} s and leaves out {est.truncated_s:.1f} s of the audio"
     if est.warning:
         text += f"\n⚠ {est.warning}"
     return text
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 def media_duration_s(path: str | Path) -> float | None:

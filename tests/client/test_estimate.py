@@ -26,12 +26,13 @@ def test_prices_come_from_conf_gpu() -> None:
 
 
 def test_cost_model_direction() -> None:
-    base = estimate_job(audio_s=10, mode="streaming")
-    assert estimate_job(audio_s=10, mode="streaming", size="infinitetalk-720").gpu_seconds > base.gpu_seconds
+    base = estimate_job(audio_s=10, mode="streaming", preset="quality")
+    q = dict(mode="streaming", preset="quality")
+    assert estimate_job(audio_s=10, size="infinitetalk-720", **q).gpu_seconds > base.gpu_seconds
     assert estimate_job(audio_s=10, mode="streaming", preset="turbo").gpu_seconds < base.gpu_seconds / 10
-    assert estimate_job(audio_s=20, mode="streaming").gpu_seconds > base.gpu_seconds
-    assert estimate_job(audio_s=10, mode="streaming", tier="a100_80").gpu_seconds > base.gpu_seconds
-    assert estimate_job(audio_s=10, mode="streaming", speakers=2).gpu_seconds > base.gpu_seconds
+    assert estimate_job(audio_s=20, **q).gpu_seconds > base.gpu_seconds
+    assert estimate_job(audio_s=10, tier="a100_80", **q).gpu_seconds > base.gpu_seconds
+    assert estimate_job(audio_s=10, speakers=2, **q).gpu_seconds > base.gpu_seconds
     assert base.gpu_seconds_cold > base.gpu_seconds
     assert base.cost_usd == pytest.approx(base.gpu_seconds * 4.176 / 3600)
     # turbo at 480p on an H100: 4 steps x 2 passes x 2.82 s + 3 s per chunk, 15 s per job
@@ -51,7 +52,34 @@ def test_warnings_and_errors() -> None:
     assert "refuse" in format_estimate(estimate_job(audio_s=3, tier="rtx4090_24", size="infinitetalk-720"))
     with pytest.raises(ValueError):
         estimate_job(audio_s=3, tier="tpu")
-    assert "GPU-min" in format_estimate(estimate_job(audio_s=3))
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive"):
+            estimate_job(audio_s=bad)
+
+
+def test_defaults_cover_the_audio_with_the_guides_preset() -> None:
+    est = estimate_job(audio_s=44.5)
+    assert (est.steps, est.passes, est.video_seconds, est.truncated_s) == (8, 2, 44.5, 0.0)
+    assert est.chunks == count_chunks(44.5, "streaming") > 1
+    clip = estimate_job(audio_s=44.5, mode="clip")
+    assert clip.video_seconds == pytest.approx(81 / 25) and clip.truncated_s == pytest.approx(44.5 - 81 / 25)
+    assert "leaves out 41.3 s" in format_estimate(clip)
+
+
+def test_cold_start_is_the_measured_load_not_scaled_by_gpu_speed() -> None:
+    """bench/README.md section 9 (53.8 s to a ready engine) + section 10 (6.6 s first compiled forward)."""
+    readme = (REPO_ROOT / "bench" / "README.md").read_text()
+    assert "**53.8**" in readme and "6.57 s" in readme
+    for tier, compiles in (("h100_80", True), ("h200_141", True), ("a100_80", True), ("l40s_48", False),
+                           ("rtx4090_24", False)):
+        est = estimate_job(audio_s=10, tier=tier)
+        assert est.cold_start_s == pytest.approx(53.8 + (6.6 if compiles else 0.0))
+        assert est.cost_usd_cold == pytest.approx(est.cost_usd + est.cold_start_usd)
+    text = format_estimate(estimate_job(audio_s=10))
+    # the three quantities and the price are each named; the whole-job cold figure is not called "cold start"
+    assert "warm worker" in text and "cold-start surcharge" in text and "in all" in text and "$" in text
+    assert "60 s cold-start surcharge" in text
+    assert not re.search(r"cold start ≈ [0-9.]+ min", text)
 
 
 def test_audio_duration(tmp_path: Path) -> None:
