@@ -200,6 +200,9 @@ class InlineConf:
 class StorageConf:
     target: str = MISSING  # s3 | volume | local | inline
     key_prefix: str = "infinitetalk/"
+    # Where s3:// media refs may point, as "bucket/prefix" entries (the worker reads them with its own
+    # credentials). Empty: the results bucket's "inputs/" prefix. Results may never lie under one.
+    s3_inputs: list[str] = field(default_factory=list)
     s3: S3Conf = field(default_factory=S3Conf)
     volume: VolumeConf = field(default_factory=VolumeConf)
     local: LocalConf = field(default_factory=LocalConf)
@@ -556,9 +559,36 @@ def _check(root: RootConf) -> None:
         raise ConfigError(f"gpu.max_size must be one of {sorted(SIZE_RANK)}")
     if root.storage.target not in ("s3", "volume", "local", "inline"):
         raise ConfigError("storage.target must be s3, volume, local or inline")
+    for entry in root.storage.s3_inputs:
+        if "/" not in entry or not entry.split("/", 1)[0]:
+            raise ConfigError(f"storage.s3_inputs entries are 'bucket/prefix', got {entry!r}")
+    if root.storage.s3.bucket and results_overlap_inputs(root.storage, root.storage.key_prefix):
+        raise ConfigError("storage.key_prefix must not overlap storage.s3_inputs (results would be readable as inputs)")
     steps = root.job_defaults.sample_steps
     if steps is not None and not 1 <= steps <= 100:
         raise ConfigError("job_defaults.sample_steps (DEFAULT_SAMPLE_STEPS) must be in 1..100")
+
+
+def s3_input_prefixes(storage: StorageConf) -> tuple[str, ...]:
+    """The "bucket/prefix" entries s3:// inputs may come from (default: <results bucket>/inputs/)."""
+    if storage.s3_inputs:
+        return tuple(storage.s3_inputs)
+    return (f"{storage.s3.bucket}/inputs/",) if storage.s3.bucket else ()
+
+
+def results_overlap_inputs(storage: StorageConf, key_prefix: str) -> str | None:
+    """The input entry that S3 results under `key_prefix` could fall into, or None.
+
+    A result's key is "<key_prefix without slashes>/<job id>.mp4" (worker/job.py), the job id having no "/".
+    """
+    folder = key_prefix.strip("/") + "/" if key_prefix.strip("/") else ""
+    for entry in s3_input_prefixes(storage):
+        bucket, _, prefix = entry.partition("/")
+        if bucket != storage.s3.bucket:
+            continue
+        if folder.startswith(prefix) or (prefix.startswith(folder) and "/" not in prefix[len(folder):]):
+            return entry
+    return None
 
 
 def secret_values(cfg: AppConfig) -> list[str]:
@@ -673,6 +703,11 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
             "output.target s3 is not configured on this worker (no S3 bucket)",
             "output.target",
             hint="use output.target volume or inline, or set S3_BUCKET on the endpoint",
+        )
+    if target == "s3" and out and out.key_prefix is not None and results_overlap_inputs(cfg.storage, out.key_prefix):
+        raise _invalid(
+            "output.key_prefix lies in (or contains) the S3 inputs prefix; results are never written there",
+            "output.key_prefix",
         )
     expiry = _pick(out.presign_expiry_s if out else None, cfg.storage.s3.presign_expiry_s)
     if expiry > cfg.storage.s3.max_presign_expiry_s:

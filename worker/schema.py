@@ -143,6 +143,11 @@ def _check_url(ref: str) -> None:
         raise ValueError(f"malformed URL: {exc}") from None
     if not parts.hostname:
         raise ValueError("URL has no host")
+    from worker.inputs.urlform import url_problem
+
+    problem = url_problem(ref)
+    if problem:
+        raise ValueError(f"malformed URL: {problem}")
     if parts.username or parts.password:
         raise ValueError("URLs with embedded credentials (user:pass@host) are refused")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from worker.config import AppConfig
+from worker.config import AppConfig, s3_input_prefixes
 from worker.engine.layout import CheckpointLayout
 from worker.inputs.fetch import FetchPolicy
 from worker.inputs.media_guard import MediaLimits
@@ -53,7 +53,20 @@ def fetch_policy(cfg: AppConfig, extra_roots: Iterable[Path] = ()) -> FetchPolic
         net=NetPolicy(allow=tuple(cfg.server.allow_loopback_hosts)),
         volume_roots=roots,
         s3=s3_settings(cfg) if has_s3 else None,
+        s3_allowed_prefixes=s3_input_prefixes(cfg.storage),
+        volume_excluded=_not_inputs(cfg),
     )
+
+
+def _not_inputs(cfg: AppConfig) -> tuple[Path, ...]:
+    """Worker-written folders a job must not read back as media: other jobs' results and checkpoints."""
+    out = [Path(cfg.storage.volume.root)]
+    if cfg.server.checkpoint_dir:
+        out.append(Path(cfg.server.checkpoint_dir))
+    cache = compile_cache_dir(cfg)
+    if cache is not None:
+        out.append(cache)
+    return tuple(out)
 
 
 def media_limits(cfg: AppConfig) -> MediaLimits:

@@ -276,11 +276,12 @@ def test_s3_ref(moto_s3, tmp_path: Path) -> None:
     client, settings = moto_s3.client(), moto_s3.settings()
     client.create_bucket(Bucket="inputs")
     client.put_object(Bucket="inputs", Key="a/face.png", Body=PNG)
-    pol = FetchPolicy(s3=settings)
+    pol = FetchPolicy(s3=settings, s3_allowed_prefixes=("inputs/",))
     got = fetch_media("s3://inputs/a/face.png", tmp_path, pol, "image")
     assert got.path.read_bytes() == PNG and got.source == "s3"
     with pytest.raises(JobError) as ei:
-        fetch_media("s3://inputs/a/face.png", tmp_path, FetchPolicy(s3=settings, max_bytes={"image": 10}), "image")
+        fetch_media("s3://inputs/a/face.png", tmp_path, FetchPolicy(s3=settings, s3_allowed_prefixes=("inputs/",),
+                                                                    max_bytes={"image": 10}), "image")
     assert ei.value.code == ErrorCode.E_INPUT_VALIDATION
     with pytest.raises(JobError) as ei:
         fetch_media("s3://inputs/missing.png", tmp_path, pol, "image")
@@ -289,3 +290,148 @@ def test_s3_ref(moto_s3, tmp_path: Path) -> None:
         fetch_media("s3://inputs/a/face.png", tmp_path, FetchPolicy(), "image")
     assert ei.value.code == ErrorCode.E_INPUT_VALIDATION
     assert no_leftovers(tmp_path)
+
+
+# ----------------------------------------------------------------------------- s3 confused deputy (issue 13)
+
+from hypothesis import HealthCheck, given, settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.worker.conftest import start_moto_server  # noqa: E402
+from worker.inputs.fetch import s3_ref_allowed  # noqa: E402
+
+S3_ALLOWED = ("results/inputs/", "shared/in/")
+_key_chars = st.sampled_from(list("abcxyz019-_./") + ["..", "//", "\\", "\x00", "%2e", "inputs", "in"])
+S3_KEYS = st.lists(_key_chars, min_size=1, max_size=12).map("".join)
+S3_BUCKETS = st.sampled_from(["results", "shared", "other", "Results", "results.", "resultsx", "inputs"])
+
+
+@pytest.fixture(scope="module")
+def recorded_moto(tmp_path_factory):
+    """A moto server that writes every request it receives to a file (moto's recorder)."""
+    log = tmp_path_factory.mktemp("moto-rec") / "requests.jsonl"
+    with start_moto_server(MOTO_ENABLE_RECORDING="True", MOTO_RECORDER_FILEPATH=str(log)) as srv:
+        c = srv.client()
+        for bucket in ("results", "shared", "other"):
+            c.create_bucket(Bucket=bucket)
+        c.put_object(Bucket="results", Key="infinitetalk/job-1.mp4", Body=b"someone else's result")
+        c.put_object(Bucket="results", Key="inputs/face.png", Body=PNG)
+        yield srv, log
+
+
+def _requests(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@hsettings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(bucket=S3_BUCKETS, key=S3_KEYS)
+def test_s3_refs_outside_the_allowed_prefixes_are_refused_with_no_request(recorded_moto, tmp_path_factory, bucket, key):
+    srv, log = recorded_moto
+    pol = FetchPolicy(s3=srv.settings(), s3_allowed_prefixes=S3_ALLOWED)
+    clean = "\x00" not in key and "\\" not in key and not any(s in ("", ".", "..") for s in key.split("/"))
+    if clean and s3_ref_allowed(bucket, key, S3_ALLOWED):
+        return  # inside: may be fetched (the positive control is the test below)
+    before = len(_requests(log))
+    with pytest.raises(JobError) as ei:
+        fetch_media(f"s3://{bucket}/{key}", tmp_path_factory.mktemp("dl"), pol, "image")
+    assert ei.value.code == ErrorCode.E_INPUT_VALIDATION
+    assert len(_requests(log)) == before, "a refused s3:// ref reached the S3 server"
+
+
+def test_s3_results_are_refused_and_inputs_fetched_with_requests_recorded(recorded_moto, tmp_path: Path) -> None:
+    srv, log = recorded_moto
+    pol = FetchPolicy(s3=srv.settings(), s3_allowed_prefixes=S3_ALLOWED)
+    before = len(_requests(log))
+    for ref in ("s3://results/infinitetalk/job-1.mp4", "s3://results/inputs/../infinitetalk/job-1.mp4",
+                "s3://results/inputs//x.png", "s3://other/inputs/face.png"):
+        with pytest.raises(JobError) as ei:
+            fetch_media(ref, tmp_path, pol, "video")
+        assert ei.value.code == ErrorCode.E_INPUT_VALIDATION and "s3_" in ei.value.details["reason"], ref
+    assert len(_requests(log)) == before
+    got = fetch_media("s3://results/inputs/face.png", tmp_path, pol, "image")
+    assert got.path.read_bytes() == PNG
+    assert len(_requests(log)) > before  # the recorder does see requests: the zero above means something
+    with pytest.raises(JobError) as ei:  # no allow-list at all: every s3:// ref is refused
+        fetch_media("s3://results/inputs/face.png", tmp_path, FetchPolicy(s3=srv.settings()), "image")
+    assert ei.value.details["reason"] == "s3_not_allowed"
+
+
+def test_worker_policy_allows_the_results_buckets_inputs_prefix_only() -> None:
+    from worker.config import compose_config
+    from worker.wiring import fetch_policy
+
+    pol = fetch_policy(compose_config(["storage.s3.bucket=res"]))
+    assert pol.s3_allowed_prefixes == ("res/inputs/",)
+    assert not s3_ref_allowed("res", "infinitetalk/j.mp4", pol.s3_allowed_prefixes)
+    assert fetch_policy(compose_config(["storage.s3_inputs=[data/in/]"])).s3_allowed_prefixes == ("data/in/",)
+    assert fetch_policy(compose_config([])).s3_allowed_prefixes == ()
+
+
+# ----------------------------------------------------------------------------- malformed hosts (issue 13)
+
+LDH = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@st.composite
+def malformed_hosts(draw) -> str:
+    label = st.text(LDH, min_size=1, max_size=10)
+    kind = draw(st.sampled_from(["long", "percent", "control", "empty", "chars", "punycode", "toolong"]))
+    a, b = draw(label), draw(label)
+    if kind == "long":
+        return f"{a}.{draw(st.text(LDH, min_size=64, max_size=120))}.{b}"
+    if kind == "percent":
+        return f"{a}%{draw(st.sampled_from(['00', '2e', '31', '7f', 'zz']))}{b}"
+    if kind == "control":
+        return a + draw(st.sampled_from(["\x00", "\t", " ", "\x7f", "\x1b"])) + b
+    if kind == "empty":
+        return draw(st.sampled_from([f"{a}..{b}", f".{a}", f"{a}.{b}.."]))
+    if kind == "chars":
+        return a + draw(st.sampled_from(list("!$&'()*+,;=<>\"{}|^`~"))) + b
+    if kind == "punycode":
+        return f"xn--{draw(st.sampled_from(['zz', '-', 'a-', '99999999']))}.{b}"
+    return ".".join([draw(st.text(LDH, min_size=60, max_size=63))] * 5)  # > 253 characters
+
+
+@hsettings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(host=malformed_hosts(), scheme=st.sampled_from(["https", "http"]))
+def test_malformed_hosts_are_input_errors_before_any_lookup(tmp_path_factory, host, scheme):
+    looked_up: list[str] = []
+
+    def resolver(name: str, port: int):  # the real lookup, counted
+        from worker.inputs.netguard import _default_resolver
+
+        looked_up.append(name)
+        return _default_resolver(name, port)
+
+    pol = FetchPolicy(allow_http=True, net=NetPolicy(resolver=resolver), attempts=3, backoff_s=0.01)
+    with pytest.raises(JobError) as ei:
+        fetch_media(f"{scheme}://{host}/a.png", tmp_path_factory.mktemp("dl"), pol, "image")
+    assert ei.value.code == ErrorCode.E_INPUT_VALIDATION, ei.value.to_error_string()
+    assert looked_up == []
+
+
+def test_empty_and_unreadable_volume_files_are_invalid_input_with_a_hint(tmp_path: Path) -> None:
+    root = tmp_path / "vol"
+    root.mkdir()
+    pol = FetchPolicy(volume_roots=(root,), volume_excluded=(root / "outputs",))
+    for kind in ("image", "audio", "video"):
+        empty = root / f"empty.{kind}"
+        empty.write_bytes(b"")
+        with pytest.raises(JobError) as ei:
+            fetch_media(str(empty), tmp_path / "dl", pol, kind)  # type: ignore[arg-type]
+        err = ei.value
+        assert err.code == ErrorCode.E_INPUT_VALIDATION and err.details["reason"] == "empty_file"
+        assert kind in err.hint and "public" not in err.hint.lower()
+    if os.geteuid() != 0:  # root reads anything
+        locked = root / "locked.png"
+        locked.write_bytes(PNG)
+        locked.chmod(0)
+        with pytest.raises(JobError) as ei:
+            fetch_media(str(locked), tmp_path / "dl", pol, "image")
+        assert ei.value.code == ErrorCode.E_INPUT_VALIDATION and ei.value.details["reason"] == "unreadable"
+    (root / "outputs").mkdir()
+    (root / "outputs" / "other-job.png").write_bytes(PNG)
+    with pytest.raises(JobError) as ei:
+        fetch_media(str(root / "outputs" / "other-job.png"), tmp_path / "dl", pol, "image")
+    assert ei.value.details["reason"] == "path_excluded"
+    assert no_leftovers(tmp_path / "dl")

@@ -39,7 +39,7 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
 from worker.errors import ErrorCode, JobError
-from worker.inputs.netguard import AddressRefused, GuardedTransport, NetPolicy, vet_url
+from worker.inputs.netguard import AddressRefused, GuardedTransport, MalformedURL, NetPolicy, vet_url
 from worker.storage.base import S3Settings
 
 Kind = Literal["image", "audio", "video"]
@@ -94,7 +94,12 @@ class FetchPolicy:
     net: NetPolicy = field(default_factory=NetPolicy)
     volume_roots: tuple[Path, ...] = (Path("/runpod-volume"),)
     s3: S3Settings | None = None
-    s3_allowed_buckets: tuple[str, ...] = ()
+    #: Where s3:// refs may point, as "bucket/prefix" entries (a prefix of "" is the whole bucket).
+    #: Refs are read with the worker's own credentials, so anything outside these (another job's
+    #: results above all) is refused before any request; empty refuses every s3:// ref.
+    s3_allowed_prefixes: tuple[str, ...] = ()
+    #: Folders under the volume roots that are never inputs (results, checkpoints, caches).
+    volume_excluded: tuple[Path, ...] = ()
     verify_tls: bool | str = True
     user_agent: str = "infinitetalk-worker/0.1"
 
@@ -351,7 +356,10 @@ def _http_attempt(
                     location = resp.headers.get("location")
                     if not location:
                         raise _failed(kind, shown, f"HTTP {status} redirect without a Location header")
-                    nxt = url.join(location)
+                    try:
+                        nxt = url.join(location)
+                    except (httpx.InvalidURL, UnicodeError, ValueError):
+                        raise MalformedURL("", "the redirect's Location is not a valid URL") from None
                     url_shown = redact_ref(str(nxt))
                     url = vet_url(nxt, policy.net, schemes)
                     continue
@@ -372,6 +380,13 @@ def _http_attempt(
                     raise _too_large(kind, shown, cap, int(declared))
                 return _stream_to(resp.iter_raw(_CHUNK), tmp, cap, kind, shown, deadline)
         raise _failed(kind, shown, f"more than {policy.max_redirects} redirects")
+    except MalformedURL as exc:
+        where = "" if url_shown == shown else f" (redirected to {url_shown})"
+        raise _refused(
+            kind, shown, f"malformed URL: {exc.reason}{where}",
+            hint="Check the URL: a host is letters, digits and hyphens, labels of at most 63 characters.",
+            reason="malformed_url",
+        ) from None
     except AddressRefused as exc:
         where = "" if url_shown == shown else f" (redirected to {url_shown})"
         raise _refused(
@@ -387,8 +402,8 @@ def _http_attempt(
         raise _Transient(f"timed out ({type(exc).__name__})") from None
     except httpx.TransportError as exc:
         raise _Transient(f"connection failed ({type(exc).__name__})") from None
-    except httpx.InvalidURL:
-        raise _refused(kind, shown, "invalid URL") from None
+    except (httpx.InvalidURL, UnicodeError):
+        raise _refused(kind, shown, "invalid URL", reason="malformed_url") from None
 
 
 def _stream_to(chunks: Any, tmp: Path, cap: int, kind: str, shown: str, deadline: float | None) -> int:
@@ -418,8 +433,15 @@ def _fetch_s3(ref: str, shown: str, tmp: Path, policy: FetchPolicy, kind: str) -
     bucket, key = m.group(1), m.group(2)
     if policy.s3 is None:
         raise _refused(kind, shown, "s3:// refs are not enabled on this worker", hint="Set S3_* settings or use https://.")
-    if policy.s3_allowed_buckets and bucket not in policy.s3_allowed_buckets:
-        raise _refused(kind, shown, f"bucket {bucket!r} is not an allowed input bucket")
+    problem = s3_key_problem(key)
+    if problem:
+        raise _refused(kind, shown, problem, reason="s3_key")
+    if not s3_ref_allowed(bucket, key, policy.s3_allowed_prefixes):
+        allowed = ", ".join(f"s3://{p}" for p in policy.s3_allowed_prefixes) or "none on this worker"
+        raise _refused(
+            kind, shown, "outside the S3 locations inputs may come from",
+            hint=f"Upload inputs under {allowed}, or use an https:// URL.", reason="s3_not_allowed",
+        )
     from botocore.exceptions import BotoCoreError, ClientError
 
     from worker.storage.s3 import AUTH_ERROR_CODES, make_s3_client, s3_error_code
@@ -448,6 +470,27 @@ def _fetch_s3(ref: str, shown: str, tmp: Path, policy: FetchPolicy, kind: str) -
         raise _failed(kind, shown, f"S3 error {code}", s3_error=code) from None
     except BotoCoreError as exc:
         raise _failed(kind, shown, f"S3 request failed ({type(exc).__name__})") from None
+
+
+_KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def s3_key_problem(key: str) -> str | None:
+    """Keys that some S3-compatible servers normalise (so a prefix check on them proves nothing)."""
+    if _KEY_CONTROL.search(key):
+        return "S3 key contains control characters or backslashes"
+    if any(seg in ("", ".", "..") for seg in key.split("/")[:-1]) or key.split("/")[-1] in (".", ".."):
+        return "S3 key contains empty, '.' or '..' segments"
+    return None
+
+
+def s3_ref_allowed(bucket: str, key: str, allowed: tuple[str, ...]) -> bool:
+    """True when bucket/key lies under one of the "bucket/prefix" entries."""
+    for entry in allowed:
+        b, _, prefix = entry.partition("/")
+        if b == bucket and key.startswith(prefix):
+            return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,21 +527,43 @@ def _fetch_volume(ref: str, shown: str, tmp: Path, policy: FetchPolicy, kind: st
             continue
     if not any(_is_under(resolved, r) for r in real_roots):
         raise _refused(kind, shown, "path leads outside the allowed roots (symlink)", reason="path_escape")
+    for excluded in policy.volume_excluded:
+        try:
+            real_excluded = Path(excluded).resolve()
+        except (OSError, RuntimeError):
+            continue
+        if _is_under(resolved, real_excluded):
+            raise _refused(
+                kind, shown, "path lies in the worker's results or caches, which are not inputs",
+                hint="Put inputs elsewhere on the volume (e.g. /runpod-volume/inputs/).", reason="path_excluded",
+            )
     cap = policy.cap(kind)
     try:
         # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer; the type is checked
         # on the open descriptor (no race with a swapped path) before a single byte is read.
         fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise _failed(kind, shown, f"cannot open ({exc.strerror})") from None
+        raise _refused(kind, shown, f"the file cannot be read ({exc.strerror})", hint=_file_hint(kind), reason="unreadable") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise _refused(kind, shown, "not a regular file", reason="not_a_file")
+        raise _refused(kind, shown, "not a regular file", hint=_file_hint(kind), reason="not_a_file")
     with os.fdopen(fd, "rb") as src:
         st = os.fstat(src.fileno())
         if st.st_size > cap:
             raise _too_large(kind, shown, cap, st.st_size)
-        return _stream_to(_read_chunks(src), tmp, cap, kind, shown, None)
+        if st.st_size == 0:
+            raise _refused(kind, shown, "the file is empty (0 bytes)", hint=_file_hint(kind), reason="empty_file")
+        try:
+            return _stream_to(_read_chunks(src), tmp, cap, kind, shown, None)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            raise _refused(kind, shown, f"the file cannot be read ({exc.strerror})", hint=_file_hint(kind), reason="unreadable") from None
+
+
+def _file_hint(kind: str) -> str:
+    accepted = sorted({m.split("/")[1].removeprefix("x-") for m in ACCEPTED_TYPES[kind]})
+    return f"Copy the {kind} onto the volume again (a readable, non-empty {', '.join(accepted)} file) and resubmit."
 
 
 def _read_chunks(f: BinaryIO) -> Any:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import httpcore
 import httpx
 
+from worker.inputs.urlform import host_problem, url_problem
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -77,6 +79,10 @@ class AddressRefused(Exception):
         super().__init__(f"{host}: {reason}")
         self.host = host
         self.reason = reason
+
+
+class MalformedURL(AddressRefused):
+    """A URL or host that cannot name a destination at all (refused before any DNS lookup)."""
 
 
 @dataclass(frozen=True)
@@ -187,8 +193,9 @@ def vet_host(host: str, port: int, policy: NetPolicy) -> list[IPAddress]:
     failures are not refusals: they raise `socket.gaierror` so callers can treat them
     as a (possibly transient) network failure.
     """
-    if not host:
-        raise AddressRefused(host, "empty host")
+    problem = host_problem(host)
+    if problem:
+        raise MalformedURL(host, problem)
     name = host.strip("[]").lower().rstrip(".")
     host_allowed = name in policy.allowed_hosts()
     networks = policy.allowed_networks()
@@ -280,11 +287,18 @@ class GuardedTransport(httpx.HTTPTransport):
 
 def vet_url(url: str | httpx.URL, policy: NetPolicy, allowed_schemes: typing.Collection[str]) -> httpx.URL:
     """Check a URL's scheme and host before any request is made (a clear early refusal)."""
-    u = httpx.URL(str(url)) if not isinstance(url, httpx.URL) else url
+    scheme = str(url).split(":", 1)[0].lower()
+    if scheme not in allowed_schemes:
+        raise AddressRefused("", f"scheme {scheme[:20]!r} not allowed (allowed: {', '.join(sorted(allowed_schemes))})")
+    problem = url_problem(str(url))
+    if problem:
+        raise MalformedURL("", problem)
+    try:
+        u = httpx.URL(str(url)) if not isinstance(url, httpx.URL) else url
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        raise MalformedURL("", f"malformed URL ({type(exc).__name__})") from None
     if u.scheme not in allowed_schemes:
         raise AddressRefused(u.host or "", f"scheme {u.scheme!r} not allowed (allowed: {', '.join(sorted(allowed_schemes))})")
-    if not u.host:
-        raise AddressRefused("", "URL has no host")
     port = u.port or (443 if u.scheme == "https" else 80)
-    vet_host(u.host, port, policy)
+    vet_host(u.raw_host.decode("ascii", "replace"), port, policy)
     return u
