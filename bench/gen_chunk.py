@@ -27,6 +27,7 @@ SECONDS_PER_CHUNK = 72 / 25  # 81 frames, 9 of them motion frames carried over: 
 PRESETS = {
     "turbo": dict(steps=4, text_scale=1.0, audio_scale=2.0, shift=2.0),
     "fast": dict(steps=8, text_scale=1.0, audio_scale=2.0, shift=2.0),
+    "lightning": dict(steps=4, text_scale=1.0, audio_scale=1.0, shift=2.0),  # guidance off: one pass a step
     "quality": dict(steps=40, text_scale=5.0, audio_scale=4.0, shift=7.0),
 }
 
@@ -124,10 +125,13 @@ def run_chunk(
     seed: int = 0,
     chunks: int = 1,
     guidance_every: int = 1,
+    keep_frames: bool = False,
 ) -> dict[str, Any]:
     """`chunks` 81-frame chunks (one speaker; clip mode for one, streaming for more) with a preset's sampling
     settings; returns timings. With several chunks the headline figures are the last chunk's (the steady
-    state of a long job: motion frames re-encoded, the image's condition latent and CLIP features cached)."""
+    state of a long job: motion frames re-encoded, the image's condition latent and CLIP features cached).
+    `keep_frames`: the last chunk's uint8 frames come back under "frames_uint8" (numpy; not JSON) so that
+    two configurations' videos can be compared (same seeds and inputs, so only the arithmetic differs)."""
     p = dict(PRESETS[preset])
     if steps is not None:
         p["steps"] = steps
@@ -155,6 +159,7 @@ def run_chunk(
     for name, fn in saved.items():
         setattr(generation, name, _timed_host(fn, stages, name + "_s"))
     per_chunk: list[dict[str, Any]] = []
+    last_frames = None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -175,6 +180,8 @@ def run_chunk(
                     "outside_dit_share": round(1 - fw["dit_s"] / wall, 4),
                 })
                 t_prev, stages_prev, calls_prev = now, dict(stages), len(timer.events)
+                if keep_frames:
+                    last_frames = np.asarray(chunk.frames_uint8).copy()
         total = time.perf_counter() - t0
     finally:
         for h in hooks:
@@ -204,4 +211,6 @@ def run_chunk(
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 1024**3, 2),
     }
+    if keep_frames:
+        rec["frames_uint8"] = last_frames
     return rec

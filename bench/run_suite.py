@@ -10,6 +10,7 @@ Parts (`--parts`, in this order; the model is compiled in place by `compile`, so
   turbo    one 480p chunk end to end with the turbo preset (4 steps x 2 passes batched), after a 1-step warm-up chunk
   quality  the quality preset's chunk (40 steps x 3 passes) estimated from a measured batch-3 forward: see below
   fast     one 480p chunk end to end with the fast preset (8 steps x 2 passes)
+  lightning  one 480p chunk end to end with the lightning preset (4 steps x 1 pass: guidance off)
   turbo_reuse  the turbo chunk with `guidance_every=2` (guidance passes on steps 0 and 2, the correction reused
            on steps 1 and 3: 6 pass-equivalents instead of 8); the warm-up chunk compiles both batch shapes
   recompile  drop the compiled blocks and compile again with `--recompile-mode` (e.g. reduce-overhead: CUDA
@@ -22,6 +23,11 @@ Parts (`--parts`, in this order; the model is compiled in place by `compile`, so
            `torch._scaled_mm` with per-row activation scales) and time the forward; the relative error of the
            output against the bf16 forward just before (same attention backend, same inputs) is the fp8 accuracy
   vae      the VAE decode of one chunk's latent with `torch.backends.cudnn.benchmark` off and on
+  cudatests  the CUDA-only tests of the fp8 attention kernel (pytest, tests/engine/test_fp8_attention.py)
+
+Chunk parts keep their last chunk's frames; every turbo-family chunk after the first is compared with the
+first (same seeds and inputs, so only the arithmetic differs: bf16 -> fp8, SDPA -> FA3, guidance reuse):
+relative L2 of the uint8 frames and PSNR, under `frames_vs_first_turbo`.
 
 Floors are arithmetic: DiT FLOPs (matmul + attention, `dit_forward.flop_estimate`) over the measured matmul rate;
 the chunk floors count the DiT forwards only (VAE, colour and the rest have no floor here).
@@ -47,7 +53,7 @@ from worker.engine.compile import compile_dit
 from worker.engine.rope import apply_rope_3d
 
 PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "recompile", "offload", "quality_full",
-         "attn", "backend", "fp8", "vae", "turbo_reuse")
+         "attn", "backend", "fp8", "vae", "turbo_reuse", "lightning", "cudatests")
 ATTN_SHAPE = (1, 32760, 40, 128)  # the 480x832x81 self-attention: batch, tokens, heads, head dim
 
 
@@ -64,6 +70,8 @@ def attention_kernels() -> dict[str, Any]:
     flop = 4 * ATTN_SHAPE[0] * ATTN_SHAPE[1] ** 2 * ATTN_SHAPE[2] * ATTN_SHAPE[3]
     out: dict[str, Any] = {"flash_module": flash_module_name()}
     for name in BACKENDS:
+        if name == "fp8_reference":  # float32 emulation with O(L^2) memory: not for this shape
+            continue
         if not backend_available(name):
             out[name] = "not installed"
             continue
@@ -73,6 +81,11 @@ def attention_kernels() -> dict[str, Any]:
                 tm = cuda_time(lambda: attention(q, k, v, backend=name), 2, 5)
             err = float((got[:, :, :4].float() - ref).norm() / ref.norm())
             out[name] = {**tm, "tflops": round(flop / tm["median_s"] / 1e12, 1), "rel_err_vs_fp32": err}
+            if name == "fa3_fp8":  # the quantisation's own cost, eager (unfused); in a compiled block it fuses
+                from worker.engine.fp8_attention import quantize
+
+                with torch.inference_mode():
+                    out[name]["quantize_eager"] = cuda_time(lambda: quantize(q, k, v), 2, 5)
         except Exception as exc:  # noqa: BLE001 - an unusable kernel is a result, not a crash
             out[name] = "error: " + traceback.format_exc()[-1500:]
         log("attn", name, out[name] if isinstance(out[name], str) else {k: out[name][k] for k in ("median_s", "tflops", "rel_err_vs_fp32")})
@@ -132,6 +145,17 @@ class fused_qkv:
         torch.cuda.empty_cache()
 
 
+def compare_frames(got, ref) -> dict[str, float]:
+    """uint8 videos of the same shape: relative L2 (of the pixel values) and PSNR in dB."""
+    import numpy as np
+
+    a, b = got.astype(np.float64), ref.astype(np.float64)
+    mse = float(((a - b) ** 2).mean())
+    return {"rel_l2": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
+            "psnr_db": float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2),
+            "max_abs": float(np.abs(a - b).max())}
+
+
 def best_backend(kernels: dict[str, Any]) -> str:
     """The fastest attention backend whose error is within 1.5x of SDPA's (i.e. bf16-exact kernels only;
     8-bit kernels such as SageAttention are timed by naming them explicitly)."""
@@ -161,6 +185,10 @@ def main() -> None:
 
     t_start = time.perf_counter()
     torch.backends.cuda.matmul.allow_tf32 = False
+    # every (attention backend, linear kind, batch) is one more compiled variant of the block: room for all
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     res: dict[str, Any] = {"machine": machine_info(), "args": vars(args)}
     save = lambda: write_json(args.out, res)  # noqa: E731
     log(res["machine"])
@@ -177,6 +205,11 @@ def main() -> None:
     ref_out = None
     last_out = None  # output of the latest timed forward: what the next variant is compared with
     vae = None
+    first_turbo_frames = None
+    from worker.engine.attention import resolve_backend
+
+    res["auto_resolves_to"] = {"bf16": resolve_backend("auto", "cuda"), "fp8": resolve_backend("auto", "cuda", fp8=True)}
+    log("attention auto resolves to", res["auto_resolves_to"])
 
     def forward_time(label: str, iters: int) -> dict[str, Any]:
         nonlocal ref_out, last_out
@@ -310,7 +343,17 @@ def main() -> None:
                     log("warm-up chunk", res["warmup_chunk"])
                 res["chunk_quality"] = run_chunk(model, vae, "quality")
                 log("chunk quality", res["chunk_quality"])
-            elif part in ("turbo", "fast", "turbo_reuse"):
+            elif part == "cudatests":
+                import subprocess
+                import sys
+
+                proc = subprocess.run(
+                    [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:randomly", "-p", "no:cacheprovider",
+                     "--noconftest", "-o", "addopts=", "tests/engine/test_fp8_attention.py"],
+                    capture_output=True, text=True, timeout=240)
+                res["cuda_tests"] = {"rc": proc.returncode, "tail": (proc.stdout + proc.stderr)[-3000:]}
+                log("cuda tests rc", proc.returncode, proc.stdout[-800:])
+            elif part in ("turbo", "fast", "turbo_reuse", "lightning"):
                 if vae is None:
                     vae = build_vae(seed=2)
                     t0 = time.perf_counter()
@@ -324,7 +367,14 @@ def main() -> None:
                 while key in res:  # the same preset again after a change (backend, fp8): keep both
                     key, n = f"chunk_{part}_{n}", n + 1
                 preset, every = ("turbo", 2) if part == "turbo_reuse" else (part, 1)
-                res[key] = run_chunk(model, vae, preset, chunks=args.chunks, guidance_every=every)
+                res[key] = run_chunk(model, vae, preset, chunks=args.chunks, guidance_every=every, keep_frames=True)
+                frames = res[key].pop("frames_uint8")
+                if preset == "turbo":
+                    if first_turbo_frames is None:
+                        first_turbo_frames = frames
+                    else:
+                        res[key]["frames_vs_first_turbo"] = compare_frames(frames, first_turbo_frames)
+                del frames
                 from worker.engine.attention import get_attention_backend
 
                 res[key]["attention"] = get_attention_backend()
@@ -362,7 +412,7 @@ def main() -> None:
         if key.startswith("dit_") and key not in ("dit_eager", "dit_eager_fused_qkv", "dit_compiled", "dit_recompiled"):
             rows.append((f"DiT forward, {key[4:]} (s)", res[key]["median_s"], floor_fwd))
     for key, c in list(res.items()):
-        if not (key.startswith("chunk_turbo") or key.startswith("chunk_fast")) or key == "chunk_turbo_offload":
+        if not key.startswith(("chunk_turbo", "chunk_fast", "chunk_lightning")) or key == "chunk_turbo_offload":
             continue
         preset = c["preset"] + (" fp8" if c.get("fp8") else "") + f" [{c.get('attention', 'sdpa')}]"
         if c.get("guidance_every", 1) > 1:

@@ -126,7 +126,7 @@ def test_unknown_backend_rejected():
         attention(*_qkv(), backend="magic")
 
 
-@pytest.mark.parametrize("name", ["flash_attn", "sageattention", "xformers"])
+@pytest.mark.parametrize("name", ["flash_attn", "sageattention", "xformers", "fa3", "fa3_fp8"])
 def test_missing_optional_backend_names_its_package(name):
     if backend_available(name):
         pytest.skip(f"{name} is installed here")

@@ -8,25 +8,38 @@ the layout of flash-attn and xformers, so the fast backends need no transposes.
 Semantics shared by all backends: scale `softmax_scale` or 1/sqrt(C); for batch b only keys
 `0..k_lens[b]-1` are attended; `causal` lets query i see keys j <= i (square attention only);
 the result has the dtype of q.
+
+`fa3_fp8` runs the long self-attention in fp8 e4m3 (FlashAttention-3's fp8 forward, Hopper only), with
+q/k/v quantised in torch beside this call (`fp8_attention.quantize`: K and V smoothed by their token mean,
+per-head scales) so that a compiled block fuses the quantisation into the kernels producing q/k/v; short
+(cross-)attention stays bf16. `fp8_reference` computes the same fp8 arithmetic in float32 on any device
+(slow, O(Lq*Lk) memory): it lets CPU tests measure what fp8 attention does to a whole (tiny) DiT.
 """
 from __future__ import annotations
 
 import importlib
+import logging
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from worker.engine import fp8_attention
 from worker.engine.errors import EngineError
 
-BACKENDS: tuple[str, ...] = ("sdpa", "flash_attn", "sageattention", "xformers")
+BACKENDS: tuple[str, ...] = ("sdpa", "flash_attn", "sageattention", "xformers", "fa3", "fa3_fp8", "fp8_reference")
 
 # The pip package an operator must install for each optional backend (named in errors).
 _PACKAGES = {
     "flash_attn": "flash-attn 3 (module flash_attn_interface), flash-attn-4 (module flash_attn.cute) or flash-attn 2",
     "sageattention": "sageattention",
     "xformers": "xformers",
+    "fa3": "fa3-fwd (module fa3_fwd_interface; the `hopper` extra)",
+    "fa3_fp8": "fa3-fwd (module fa3_fwd_interface; the `hopper` extra)",
 }
+
+_log = logging.getLogger(__name__)
 
 _backend = "sdpa"
 
@@ -39,7 +52,7 @@ def _import_first(*names: str):
     for name in names:
         try:
             return importlib.import_module(name)
-        except ImportError:
+        except (ImportError, OSError):  # OSError: a wheel whose CUDA libraries do not load here
             continue
     return None
 
@@ -67,6 +80,8 @@ def _module_for(name: str):
         return _import_first("sageattention")
     if name == "xformers":
         return _import_first("xformers.ops")
+    if name in ("fa3", "fa3_fp8"):
+        return _import_first("fa3_fwd_interface")
     return torch
 
 
@@ -98,27 +113,34 @@ def _require(name: str):
 _FAST_FLASH = ("flash_attn_interface", "flash_attn.cute")
 
 
-def resolve_backend(name: str, device: torch.device | str | None = None) -> str:
-    """`auto` -> `flash_attn` on a CUDA device of compute capability 9.0+ with FA3 or FA4 importable, else
-    `sdpa`; any other name is checked and returned. Lets one GPU-tier setting serve images with and
-    without the optional kernels."""
+def resolve_backend(name: str, device: torch.device | str | None = None, *, fp8: bool = False) -> str:
+    """`auto` -> on a CUDA device of compute capability 9.x with `fa3-fwd` importable: `fa3_fp8` when the DiT
+    runs fp8 (`fp8`: the tier's model variant is fp8), else `fa3`; otherwise (capability 9.0+) `flash_attn`
+    with FA3 or FA4 importable; else `sdpa`. Any other name is checked and returned. Lets one GPU-tier
+    setting serve images with and without the optional kernels."""
     if name != "auto":
         return _check_name(name)
     dev = torch.device(device) if device is not None else None
     if dev is None or dev.type != "cuda" or not torch.cuda.is_available():
         return "sdpa"
-    if torch.cuda.get_device_capability(dev) < (9, 0):
+    capability = torch.cuda.get_device_capability(dev)
+    if capability < (9, 0):
         return "sdpa"
+    if capability[0] == 9 and _module_for("fa3") is not None:  # FA3's kernels are Hopper-only
+        return "fa3_fp8" if fp8 else "fa3"
     module = _flash_module()
-    return "flash_attn" if module is not None and module.__name__ in _FAST_FLASH else "sdpa"
+    if module is not None and module.__name__ in _FAST_FLASH:
+        return "flash_attn"
+    _log.info("attention auto: no FA3/FA4 importable on this Hopper+ GPU, using sdpa")
+    return "sdpa"
 
 
-def set_attention_backend(name: str, device: torch.device | str | None = None) -> str:
+def set_attention_backend(name: str, device: torch.device | str | None = None, *, fp8: bool = False) -> str:
     """Select the process-wide default backend (`auto`: see `resolve_backend`) and return it; fails at once
     (not mid-job) if a named backend's package is missing."""
     global _backend
-    name = resolve_backend(name, device)
-    if name != "sdpa":
+    name = resolve_backend(name, device, fp8=fp8)
+    if name not in ("sdpa", "fp8_reference"):
         _require(name)
     _backend = name
     return name
@@ -200,7 +222,13 @@ def _xformers(q, k, v, causal, scale):
     return ops.memory_efficient_attention(q, k, v, attn_bias=bias, scale=scale)
 
 
-_KERNELS = {"flash_attn": _flash, "sageattention": _sage, "xformers": _xformers}
+def _fa3(q, k, v, causal, scale):
+    module = _require("fa3")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return module._flash_attn_forward(_half(q), _half(k), _half(v), softmax_scale=scale, causal=causal)[0]
+
+
+_KERNELS = {"flash_attn": _flash, "sageattention": _sage, "xformers": _xformers, "fa3": _fa3}
 
 
 @torch.library.custom_op("infinitetalk::external_attention", mutates_args=())
@@ -215,6 +243,43 @@ def _external_attention(
 @_external_attention.register_fake
 def _(q, k, v, backend, causal, scale):
     return q.new_empty(q.shape[:3] + (v.shape[-1],), dtype=q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16)
+
+
+@torch.library.custom_op("infinitetalk::fa3_fp8_attention", mutates_args=())
+def _fa3_fp8_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_descale: torch.Tensor, k_descale: torch.Tensor,
+    v_descale: torch.Tensor, causal: bool, scale: float,
+) -> torch.Tensor:
+    """FA3's fp8 forward (e4m3 q/k/v, float32 descales [B, N]) as one opaque operator; bf16 out."""
+    module = _require("fa3_fp8")
+    return module._flash_attn_forward(
+        q, k, v, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, softmax_scale=scale, causal=causal
+    )[0]
+
+
+@_fa3_fp8_attention.register_fake
+def _(q, k, v, q_descale, k_descale, v_descale, causal, scale):
+    return q.new_empty(q.shape[:3] + (v.shape[-1],), dtype=torch.bfloat16)
+
+
+def _fp8(q, k, v, causal, scale, emulated: bool):
+    """Quantise (traced: fused by Inductor into q/k/v's producers), run the fp8 kernel, add V's mean back."""
+    if causal:
+        raise ValueError("causal attention is not supported by the fp8 backends")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    quant = fp8_attention.quantize(q, k, v)
+    if emulated:
+        out = fp8_attention.emulate(quant, scale)
+    else:
+        out = _fa3_fp8_attention(quant.q, quant.k, quant.v, quant.q_descale, quant.k_descale, quant.v_descale,
+                                 False, scale)
+    return fp8_attention.finish(out, quant, q.dtype)
+
+
+def _fp8_worthy(q, k) -> bool:
+    """Self-attention (as many keys as queries) or long keys: where fp8 pays. Cross-attention to text,
+    image or audio tokens (<= 512 keys) stays bf16."""
+    return k.shape[1] >= min(q.shape[1], fp8_attention.MIN_FP8_TOKENS)
 
 
 def attention(
@@ -241,6 +306,12 @@ def attention(
 
     if name == "sdpa":
         return _sdpa(q, k, v, k_lens, causal, softmax_scale).to(out_dtype)
+    if name in ("fa3_fp8", "fp8_reference"):
+        if _fp8_worthy(q, k) and _key_lengths(k_lens, q.shape[0], k.shape[1]) is None and not causal:
+            return _fp8(q, k, v, causal, softmax_scale, emulated=name == "fp8_reference").to(out_dtype)
+        if name == "fp8_reference":  # short or masked attention: bf16 in production, so exact here
+            return _sdpa(q, k, v, k_lens, causal, softmax_scale).to(out_dtype)
+        name = "fa3"
 
     if not torch.compiler.is_compiling():
         _require(name)  # a clear error for a missing package, before entering the operator

@@ -2,9 +2,10 @@
 
 Three DiT passes per step when the text scale is not 1 (cond, drop_text, uncond);
 two when it is (cond, drop_audio), because then the text term vanishes and the
-reference skips its pass. APG (adaptive projected guidance, arXiv:2410.02416)
-replaces each guidance difference by its component orthogonal to the conditional
-prediction after momentum and norm clipping.
+reference skips its pass; one (cond) when the audio scale is 1 as well, because then
+both guidance terms vanish (the `lightning` preset: a step/CFG-distilled LoRA, no guidance).
+APG (adaptive projected guidance, arXiv:2410.02416) replaces each guidance difference by its
+component orthogonal to the conditional prediction after momentum and norm clipping.
 
 Guidance reuse (`refresh_every` k > 1, off by default): the guidance branches run on every k-th
 step only; the steps between run the conditional pass alone and add the guidance correction
@@ -46,12 +47,19 @@ class GuidanceConfig:
         return math.isclose(self.text_scale, 1.0)
 
     @property
+    def one_pass(self) -> bool:
+        """Both scales 1: the guided prediction is the conditional one, so only that pass runs."""
+        return self.two_pass and math.isclose(self.audio_scale, 1.0)
+
+    @property
     def branches(self) -> tuple[str, ...]:
         """DiT passes per step, in the reference's call order.
 
         cond: prompt + audio; drop_text: negative prompt + audio; uncond: negative prompt +
         zero audio; drop_audio: prompt + zero audio (only in the two-pass mode).
         """
+        if self.one_pass:
+            return (COND,)
         return (COND, DROP_AUDIO) if self.two_pass else (COND, DROP_TEXT, UNCOND)
 
 
@@ -120,6 +128,8 @@ class Guider:
     def _combine(self, preds: Mapping[str, torch.Tensor]) -> torch.Tensor:
         c = self.config
         cond = preds[COND]
+        if c.one_pass:  # every guidance term is multiplied by (scale - 1) = 0
+            return cond
         if c.use_apg:
             thr = c.apg_norm_threshold
             if c.two_pass:

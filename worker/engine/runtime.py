@@ -6,6 +6,7 @@ which names the file and key of any bad weight.
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -35,6 +36,7 @@ from .offload import HOST, BlockStreamer, OffloadedVAE, resident
 from .t5 import T5Config, T5TextEncoder, UMT5Encoder
 from .vae import VAEConfig, WanVAE, WanVAEModel
 
+_log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTS = ("none", "fp8")
 
@@ -123,7 +125,8 @@ class Engine:
         self._fault_armed = options.fault == "oom@step"
         if options.quant not in QUANTS:
             raise ValueError(f"EngineOptions.quant must be one of {QUANTS}, not {options.quant!r}")
-        self.attention_backend = set_attention_backend(options.attention_backend, self.device)
+        self.attention_backend = set_attention_backend(options.attention_backend, self.device,
+                                                       fp8=options.quant == "fp8")
         layout.check()
         # transformers (tokenizer, wav2vec2) costs 5-15 s of cold imports; the DiT load waits on the disk, so
         # the imports run beside it instead of after it (cold start: bench/README.md section 9).
@@ -142,6 +145,9 @@ class Engine:
         self.audio_embedder = self._timed("wav2vec2", self._load_wav2vec)
         if options.compile_dit:
             compile_dit(self.dit)  # lazy: the first forward of each shape compiles
+        _log.info("engine kernels: attention=%s (asked %s), linears=%s, compile=%s, device=%s",
+                  self.attention_backend, options.attention_backend,
+                  "fp8" if options.quant == "fp8" else options.dtype, options.compile_dit, self.device)
 
     @classmethod
     def load(cls, layout: CheckpointLayout, options: EngineOptions | None = None) -> Engine:
