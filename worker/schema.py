@@ -51,13 +51,13 @@ __all__ = [
 
 SIZES = ("infinitetalk-480", "infinitetalk-720")
 MODES = ("clip", "streaming")
-SAMPLER_PRESETS = ("quality", "fast", "turbo")
+SAMPLER_PRESETS = ("quality", "fast", "turbo", "lightning")
 OUTPUT_TARGETS = ("s3", "volume", "local", "inline")
 MAX_SEED = 2**32 - 1
 
 Size = Literal["infinitetalk-480", "infinitetalk-720"]
 Mode = Literal["clip", "streaming"]
-SamplerPreset = Literal["quality", "fast", "turbo"]
+SamplerPreset = Literal["quality", "fast", "turbo", "lightning"]
 OutputTarget = Literal["s3", "volume", "local", "inline"]
 AudioType = Literal["add", "para"]
 Person = Literal["person1", "person2"]
