@@ -155,8 +155,11 @@ class AudioCrossAttention(nn.Module):
         grid: tuple[int, int, int],
         x_ref_attn_map: torch.Tensor | None = None,
         human_num: int = 1,
+        sp=None,
     ) -> torch.Tensor:
-        """x `[B, L, C]`, audio_tokens `[B, T, A, audio_dim]` -> `[B, L, C]` (before the residual add)."""
+        """x `[B, L, C]`, audio_tokens `[B, T, A, audio_dim]` -> `[B, L, C]` (before the residual add).
+
+        `sp` (sequence parallelism): x holds this rank's tokens, `x_ref_attn_map` covers the whole sequence."""
         b, l, c = x.shape
         t = grid[0]
         n, d = self.num_heads, self.head_dim
@@ -169,8 +172,13 @@ class AudioCrossAttention(nn.Module):
             if x_ref_attn_map is None:
                 raise ValueError("two speakers need the speaker attention map (pass ref_target_masks)")
             q_pos = speaker_positions(x_ref_attn_map)  # [B, L]
+            if sp is not None:  # positions are normalised over the whole sequence, then this rank's taken
+                q_pos = sp.split(q_pos, dim=1)
             q = apply_rope_1d(q, rope_1d_angles(q_pos, d)[:, :, None, :])
             k_pos = audio_key_positions(a, k.device, k.dtype)
             k = apply_rope_1d(k, rope_1d_angles(k_pos, d)[:, None, :])
-        out = attention(q.reshape(b * t, s, n, d), k, v)
+        if sp is not None:
+            out = sp.audio_attention(q, k, v, t)
+        else:
+            out = attention(q.reshape(b * t, s, n, d), k, v)
         return self.proj(out.reshape(b, l, c))

@@ -142,6 +142,9 @@ class InfiniteTalkDiT(nn.Module):
         # Optional `callable(blocks) -> iterable of blocks ready on the compute device`, set by
         # `worker.engine.offload.BlockStreamer` when blocks live in host memory; None: all resident.
         self.block_stream = None
+        # Optional `worker.engine.parallel.ParallelContext` set by `attach_parallel`: each forward then splits
+        # the latent tokens across its ranks; None (or one rank): the single-GPU path.
+        self.parallel = None
 
     # ------------------------------------------------------------------ weights
 
@@ -279,14 +282,23 @@ class InfiniteTalkDiT(nn.Module):
                 raise ValueError("ref_target_masks [3, H, W] is required for two speakers")
             token_masks = self._token_masks(ref_target_masks, grid, dtype, device)
 
+        rope_freqs = self._rope.get(grid, device)
+        shard = None
+        if self.parallel is not None and self.parallel.is_parallel:
+            from worker.engine.parallel.sequence import shard_for
+
+            shard = shard_for(self.parallel, x.shape[1], grid[1] * grid[2], cfg.num_heads)
+            x, rope_freqs = shard.split(x), shard.split(rope_freqs, dim=0)
         block_kwargs = dict(
-            rope_freqs=self._rope.get(grid, device),
+            rope_freqs=rope_freqs,
             grid=grid,
             context=context_tokens,
             audio_tokens=audio_tokens,
             token_masks=token_masks,
             human_num=humans,
         )
+        if shard is not None:
+            block_kwargs["sp"] = shard
         if teacache is None:
             x = self._run_blocks(x, e0, block_kwargs)
         else:
@@ -301,4 +313,6 @@ class InfiniteTalkDiT(nn.Module):
                 x = x + torch.stack([cache.reuse(br) for br in branches]).to(x.dtype)
 
         out = self.head(x, e)
+        if shard is not None:  # the only gather of the forward: every rank gets the whole prediction
+            out = shard.gather(out)
         return self.unpatchify(out, grid).float()

@@ -110,18 +110,23 @@ class SelfAttention(nn.Module):
         rope_freqs: torch.Tensor,
         frame_tokens: int,
         token_masks: torch.Tensor | None = None,
+        sp=None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x `[B, L, C]` -> (output `[B, L, C]`, speaker map `[B, classes, L]` or None when no masks are given)."""
+        """x `[B, L, C]` -> (output `[B, L, C]`, speaker map `[B, classes, L]` or None when no masks are given).
+
+        `sp` (a `worker.engine.parallel.SequenceShard`): x holds this rank's tokens only; attention and the
+        speaker map (of the whole sequence) then exchange data with the other ranks."""
         b, l, _ = x.shape
         n, d = self.num_heads, self.head_dim
         q = apply_rope_3d(self.norm_q(self.q(x)).view(b, l, n, d), rope_freqs)
         k = apply_rope_3d(self.norm_k(self.k(x)).view(b, l, n, d), rope_freqs)
         v = self.v(x).view(b, l, n, d)
-        out = self.o(attention(q, k, v).flatten(2))
+        out = self.o((attention(q, k, v) if sp is None else sp.self_attention(q, k, v)).flatten(2))
         ref_map = None
         if token_masks is not None:
             with torch.no_grad():
-                ref_map = speaker_attention_map(q, k, frame_tokens, token_masks)
+                speaker_map = speaker_attention_map if sp is None else sp.speaker_map
+                ref_map = speaker_map(q, k, frame_tokens, token_masks)
         return out, ref_map
 
 
@@ -199,18 +204,21 @@ class DiTBlock(nn.Module):
         audio_tokens: torch.Tensor,
         token_masks: torch.Tensor | None,
         human_num: int,
+        sp=None,
     ) -> torch.Tensor:
-        """x `[B, L, C]`; e0 `[B, 6, C]` float32 timestep modulation; token_masks None skips the speaker map."""
+        """x `[B, L, C]`; e0 `[B, 6, C]` float32 timestep modulation; token_masks None skips the speaker map;
+        `sp`: sequence-parallel shard (x holds this rank's tokens), None on one GPU."""
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).chunk(6, dim=1)
         frame_tokens = grid[1] * grid[2]
 
         h = modulate(self.norm1(x), scale1, shift1)
-        y, ref_map = self.self_attn(h, rope_freqs, frame_tokens, token_masks)
+        y, ref_map = self.self_attn(h, rope_freqs, frame_tokens, token_masks, **({} if sp is None else {"sp": sp}))
         x = gated_residual(x, y, gate1)
 
         x = x + self.cross_attn(self.norm3(x), context)
         x = x + self.audio_cross_attn(
-            self.norm_x(x), audio_tokens, grid, x_ref_attn_map=ref_map, human_num=human_num
+            self.norm_x(x), audio_tokens, grid, x_ref_attn_map=ref_map, human_num=human_num,
+            **({} if sp is None else {"sp": sp}),
         )
 
         y = self.ffn(modulate(self.norm2(x), scale2, shift2))
