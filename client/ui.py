@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import html
 import os
+import secrets
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,19 @@ from typing import Any
 
 from client.api import JobErrorInfo, JobStatus, PollPolicy, RunpodEndpointClient, is_loopback_base
 from client.results import save_result
+from client.ui_checks import check_upload
+from client.ui_history import choices, find, render_html, upsert
+from client.ui_progress import StageTracker, queue_note
+from client.ui_setup import (
+    DEFAULT_VOICES,
+    EXAMPLES_DIR,
+    KOKORO_VOICES,
+    SETUPS,
+    Example,
+    load_examples,
+    setup_for,
+    visible_inputs,
+)
 from client.estimate import GPU_TIERS, PRESETS, estimate_job, format_estimate, media_duration_s
 from client.payload import (
     MODES,
@@ -44,6 +59,14 @@ __all__ = ["collect_params", "estimate_markdown", "follow_job", "UiUpdate", "bui
 OUTPUT_CHOICES = ["auto", "inline", "s3", "local", "volume"]
 TRISTATE = ["preset default", "on", "off"]
 TTS_CHARS_PER_S = 15.0  # reading speed used to guess TTS audio length for the estimate
+# The form's preset and mode start as the user's guide recommends: 8 steps ("fast"), and the mode
+# left to the worker, which renders the whole speech unless asked for one clip.
+UI_DEFAULT_PRESET = "fast" if "fast" in SAMPLER_PRESETS else SAMPLER_PRESETS[0]
+MODE_DEFAULT = "worker default (whole speech)"
+
+
+def _mode(v: str | None) -> str | None:
+    return None if not v or v == MODE_DEFAULT else v
 
 
 def _num(v: Any) -> float | None:
@@ -86,7 +109,7 @@ def collect_params(
         "prompt": prompt or None,
         "negative_prompt": negative_prompt or None,
         "size": size or None,
-        "mode": mode or None,
+        "mode": _mode(mode),
         "sampler": preset or None,
         "sample_steps": _int(sample_steps),
         "sample_shift": _num(sample_shift),
@@ -129,8 +152,8 @@ def estimate_markdown(*, tier: str, preset: str | None, size: str | None, mode: 
     else:
         return "Estimate: add audio (or TTS text) to see GPU time and cost."
     try:
-        est = estimate_job(audio_s=seconds, tier=tier, preset=preset or "quality", size=size or "infinitetalk-480",
-                           mode=mode or "clip", speakers=speakers, sample_steps=_int(sample_steps),
+        est = estimate_job(audio_s=seconds, tier=tier, preset=preset or UI_DEFAULT_PRESET,
+                           size=size or "infinitetalk-480", mode=_mode(mode) or "streaming", speakers=speakers, sample_steps=_int(sample_steps),
                            text_guide_scale=_num(text_guide_scale), frame_num=_int(frame_num),
                            motion_frame=_int(motion_frame), guidance_every=_int(guidance_every))
     except ValueError as exc:
@@ -151,6 +174,9 @@ class UiUpdate:
     video_url: str | None = None
     error: JobErrorInfo | None = None
     final: bool = False
+    stages: StageTracker = field(default_factory=StageTracker)
+    output: dict[str, Any] = field(default_factory=dict)
+    execution_ms: int | None = None
 
     def progress_html(self) -> str:
         pct = max(0.0, min(100.0, self.percent))
@@ -161,7 +187,13 @@ class UiUpdate:
             f'{" · " + html.escape(self.label) if self.label else ""}</div></div>'
         )
 
+    @property
+    def cancelled(self) -> bool:
+        return self.status == "CANCELLED"
+
     def error_markdown(self) -> str:
+        if self.cancelled:
+            return "**Cancelled.** The job was stopped at your request; nothing more is billed for it."
         if self.error is None:
             return ""
         text = f"**Error `{self.error.code}`**: {self.error.message}"
@@ -170,28 +202,50 @@ class UiUpdate:
         return text
 
     def result_markdown(self) -> str:
+        lines = []
+        out = self.output
+        if self.video:
+            facts = [f"{out['duration_s']:.2f} s" if isinstance(out.get("duration_s"), (int, float)) else "",
+                     f"{out.get('width')}x{out.get('height')}" if out.get("width") else "",
+                     f"seed {out['seed']}" if "seed" in out else ""]
+            lines.append(" · ".join(f for f in facts if f))
+        if out.get("truncated"):
+            dropped = out.get("truncated_s") or out.get("dropped_s")
+            lines.append("**Shortened:** the video stops before the speech ends"
+                         + (f" ({float(dropped):.1f} s dropped)" if isinstance(dropped, (int, float)) else "")
+                         + '; choose mode "streaming" to render it all.')
         if self.video_url:
-            return f"[Download the MP4]({self.video_url}) (presigned URL; it expires)"
-        return ""
+            lines.append(f"[Download from S3]({self.video_url}) (presigned URL; it expires)")
+        return "\n\n".join(lines)
 
 
 def follow_job(
     client: RunpodEndpointClient,
-    job_input: dict[str, Any],
+    job_input: dict[str, Any] | None,
     out_dir: Path,
     *,
     poll: PollPolicy = PollPolicy(),
     should_stop: Callable[[], bool] | None = None,
+    job_id: str | None = None,
 ) -> Iterator[UiUpdate]:
-    """Submit through /run and yield what to show until the job ends and its video is saved."""
+    """Submit through /run (or re-attach to `job_id`) and yield what to show until the job ends and its video is saved."""
     up = UiUpdate(status="SUBMITTING", label="sending the request")
-    yield up
-    first = client.run(job_input)
+    if job_id:
+        up.status, up.label, up.job_id = "ATTACHING", "asking for the job's status", job_id
+        yield up
+        first = client.status(job_id)
+    else:
+        yield up
+        assert job_input is not None
+        first = client.run(job_input)
     up.job_id, up.status, up.label = first.id, first.status, "queued"
     up.log.append(f"job {first.id} {first.status}")
+    up.stages.see(first.status, None)
     yield up
     last: JobStatus = first
-    for last in client.poll(first.id, policy=poll, should_stop=should_stop):
+    health_at = 0.0
+    polls = client.poll(first.id, policy=poll, should_stop=should_stop) if not first.final else iter([first])
+    for last in polls:
         up.status = last.status
         prog = last.progress
         if prog is not None:
@@ -201,29 +255,43 @@ def follow_job(
             line = f"{prog.stage}: {prog.message}" if prog.message else str(prog.stage)
             if not up.log or up.log[-1] != line:
                 up.log.append(line)
+        up.stages.see(last.status, prog.stage if prog else None, eta_s=prog.eta_s if prog else None,
+                      detail=(prog.message or "") if prog else "")
+        if last.status == "IN_QUEUE" and time.monotonic() - health_at > 5:
+            health_at = time.monotonic()
+            try:
+                up.stages.queue_note = queue_note(client.health())
+            except Exception:  # noqa: BLE001 - the note is a nicety; the job's own status still shows
+                up.stages.queue_note = ""
         if not last.final:
             yield up
     up.final = last.final
+    up.execution_ms = last.executionTime
     err = last.error_info
     if last.status == "COMPLETED" and err is None:
         up.percent, up.label = 100.0, "done"
         out = last.output if isinstance(last.output, dict) else {}
+        up.output = {k: v for k, v in out.items() if k != "video_base64"}
         up.video_url = out.get("video_url")
         path = save_result(out, out_dir, last.id)
         if path is None:
             up.error = JobErrorInfo(code="E_RESULT_UNREACHABLE",
-                                    message=f"the worker wrote {out.get('video_path')}, which this machine cannot read",
-                                    hint='Choose output "inline" (small results) or "s3".')
+                                    message="the worker saved the video on its own disk, which this machine cannot read",
+                                    hint='Set "Result delivery" to "inline" (small results) or "s3" and generate again.')
         else:
             up.video = str(path)
             meta = ", ".join(f"{k} {out[k]}" for k in ("duration_s", "width", "height", "seed") if k in out)
             up.log.append(f"done: {meta}")
+    elif last.status == "CANCELLED":
+        up.label = "cancelled"
+        up.log.append("CANCELLED by request")
     elif last.final:
         up.error = err or JobErrorInfo(code=f"E_{last.status}", message=f"job ended {last.status}")
         up.label = up.error.code
         up.log.append(f"{last.status}: {up.error.code}")
     else:
         up.status, up.label = "STOPPED", "stopped following (the job may still run)"
+    up.stages.finish(last.status)
     yield up
 
 
@@ -255,8 +323,49 @@ def _s3_from_form(bucket: str, endpoint: str, region: str, access_key: str, secr
     return S3UploadConfig.from_env()
 
 
+def _ui_secret() -> str:
+    """The key gr.BrowserState encrypts the history with, kept beside the results so a UI restart can still read it."""
+    f = _out_dir() / ".history-key"
+    if not f.exists():
+        f.write_text(secrets.token_hex(16))
+        f.chmod(0o600)
+    return f.read_text().strip()
+
+
+def check_form_files(setup_label: str, files: dict[str, str | None]) -> list[str]:
+    """Friendly problems with the uploads that apply to this setup (empty: fine)."""
+    shown = visible_inputs(setup_label)
+    kinds = {"image": ("image", "Image"), "video": ("video", "Video"), "audio1": ("audio", "Audio, person 1"),
+             "audio2": ("audio", "Audio, person 2")}
+    problems = []
+    for key, (kind, name) in kinds.items():
+        if shown.get(key) and files.get(key):
+            chk = check_upload(files[key], kind, name)
+            if not chk.ok:
+                problems.append(chk.message)
+    return problems
+
+
+# The form's fields, by name, in the order on_submit receives them; stored with each history entry
+# (connection and S3 fields are not: they hold keys) so a job can be loaded back and submitted again.
+FORM_FIELDS = ("setup", "image", "video", "audio1", "audio2", "audio_type", "tts_text", "voice1", "voice2", "prompt",
+               "neg_prompt", "preset", "size", "mode", "steps", "shift", "text_scale", "audio_scale", "apg", "teacache",
+               "tc_thresh", "guide_every", "frame_num", "motion_frame", "max_dur", "color", "seed", "bbox1", "bbox2",
+               "output_target", "tier")
+CONN_FIELDS = ("api_key", "endpoint_id", "base", "s3_bucket", "s3_endpoint", "s3_region", "s3_access", "s3_secret")
+
+UI_CSS = """
+#result-video video { max-height: 360px; object-fit: contain; }
+#stage-list li { padding: 1px 0; } #stage-list .stage-time { color: #777; float: right; }
+#history-table table { font-size: 0.85em; } #history-table td, #history-table th { padding: 2px 6px; }
+#input-check p { color: #b45309; }
+"""
+
+
 def build_app(base_url: str | None = None) -> Any:
     import gradio as gr
+
+    from client.ui_boxes import draw_boxes, pick_corner
 
     def _opt(label: str, **kw: Any) -> Any:
         # A text field, not gr.Number: Number shows an empty value as 0 and then fails its own
@@ -264,168 +373,367 @@ def build_app(base_url: str | None = None) -> Any:
         return gr.Textbox(value="", label=label, placeholder="default", **kw)
 
     poll = PollPolicy(initial_s=float(os.environ.get("INFINITETALK_UI_POLL_S", "2")))
+    examples = load_examples()
+    shown0 = visible_inputs(SETUPS[0].label)
+    c: dict[str, Any] = {}
 
     with gr.Blocks(title="InfiniteTalk") as app:
         gr.Markdown("# InfiniteTalk\nTalking video from an image (or a video) and speech, on Runpod Serverless or a local worker.")
-        with gr.Accordion("Connection", open=True):
+        with gr.Accordion("Connection", open=not base_url):
             with gr.Row():
-                api_key = gr.Textbox(label="Runpod API key", type="password", value=os.environ.get("RUNPOD_API_KEY", ""),
-                                     elem_id="api-key")
-                endpoint_id = gr.Textbox(label="Endpoint ID", value=os.environ.get("RUNPOD_ENDPOINT_ID", ""),
-                                         elem_id="endpoint-id")
-                base = gr.Textbox(label="or base URL of a local worker", placeholder="http://127.0.0.1:8000",
-                                  value=base_url or os.environ.get("INFINITETALK_BASE_URL", ""), elem_id="base-url")
+                c["api_key"] = gr.Textbox(label="Runpod API key", type="password",
+                                          value=os.environ.get("RUNPOD_API_KEY", ""), elem_id="api-key")
+                c["endpoint_id"] = gr.Textbox(label="Endpoint ID", value=os.environ.get("RUNPOD_ENDPOINT_ID", ""),
+                                              elem_id="endpoint-id")
+                c["base"] = gr.Textbox(label="or base URL of a local worker", placeholder="http://127.0.0.1:8000",
+                                       value=base_url or os.environ.get("INFINITETALK_BASE_URL", ""), elem_id="base-url")
             with gr.Accordion("S3 for inputs over 10 MB (else from S3_BUCKET, S3_ENDPOINT, … in the environment)", open=False):
                 with gr.Row():
-                    s3_bucket = gr.Textbox(label="bucket")
-                    s3_endpoint = gr.Textbox(label="endpoint URL (empty: AWS)")
-                    s3_region = gr.Textbox(label="region", value="us-east-1")
-                    s3_access = gr.Textbox(label="access key", type="password")
-                    s3_secret = gr.Textbox(label="secret key", type="password")
+                    c["s3_bucket"] = gr.Textbox(label="bucket")
+                    c["s3_endpoint"] = gr.Textbox(label="endpoint URL (empty: AWS)")
+                    c["s3_region"] = gr.Textbox(label="region", value="us-east-1")
+                    c["s3_access"] = gr.Textbox(label="access key", type="password")
+                    c["s3_secret"] = gr.Textbox(label="secret key", type="password")
+
+        if examples:
+            with gr.Row(elem_id="examples"):
+                gr.Markdown("**Examples** (one click fills the form):")
+                ex_buttons = [gr.Button(ex.name, size="sm", elem_id=f"example-{ex.name.replace(' ', '-')}")
+                              for ex in examples]
+        else:
+            ex_buttons = []
 
         with gr.Row():
             with gr.Column():
-                source_kind = gr.Radio(["image", "video"], value="image", label="Reference", elem_id="source-kind")
-                image = gr.Image(label="Image", type="filepath", elem_id="input-image")
-                video = gr.Video(label="Video (dubbing)", visible=False, elem_id="input-video")
-                speech_kind = gr.Radio(["audio", "text to speech"], value="audio", label="Speech", elem_id="speech-kind")
-                audio1 = gr.Audio(label="Audio, person 1", type="filepath", elem_id="input-audio1")
-                audio2 = gr.Audio(label="Audio, person 2 (optional)", type="filepath", elem_id="input-audio2")
-                audio_type = gr.Radio(["add", "para"], value="add", label="Two speakers: add (in turn) or para (together)")
-                tts_text = gr.Textbox(label="TTS text (mark two speakers (s1) / (s2))", lines=3, visible=False)
-                with gr.Row(visible=False) as tts_voices:
-                    voice1 = gr.Textbox(label="voice, speaker 1 (optional)")
-                    voice2 = gr.Textbox(label="voice, speaker 2 (optional)")
-                prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                c["setup"] = gr.Radio([s.label for s in SETUPS], value=SETUPS[0].label, label="What to make",
+                                      elem_id="setup")
+                # Uploads are plain files, checked here by their content: gr.Image would decode a
+                # non-image itself and show the library's exception with the temp path.
+                c["image"] = gr.File(label="Image (PNG, JPEG, WebP)", type="filepath", elem_id="input-image",
+                                     visible=shown0["image"], height=90)
+                c["video"] = gr.File(label="Video to dub (MP4, MOV, WebM)", type="filepath", elem_id="input-video",
+                                     visible=shown0["video"], height=90)
+                c["audio1"] = gr.File(label="Audio, person 1 (WAV, MP3, FLAC, OGG, M4A)", type="filepath",
+                                      elem_id="input-audio1", visible=shown0["audio1"], height=90)
+                c["audio2"] = gr.File(label="Audio, person 2", type="filepath", elem_id="input-audio2",
+                                      visible=shown0["audio2"], height=90)
+                c["audio_type"] = gr.Radio([("in turn (add)", "add"), ("at the same time (para)", "para")], value="add",
+                                           label="Two speakers talk", visible=shown0["audio_type"], elem_id="audio-type")
+                check_md = gr.Markdown("", elem_id="input-check")
+                c["tts_text"] = gr.Textbox(label="Text to speak (two speakers: mark turns with (s1) and (s2))", lines=3,
+                                           visible=shown0["tts_text"], elem_id="tts-text")
+                with gr.Row():
+                    c["voice1"] = gr.Dropdown(list(KOKORO_VOICES), value=DEFAULT_VOICES[0], allow_custom_value=True,
+                                              label="Voice, speaker 1", visible=shown0["voice1"], elem_id="voice1")
+                    c["voice2"] = gr.Dropdown(list(KOKORO_VOICES), value=DEFAULT_VOICES[1], allow_custom_value=True,
+                                              label="Voice, speaker 2", visible=shown0["voice2"], elem_id="voice2")
+                canvas = gr.Image(label="Image (two speakers: click two corners to draw a box)", interactive=False,
+                                  type="filepath", elem_id="box-canvas", visible=False, height=300)
+                with gr.Row(visible=shown0["boxes"]) as box_row:
+                    box_target = gr.Radio([("person 1", "1"), ("person 2", "2")], value="1", label="Draw the box of",
+                                          elem_id="box-target")
+                    c["bbox1"] = gr.Textbox(label="box person 1 (x0 y0 x1 y1, pixels)", elem_id="bbox1")
+                    c["bbox2"] = gr.Textbox(label="box person 2 (x0 y0 x1 y1, pixels)", elem_id="bbox2")
+                pending = gr.State(None)
+                c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
             with gr.Column():
                 with gr.Row():
-                    preset = gr.Dropdown(list(SAMPLER_PRESETS), value="quality", label="Sampler preset",
-                                         info=", ".join(f"{k}: {v[0]} steps" for k, v in PRESETS.items()),
-                                         elem_id="preset")
-                    size = gr.Dropdown(list(SIZES), value="infinitetalk-480", label="Size", elem_id="size")
-                    mode = gr.Dropdown(list(MODES), value="clip", label="Mode (clip: one chunk; streaming: whole audio)")
+                    c["preset"] = gr.Dropdown(list(SAMPLER_PRESETS), value=UI_DEFAULT_PRESET, label="Sampler preset",
+                                              info=", ".join(f"{k}: {v[0]} steps" for k, v in PRESETS.items()),
+                                              elem_id="preset")
+                    c["size"] = gr.Dropdown(list(SIZES), value="infinitetalk-480", label="Size", elem_id="size")
+                    c["mode"] = gr.Dropdown([MODE_DEFAULT, *MODES], value=MODE_DEFAULT, elem_id="mode",
+                                            label="Mode (streaming: the whole speech; clip: one chunk, may cut it)")
                 with gr.Accordion("Overrides (empty: the preset's / worker's default)", open=False, elem_id="overrides"):
                     with gr.Row():
-                        steps = _opt("sample_steps", elem_id="steps")
-                        shift = _opt("sample_shift")
-                        text_scale = _opt("text_guide_scale")
-                        audio_scale = _opt("audio_guide_scale")
+                        c["steps"] = _opt("sample_steps", elem_id="steps")
+                        c["shift"] = _opt("sample_shift")
+                        c["text_scale"] = _opt("text_guide_scale")
+                        c["audio_scale"] = _opt("audio_guide_scale")
                     with gr.Row():
-                        apg = gr.Dropdown(TRISTATE, value=TRISTATE[0], label="APG")
-                        teacache = gr.Dropdown(TRISTATE, value=TRISTATE[0], label="TeaCache")
-                        tc_thresh = _opt("teacache_thresh")
-                        guide_every = _opt("guidance_every")
+                        c["apg"] = gr.Dropdown(TRISTATE, value=TRISTATE[0], label="APG")
+                        c["teacache"] = gr.Dropdown(TRISTATE, value=TRISTATE[0], label="TeaCache")
+                        c["tc_thresh"] = _opt("teacache_thresh")
+                        c["guide_every"] = _opt("guidance_every")
                     with gr.Row():
-                        frame_num = _opt("frame_num (4n+1)")
-                        motion_frame = _opt("motion_frame (4n+1)")
-                        max_dur = _opt("max_duration_s")
-                        color = _opt("color_correction_strength")
+                        c["frame_num"] = _opt("frame_num (4n+1)")
+                        c["motion_frame"] = _opt("motion_frame (4n+1)")
+                        c["max_dur"] = _opt("max_duration_s")
+                        c["color"] = _opt("color_correction_strength")
                     with gr.Row():
-                        seed = _opt("seed (empty: random)")
-                        neg_prompt = gr.Textbox(label="Negative prompt")
-                    with gr.Row():
-                        bbox1 = gr.Textbox(label="bbox person 1 (x0 y0 x1 y1)")
-                        bbox2 = gr.Textbox(label="bbox person 2 (x0 y0 x1 y1)")
-                    output_target = gr.Dropdown(OUTPUT_CHOICES, value="auto", elem_id="output-target",
-                                                label="Result delivery (auto: inline for a local worker, else the worker's default)")
-                tier = gr.Dropdown(list(GPU_TIERS), value="h100_80", label="GPU tier (for the estimate)", elem_id="gpu-tier")
+                        c["seed"] = _opt("seed (empty: random)", elem_id="seed")
+                        c["neg_prompt"] = gr.Textbox(label="Negative prompt")
+                    c["output_target"] = gr.Dropdown(
+                        OUTPUT_CHOICES, value="auto", elem_id="output-target",
+                        label="Result delivery (auto: inline for a local worker, else the worker's default)")
+                c["tier"] = gr.Dropdown(list(GPU_TIERS), value="h100_80", label="GPU tier (for the estimate)",
+                                        elem_id="gpu-tier")
                 estimate = gr.Markdown("Estimate: add audio (or TTS text) to see GPU time and cost.", elem_id="estimate")
                 with gr.Row():
                     submit = gr.Button("Generate", variant="primary", elem_id="submit")
-                    cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                    cancel = gr.Button("Cancel job", variant="secondary", elem_id="cancel", visible=False, size="sm")
                 job_id = gr.Textbox(label="Job ID", interactive=False, elem_id="job-id")
                 progress = gr.HTML(UiUpdate().progress_html(), elem_id="progress")
-                stages = gr.Textbox(label="Stages", lines=6, interactive=False, elem_id="stages")
+                stages = gr.HTML("", elem_id="stages")
                 error = gr.Markdown("", elem_id="job-error")
-                result = gr.Video(label="Result", interactive=False, elem_id="result-video")
-                download = gr.File(label="Download", interactive=False, elem_id="result-file")
-                link = gr.Markdown("", elem_id="result-link")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=320):
+                        result = gr.Video(label="Result", interactive=False, elem_id="result-video", height=360)
+                    with gr.Column(scale=1, min_width=160):
+                        download = gr.File(label="Download", interactive=False, elem_id="result-file", height=90)
+                        link = gr.Markdown("", elem_id="result-link")
+                with gr.Accordion("Log", open=False):
+                    log = gr.Textbox(lines=6, interactive=False, elem_id="log", show_label=False)
 
-        source_kind.change(lambda k: (gr.update(visible=k == "image"), gr.update(visible=k == "video")),
-                           source_kind, [image, video])
-        speech_kind.change(
-            lambda k: (gr.update(visible=k == "audio"), gr.update(visible=k == "audio"),
-                       gr.update(visible=k == "audio"), gr.update(visible=k != "audio"), gr.update(visible=k != "audio")),
-            speech_kind, [audio1, audio2, audio_type, tts_text, tts_voices])
+        with gr.Accordion("History (kept in this browser)", open=True, elem_id="history-box"):
+            history = gr.BrowserState([], storage_key="infinitetalk-history", secret=_ui_secret())
+            history_html = gr.HTML(render_html([]), elem_id="history")
+            with gr.Row():
+                history_pick = gr.Dropdown([], value=None, allow_custom_value=True, elem_id="history-pick",
+                                           label="Job (pick one, or paste a job ID to re-attach)")
+                open_btn = gr.Button("Show / re-attach", elem_id="history-open", size="sm")
+                edit_btn = gr.Button("Load into form to edit and submit again", elem_id="history-edit", size="sm")
 
-        est_inputs = [tier, preset, size, mode, audio1, audio2, tts_text, audio_type, speech_kind, steps, text_scale,
-                      frame_num, motion_frame, guide_every]
+        form = [c[k] for k in CONN_FIELDS + FORM_FIELDS]
+        running_outputs = [job_id, progress, stages, error, result, download, link, log, history, history_html,
+                           history_pick, submit, cancel]
 
-        def on_estimate(tier_v, preset_v, size_v, mode_v, a1, a2, tts_v, at, sk, st, ts, fn, mf, ge):
-            use_tts = sk != "audio"
-            return estimate_markdown(tier=tier_v, preset=preset_v, size=size_v, mode=mode_v,
-                                     audio1=None if use_tts else a1, audio2=None if use_tts else a2,
-                                     tts_text=tts_v if use_tts else None, audio_type=at, sample_steps=st,
-                                     text_guide_scale=ts, frame_num=fn, motion_frame=mf, guidance_every=ge)
+        # --- the setup selector governs which inputs show
+        governed = {"image": c["image"], "video": c["video"], "audio1": c["audio1"], "audio2": c["audio2"],
+                    "audio_type": c["audio_type"], "tts_text": c["tts_text"], "voice1": c["voice1"],
+                    "voice2": c["voice2"], "boxes": box_row}
 
-        for comp in est_inputs:
-            comp.change(on_estimate, est_inputs, estimate)
+        def on_setup(label: str, img: str | None):
+            shown = visible_inputs(label)
+            canvas_up = gr.update(visible=shown["image"] and bool(img))
+            return [gr.update(visible=shown[k]) for k in governed] + [canvas_up]
 
-        form = [api_key, endpoint_id, base, s3_bucket, s3_endpoint, s3_region, s3_access, s3_secret,
-                source_kind, image, video, speech_kind, audio1, audio2, audio_type, tts_text, voice1, voice2, prompt, neg_prompt,
-                preset, size, mode, steps, shift, text_scale, audio_scale, apg, teacache, tc_thresh, guide_every, frame_num,
-                motion_frame, max_dur, color, seed, bbox1, bbox2, output_target]
-        outputs = [job_id, progress, stages, error, result, download, link]
+        c["setup"].change(on_setup, [c["setup"], c["image"]], [*governed.values(), canvas])
 
-        def render(up: UiUpdate) -> tuple:
-            return (up.job_id, up.progress_html(), "\n".join(up.log), up.error_markdown(),
-                    up.video, up.video, up.result_markdown())
+        # --- uploads checked by content as they arrive
+        def on_files(label: str, img, vid, a1, a2, b1, b2):
+            problems = check_form_files(label, {"image": img, "video": vid, "audio1": a1, "audio2": a2})
+            md = "\n\n".join(f"⚠ {p}" for p in problems)
+            img_ok = bool(img) and check_upload(img, "image", "Image").ok
+            shown = visible_inputs(label)
+            preview = draw_boxes(img, _safe_bbox(b1), _safe_bbox(b2), _out_dir()) if img_ok else None
+            return md, gr.update(value=preview, visible=bool(preview) and shown["image"])
 
-        def on_submit(*values: Any):
-            (key, eid, burl, b_bucket, b_endpoint, b_region, b_access, b_secret, sk, img, vid, spk, a1, a2, at, tts_v,
-             v1, v2, pr, npr, pre, sz, md, st, sh, ts, au, apg_v, tc_v, tct, ge, fn, mf, mdur, col, sd, bb1, bb2, tgt) = values
-            up = UiUpdate(status="PREPARING")
-            try:
-                client = _client_from_form(key, eid, burl)
-                use_tts = spk != "audio"
-                two = bool(a2) and not use_tts
-                params = collect_params(
-                    prompt=pr, negative_prompt=npr, size=sz, mode=md, preset=pre, sample_steps=st, sample_shift=sh,
-                    text_guide_scale=ts, audio_guide_scale=au, use_apg=apg_v, use_teacache=tc_v, teacache_thresh=tct,
-                    guidance_every=ge,
-                    frame_num=fn, motion_frame=mf, max_duration_s=mdur, color_correction_strength=col, seed=sd,
-                    audio_type=at if two else None, bbox1=bb1, bbox2=bb2 if two else None, output_target=tgt,
-                    local=is_loopback_base(client.endpoint_url))
-                media = MediaSpec(image=img if sk == "image" else None, video=vid if sk == "video" else None,
-                                  audio1=None if use_tts else a1, audio2=a2 if two else None,
-                                  tts_text=tts_v if use_tts else None, tts_voice=(v1 or None) if use_tts else None,
-                                  tts_voice2=(v2 or None) if use_tts else None)
-                job, reports = build_job_input(media, params, limit_bytes=RUN_LIMIT_BYTES,
-                                               s3=_s3_from_form(b_bucket, b_endpoint, b_region, b_access, b_secret))
-                up.log.extend(f"{r.field}: {r.how}" + (f" ({r.bytes / 1e6:.2f} MB)" if r.bytes else "") for r in reports)
-            except (ValueError, FileNotFoundError) as exc:
-                up.error = JobErrorInfo(code="E_INPUT_VALIDATION", message=str(exc), hint="Fix the form and submit again.")
-                up.status = "NOT SUBMITTED"
-                yield render(up)
-                return
-            # Cancel goes through the endpoint; this loop then sees CANCELLED and shows it.
+        file_inputs = [c["setup"], c["image"], c["video"], c["audio1"], c["audio2"], c["bbox1"], c["bbox2"]]
+        for key in ("image", "video", "audio1", "audio2"):
+            c[key].change(on_files, file_inputs, [check_md, canvas])
+
+        # --- boxes: click two corners on the image
+        def on_pick(evt: gr.SelectData, target: str, corner, img, b1, b2):
+            corner, box = pick_corner(corner, evt.index)
+            if box is not None:
+                text = " ".join(str(int(v)) for v in box)
+                b1, b2 = (text, b2) if target == "1" else (b1, text)
+            preview = draw_boxes(img, _safe_bbox(b1), _safe_bbox(b2), _out_dir(), corner=corner)
+            return corner, b1, b2, preview
+
+        # This module's annotations are strings (future import) and gr is local: give gradio the class.
+        on_pick.__annotations__["evt"] = gr.SelectData
+        canvas.select(on_pick, [box_target, pending, c["image"], c["bbox1"], c["bbox2"]],
+                      [pending, c["bbox1"], c["bbox2"], canvas])
+
+        # --- estimate
+        est_keys = ("tier", "preset", "size", "mode", "audio1", "audio2", "tts_text", "audio_type", "setup", "steps",
+                    "text_scale", "frame_num", "motion_frame", "guide_every")
+
+        def on_estimate(*vals):
+            v = dict(zip(est_keys, vals))
+            shown = visible_inputs(v["setup"])
+            audio_ok = {k: v[k] if shown[k] and v[k] and check_upload(v[k], "audio", k).ok else None
+                        for k in ("audio1", "audio2")}
+            return estimate_markdown(tier=v["tier"], preset=v["preset"], size=v["size"], mode=v["mode"],
+                                     audio1=audio_ok["audio1"], audio2=audio_ok["audio2"],
+                                     tts_text=v["tts_text"] if shown["tts_text"] else None, audio_type=v["audio_type"],
+                                     sample_steps=v["steps"], text_guide_scale=v["text_scale"], frame_num=v["frame_num"],
+                                     motion_frame=v["motion_frame"], guidance_every=v["guide_every"])
+
+        for key in est_keys:
+            c[key].change(on_estimate, [c[k] for k in est_keys], estimate)
+
+        # --- running a job
+        def _running(up: UiUpdate, hist: list, busy: bool, entry: dict[str, Any] | None = None):
+            if entry is not None and up.job_id:
+                hist = upsert(hist, {"id": up.job_id, **entry})
+            return (up.job_id, up.progress_html(), up.stages.to_html() if up.job_id else "", up.error_markdown(),
+                    up.video, up.video, up.result_markdown(), "\n".join(up.log), hist, render_html(hist),
+                    gr.update(choices=choices(hist)), gr.update(interactive=not busy),
+                    gr.update(visible=busy and bool(up.job_id) and not up.final))
+
+        def _entry(up: UiUpdate, tier: str, extra: dict[str, Any]) -> dict[str, Any]:
+            e: dict[str, Any] = {"status": up.status, **extra}
+            if up.final:
+                e["video"] = up.video
+                if isinstance(up.output.get("duration_s"), (int, float)):
+                    e["duration"] = f"{up.output['duration_s']:.2f} s"
+                if up.execution_ms:
+                    price = GPU_TIERS.get(tier, GPU_TIERS.get("h100_80"))[1]
+                    e["cost"] = f"${up.execution_ms / 1000 / 3600 * price:.4f} ({up.execution_ms / 1000:.1f} s GPU)"
+                if up.error is not None:
+                    e["error"] = up.error.code
+            return e
+
+        def _follow(client: RunpodEndpointClient, job: dict[str, Any] | None, hist: list, tier: str,
+                    extra: dict[str, Any], *, attach: str | None = None, pre_log: list[str] | None = None):
+            up = UiUpdate()
             try:
                 with client:
-                    for step in follow_job(client, job, _out_dir(), poll=poll):
-                        step.log[:0] = [line for line in up.log if line not in step.log]
+                    for step in follow_job(client, job, _out_dir(), poll=poll, job_id=attach):
+                        step.log[:0] = [line for line in (pre_log or []) if line not in step.log]
                         up = step
-                        yield render(step)
+                        yield _running(step, hist, not step.final, _entry(step, tier, extra))
+                        hist = upsert(hist, {"id": step.job_id, **_entry(step, tier, extra)}) if step.job_id else hist
             except Exception as exc:  # noqa: BLE001 - shown to the user instead of a Gradio error toast
-                up.error = JobErrorInfo(code="E_CLIENT", message=str(exc),
+                up.error = JobErrorInfo(code="E_CLIENT", message=_plain(exc),
                                         hint="Check the connection fields; the endpoint may be unreachable.")
-                yield render(up)
+                up.final = True
+                yield _running(up, hist, False)
+
+        def on_submit(*values: Any):
+            v = dict(zip(CONN_FIELDS + FORM_FIELDS, values))
+            hist = values[-1]
+            up = UiUpdate(status="PREPARING")
+            yield _running(up, hist, True)
+            shown = visible_inputs(v["setup"])
+            stp = setup_for(v["setup"])
+            try:
+                problems = check_form_files(v["setup"], v)
+                if problems:
+                    raise ValueError(" ".join(problems))
+                client = _client_from_form(v["api_key"], v["endpoint_id"], v["base"])
+                use_tts, two = stp.speech == "tts", stp.speakers == 2
+                params = collect_params(
+                    prompt=v["prompt"], negative_prompt=v["neg_prompt"], size=v["size"], mode=v["mode"],
+                    preset=v["preset"], sample_steps=v["steps"], sample_shift=v["shift"],
+                    text_guide_scale=v["text_scale"], audio_guide_scale=v["audio_scale"], use_apg=v["apg"],
+                    use_teacache=v["teacache"], teacache_thresh=v["tc_thresh"], guidance_every=v["guide_every"],
+                    frame_num=v["frame_num"], motion_frame=v["motion_frame"], max_duration_s=v["max_dur"],
+                    color_correction_strength=v["color"], seed=v["seed"],
+                    audio_type=v["audio_type"] if shown["audio_type"] else None,
+                    bbox1=v["bbox1"] if shown["boxes"] else None, bbox2=v["bbox2"] if shown["boxes"] else None,
+                    output_target=v["output_target"], local=is_loopback_base(client.endpoint_url))
+                if stp.source == "image" and not v["image"]:
+                    raise ValueError("Image: upload the picture of the person (or people) who should talk.")
+                if stp.source == "video" and not v["video"]:
+                    raise ValueError("Video: upload the video to dub.")
+                if use_tts and not (v["tts_text"] or "").strip():
+                    raise ValueError("Text to speak: type what the person should say.")
+                if not use_tts and not v["audio1"]:
+                    raise ValueError("Audio, person 1: upload the speech (or choose a text-to-speech setup).")
+                if not use_tts and two and not v["audio2"]:
+                    raise ValueError("Audio, person 2: upload the second speaker's speech.")
+                media = MediaSpec(image=v["image"] if shown["image"] else None,
+                                  video=v["video"] if shown["video"] else None,
+                                  audio1=None if use_tts else v["audio1"], audio2=v["audio2"] if shown["audio2"] else None,
+                                  tts_text=v["tts_text"] if use_tts else None,
+                                  tts_voice=(v["voice1"] or None) if use_tts else None,
+                                  tts_voice2=(v["voice2"] or None) if use_tts and two else None)
+                job, reports = build_job_input(media, params, limit_bytes=RUN_LIMIT_BYTES,
+                                               s3=_s3_from_form(v["s3_bucket"], v["s3_endpoint"], v["s3_region"],
+                                                                v["s3_access"], v["s3_secret"]))
+                pre_log = [f"{r.field}: {r.how}" + (f" ({r.bytes / 1e6:.2f} MB)" if r.bytes else "") for r in reports]
+            except (ValueError, FileNotFoundError) as exc:
+                up.error = JobErrorInfo(code="E_INPUT_VALIDATION", message=_plain(exc),
+                                        hint="Correct the field named above and press Generate again.")
+                up.status = "NOT SUBMITTED"
+                yield _running(up, hist, False)
+                return
+            form_values = {k: v[k] for k in FORM_FIELDS}
+            yield from _follow(client, job, hist, v["tier"], {"setup": stp.label, "form": form_values},
+                               pre_log=pre_log)
 
         def on_cancel(key: str, eid: str, burl: str, jid: str) -> str:
             if not jid:
-                return "**Nothing to cancel.**"
+                return "Nothing to cancel."
             try:
                 with _client_from_form(key, eid, burl) as client:
                     st = client.cancel(jid)
-                return f"Cancel requested: job `{jid}` is {st.status}."
+                return f"Cancelling job `{jid}` ({st.status}) …"
             except Exception as exc:  # noqa: BLE001
-                return f"**Cancel failed:** {exc}"
+                return f"**Cancel failed:** {_plain(exc)}"
 
-        submit.click(on_submit, form, outputs)
-        cancel.click(on_cancel, [api_key, endpoint_id, base, job_id], error)
+        def on_open(key: str, eid: str, burl: str, tier: str, jid: str | None, hist: list):
+            jid = (jid or "").strip()
+            if not jid:
+                up = UiUpdate(error=JobErrorInfo(code="E_INPUT_VALIDATION", message="Pick a job from the list first.",
+                                                 hint="Or paste a job ID into the field."))
+                yield _running(up, hist, False)
+                return
+            entry = find(hist, jid) or {}
+            video = entry.get("video")
+            final_elsewhere = entry.get("status") in ("CANCELLED", "FAILED", "TIMED_OUT")
+            if (video and Path(video).exists()) or final_elsewhere:
+                up = UiUpdate(job_id=jid, status=entry["status"], video=video, final=True,
+                              percent=100.0 if entry["status"] == "COMPLETED" else 0.0, label="from the history")
+                if entry.get("error") and entry["status"] != "CANCELLED":
+                    up.error = JobErrorInfo(code=entry["error"], message="(from the history)")
+                up.log = [f"job {jid} {entry['status']} (from the history)"]
+                up.stages.finish(entry["status"])
+                yield _running(up, hist, False)
+                return
+            try:
+                client = _client_from_form(key, eid, burl)
+            except ValueError as exc:
+                yield _running(UiUpdate(error=JobErrorInfo(code="E_INPUT_VALIDATION", message=_plain(exc))), hist, False)
+                return
+            yield from _follow(client, None, hist, tier, {"setup": entry.get("setup")}, attach=jid)
+
+        def on_edit(jid: str | None, hist: list):
+            entry = find(hist, (jid or "").strip())
+            form_values = (entry or {}).get("form") or {}
+            out = []
+            for k in FORM_FIELDS:
+                val = form_values.get(k)
+                if k in ("image", "video", "audio1", "audio2") and val and not Path(val).exists():
+                    val = None  # the upload's temp copy is gone: the user uploads again
+                out.append(gr.update(value=val) if k in form_values else gr.update())
+            return out
+
+        submit.click(on_submit, [*form, history], running_outputs, concurrency_limit=None)
+        cancel.click(on_cancel, [c["api_key"], c["endpoint_id"], c["base"], job_id], error)
+        open_btn.click(on_open, [c["api_key"], c["endpoint_id"], c["base"], c["tier"], history_pick, history],
+                       running_outputs)
+        edit_btn.click(on_edit, [history_pick, history], [c[k] for k in FORM_FIELDS])
+        app.load(lambda h: (render_html(h), gr.update(choices=choices(h))), history, [history_html, history_pick])
+
+        # --- examples: a click fills the form (then Generate runs it)
+        def _example_values(ex: Example) -> list[Any]:
+            vals = {"setup": ex.setup, "image": ex.image, "video": ex.video, "audio1": ex.audio1, "audio2": ex.audio2,
+                    "audio_type": ex.audio_type or "add", "tts_text": ex.tts_text, "voice1": ex.voice1 or DEFAULT_VOICES[0],
+                    "prompt": ex.prompt, "preset": ex.preset or UI_DEFAULT_PRESET, "mode": ex.mode or MODE_DEFAULT,
+                    "seed": "" if ex.seed is None else str(ex.seed), "bbox1": ex.bbox1, "bbox2": ex.bbox2}
+            return [vals[k] for k in EXAMPLE_FIELDS]
+
+        for btn, ex in zip(ex_buttons, examples):
+            btn.click(lambda ex=ex: _example_values(ex), None, [c[k] for k in EXAMPLE_FIELDS])
     return app
+
+
+EXAMPLE_FIELDS = ("setup", "image", "video", "audio1", "audio2", "audio_type", "tts_text", "voice1", "prompt", "preset",
+                  "mode", "seed", "bbox1", "bbox2")
+
+
+def _safe_bbox(text: str | None) -> list[float] | None:
+    try:
+        return _bbox(text)
+    except ValueError:
+        return None
+
+
+def _plain(exc: BaseException) -> str:
+    """An exception's text for a person: no temp folders (Gradio's upload copies) in it."""
+    text = str(exc)
+    for root in {tempfile.gettempdir(), os.environ.get("GRADIO_TEMP_DIR") or ""} - {""}:
+        text = text.replace(root.rstrip("/") + "/", "")
+    return text
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, *, base_url: str | None = None) -> None:
     app = build_app(base_url=base_url)
     app.queue(default_concurrency_limit=4)
-    app.launch(server_name=host, server_port=port, allowed_paths=[str(_out_dir())], show_error=True)
+    app.launch(server_name=host, server_port=port, allowed_paths=[str(_out_dir()), str(EXAMPLES_DIR)],
+               show_error=False, css=UI_CSS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
+import wave
 import time
 from pathlib import Path
 from typing import Iterator
@@ -49,15 +49,15 @@ def test_estimate_markdown() -> None:
     assert "add audio" in estimate_markdown(tier="h100_80", preset="quality", size=None, mode=None, audio1=None)
     md = estimate_markdown(tier="a100_80", preset="turbo", size="infinitetalk-480", mode="clip",
                            audio1=str(MEDIA / "speech_person1.wav"))
-    assert "GPU-min on a100_80" in md and "$" in md
+    assert md.startswith("Estimate (3.7 s of audio)") and "a100_80" in md and "$" in md
     reused = estimate_markdown(tier="a100_80", preset="turbo", size="infinitetalk-480", mode="clip",
                                audio1=str(MEDIA / "speech_person1.wav"), guidance_every="2")
     assert "guidance every 2 steps" in reused
     two = estimate_markdown(tier="h100_80", preset="turbo", size=None, mode="streaming",
                             audio1=str(MEDIA / "speech_person1.wav"), audio2=str(MEDIA / "speech_person2.wav"))
     assert "s of audio" in two
-    assert "GPU-min" in estimate_markdown(tier="h100_80", preset=None, size=None, mode=None, audio1=None,
-                                          tts_text="(s1) hello there (s2) hi")
+    assert "$" in estimate_markdown(tier="h100_80", preset=None, size=None, mode=None, audio1=None,
+                                    tts_text="(s1) hello there (s2) hi")
 
 
 def test_follow_job_reports_progress_and_an_unreachable_result(fixture_endpoint, tmp_path: Path) -> None:
@@ -75,11 +75,17 @@ def test_follow_job_saves_the_inline_video(tiny_endpoint, tmp_path: Path) -> Non
     from client.payload import MediaSpec, build_job_input
 
     job, _ = build_job_input(MediaSpec(image=MEDIA / "portrait.png", audio1=MEDIA / "speech_person1.wav"),
-                             collect_params(preset="turbo", local=True))
+                             collect_params(preset="turbo", mode="clip", local=True))
     with RunpodEndpointClient(base_url=tiny_endpoint.url) as c:
         last = list(follow_job(c, job, tmp_path, poll=PollPolicy(initial_s=0.3)))[-1]
+        again = [(u.status, u.job_id, u.video) for u in follow_job(c, None, tmp_path / "again", job_id=last.job_id)]
     assert last.error is None and last.video and Path(last.video).read_bytes()[4:8] == b"ftyp"
     assert any(line.startswith("done: duration_s 3.24") for line in last.log)
+    assert last.stages.rows()[-1][1] == "done" and "sampling" in [r[0] for r in last.stages.rows()]
+    assert "3.24 s" in last.result_markdown()
+    # Re-attaching by id to a finished job fetches its result again without submitting anything.
+    assert again[0][0] == "ATTACHING" and again[-1][:2] == ("COMPLETED", last.job_id)
+    assert Path(again[-1][2]).read_bytes() == Path(last.video).read_bytes()
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,31 +128,39 @@ def ui_url(tiny_endpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         log.close()
 
 
-@pytest.fixture
-def page(ui_url: str, request: pytest.FixtureRequest, artifacts_dir: Path):
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(tempfile.mkdtemp(prefix="chromium-profile-"),
-                                                    executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-                                                    viewport={"width": 1280, "height": 1600})
-        try:
-            pg = ctx.new_page()
-            pg.set_default_timeout(30_000)
-            pg.goto(ui_url)
-            pg.wait_for_selector("#submit")
-            yield pg
-            rep = getattr(request.node, "rep_call", None)
-            if rep is not None and rep.failed:
-                pg.screenshot(path=str(artifacts_dir / f"{request.node.name}-failed.png"), full_page=True)
-        finally:
-            ctx.close()
+    pw = sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+    finally:
+        pw.stop()
+
+
+@pytest.fixture
+def page(ui_url: str, browser, request: pytest.FixtureRequest, artifacts_dir: Path):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1600})
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(30_000)
+        pg.goto(ui_url)
+        pg.wait_for_selector("#submit")
+        yield pg
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            pg.screenshot(path=str(artifacts_dir / f"{request.node.name}-failed.png"), full_page=True)
+    finally:
+        ctx.close()
 
 
 def _upload_inputs(page) -> None:
     page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "portrait.png"))
     page.locator("#input-audio1 input[type=file]").set_input_files(str(MEDIA / "speech_person1.wav"))
-    page.wait_for_function("document.querySelector('#estimate').innerText.includes('GPU-min')")
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('s of audio')")
 
 
 def _watch_progress(page, until: str, timeout_s: float = 120) -> list[tuple[str, float]]:
@@ -163,36 +177,176 @@ def _watch_progress(page, until: str, timeout_s: float = 120) -> list[tuple[str,
     raise AssertionError(f"no {until} within {timeout_s} s; saw {seen}")
 
 
-def test_browser_upload_submit_progress_and_video(page, artifacts_dir: Path) -> None:
-    _upload_inputs(page)
-    estimate = page.locator("#estimate").inner_text()
-    assert "quality" not in estimate or "40 steps" in estimate
-    assert "GPU-min on h100_80" in estimate and "$" in estimate
-    page.locator("#submit").click()
-    seen = _watch_progress(page, "COMPLETED")
-    assert seen[-1] == ("COMPLETED", 100.0), seen
-    running = [p for s, p in seen if s == "IN_PROGRESS"]
-    assert running, f"no progress seen: {seen}"
-    assert any(0 < p < 100 for p in running), seen
+def _visible(page, elem_id: str) -> bool:
+    return page.locator(f"#{elem_id}").is_visible()
+
+
+def _choose_setup(page, label: str) -> None:
+    page.locator("#setup").get_by_label(label, exact=True).check()
+
+
+def _video_duration(page) -> float:
     page.wait_for_function(
         "(() => { const v = document.querySelector('#result-video video');"
-        " return v && v.readyState >= 1 && v.duration > 0; })()")
-    duration = page.evaluate("document.querySelector('#result-video video').duration")
-    src = page.evaluate("document.querySelector('#result-video video').currentSrc")
-    assert duration == pytest.approx(3.24, abs=0.15)
-    assert src.endswith(".mp4")
-    stages = page.locator("#stages textarea").input_value()
-    assert "sampling" in stages and "done: duration_s 3.24" in stages
-    assert page.locator("#result-file a").count() >= 1  # the download link
-    assert page.locator("#job-error").inner_text().strip() == ""
-    page.screenshot(path=str(artifacts_dir / "ui-completed.png"), full_page=True)
+        " return v && v.readyState >= 1 && v.duration > 0; })()", timeout=60_000)
+    return float(page.evaluate("document.querySelector('#result-video video').duration"))
 
 
-def test_browser_video_toggle_and_cancel(page, artifacts_dir: Path) -> None:
-    page.get_by_label("video", exact=True).check()
+def _no_traceback(page) -> None:
+    body = page.locator("body").inner_text()
+    for bad in ("Traceback", "/tmp/", "gradio/", "Exception", "Error: cannot identify"):
+        assert bad not in body, f"{bad!r} shown to the user"
+
+
+def test_browser_setup_selector_hides_what_does_not_apply(page, artifacts_dir: Path) -> None:
+    # Default: one speaker, audio file, image.
+    assert _visible(page, "input-image") and _visible(page, "input-audio1")
+    for hidden in ("input-video", "input-audio2", "audio-type", "tts-text", "voice1", "voice2", "box-target"):
+        assert not _visible(page, hidden), hidden
+    assert not _visible(page, "cancel"), "Cancel shows only while a job runs"
+    _choose_setup(page, "Image · two speakers · audio files")
+    page.wait_for_selector("#input-audio2", state="visible")
+    assert _visible(page, "audio-type") and _visible(page, "box-target") and not _visible(page, "tts-text")
+    _choose_setup(page, "Image · one speaker · text to speech")
+    page.wait_for_selector("#tts-text", state="visible")
+    assert not _visible(page, "input-audio1") and not _visible(page, "input-audio2")
+    assert _visible(page, "voice1") and not _visible(page, "voice2") and not _visible(page, "box-target")
+    page.locator("#voice1 input").click()
+    options = [o.replace("✓", "").strip() for o in page.locator("[role=option]").all_inner_texts()]
+    assert "af_heart" in options and "am_michael" in options and "bf_emma" in options
+    page.keyboard.press("Escape")
+    _choose_setup(page, "Image · two speakers · text to speech")
+    page.wait_for_selector("#voice2", state="visible")
+    _choose_setup(page, "Video dubbing · audio file")
     page.wait_for_selector("#input-video", state="visible")
-    assert not page.locator("#input-image").is_visible()
-    page.get_by_label("image", exact=True).check()
+    assert not _visible(page, "input-image") and _visible(page, "input-audio1") and not _visible(page, "voice1")
+    page.screenshot(path=str(artifacts_dir / "ui-setup-video.png"), full_page=True)
+
+
+def test_browser_bad_uploads_get_a_friendly_message(page, tmp_path: Path, artifacts_dir: Path) -> None:
+    not_image = tmp_path / "portrait.png"
+    not_image.write_text("hello, I am a text file with a picture's name\n")
+    page.locator("#input-image input[type=file]").set_input_files(str(not_image))
+    page.wait_for_function("document.querySelector('#input-check').innerText.includes('Image:')")
+    msg = page.locator("#input-check").inner_text()
+    assert "portrait.png is not a file type this page knows" in msg and "Upload an image" in msg
+    not_audio = tmp_path / "speech.wav"
+    not_audio.write_text("RIFF? no: plain text pretending to be a wave file\n")
+    page.locator("#input-audio1 input[type=file]").set_input_files(str(not_audio))
+    page.wait_for_function("document.querySelector('#input-check').innerText.includes('Audio, person 1:')")
+    _no_traceback(page)
+    page.locator("#submit").click()
+    page.wait_for_function("document.querySelector('#job-error').innerText.includes('portrait.png')")
+    err = page.locator("#job-error").inner_text()
+    assert "speech.wav" in err and "Hint:" in err
+    assert page.locator("#job-id input, #job-id textarea").first.input_value() == "", "nothing was submitted"
+    assert page.locator("#submit").is_enabled()
+    _no_traceback(page)
+    page.screenshot(path=str(artifacts_dir / "ui-bad-upload.png"), full_page=True)
+
+
+def _ten_second_wav(path: Path) -> Path:
+    with wave.open(str(MEDIA / "speech_person1.wav"), "rb") as src:
+        params, frames = src.getparams(), src.readframes(src.getnframes())
+    want = params.framerate * 10 * params.sampwidth * params.nchannels
+    data = (frames * (want // len(frames) + 1))[:want]
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(params.nchannels)
+        out.setsampwidth(params.sampwidth)
+        out.setframerate(params.framerate)
+        out.writeframes(data)
+    return path
+
+
+def test_browser_ten_second_audio_by_default_with_locked_generate_and_history(
+        page, tmp_path: Path, artifacts_dir: Path) -> None:
+    """Nothing but the two uploads set: the whole 10 s of speech comes back; the history keeps it over a reload."""
+    page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "portrait.png"))
+    page.locator("#input-audio1 input[type=file]").set_input_files(str(_ten_second_wav(tmp_path / "ten.wav")))
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('10.0 s of audio')")
+    assert page.locator("#input-check").inner_text().strip() == ""
+    page.locator("#submit").click()
+    seen = _watch_progress(page, "IN_PROGRESS")
+    assert not page.locator("#submit").is_enabled(), "Generate stays disabled while the job runs"
+    assert _visible(page, "cancel")
+    page.wait_for_selector("#stage-list li[data-state=running]")
+    seen += _watch_progress(page, "COMPLETED", timeout_s=600)
+    assert seen[-1] == ("COMPLETED", 100.0), seen
+    running = [p for s, p in seen if s == "IN_PROGRESS"]
+    assert any(0 < p < 100 for p in running), seen
+    duration = _video_duration(page)
+    assert duration == pytest.approx(10.0, abs=0.08), "the default renders the whole speech"
+    page.wait_for_function("document.querySelector('#submit') && !document.querySelector('#submit').disabled")
+    assert not _visible(page, "cancel")
+    stages = page.locator("#stage-list").inner_text()
+    assert "generating frames" in stages and "writing the MP4" in stages
+    assert "elapsed" in page.locator("#stage-head").inner_text()
+    assert page.locator("#result-file a").count() >= 1  # Download beside the player
+    player, dl = page.locator("#result-video").bounding_box(), page.locator("#result-file").bounding_box()
+    assert player["height"] <= 480 and dl["y"] < player["y"] + player["height"], "Download sits beside the player"
+    job = page.locator("#job-id input, #job-id textarea").first.input_value()
+    page.wait_for_selector(f"#history tr[data-job='{job}'][data-status=COMPLETED]")
+    page.screenshot(path=str(artifacts_dir / "ui-ten-seconds.png"), full_page=True)
+
+    page.reload()
+    page.wait_for_selector(f"#history tr[data-job='{job}'][data-status=COMPLETED]")
+    row = page.locator(f"#history tr[data-job='{job}']").inner_text()
+    assert "▶ playable" in row and "$" in row
+    page.locator("#history-pick input").fill(job)
+    page.locator("#history-pick input").press("Enter")
+    page.locator("#history-open").click()
+    assert _video_duration(page) == pytest.approx(10.0, abs=0.08)
+    page.screenshot(path=str(artifacts_dir / "ui-history-after-reload.png"), full_page=True)
+
+
+def test_browser_example_preset_runs(page, artifacts_dir: Path) -> None:
+    page.locator("#example-single-image").click()
+    page.wait_for_function("document.querySelector('#prompt textarea').value.includes('orange space suit')")
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('s of audio')")
+    page.locator("#submit").click()
+    seen = _watch_progress(page, "COMPLETED", timeout_s=300)
+    assert seen[-1] == ("COMPLETED", 100.0), seen
+    # The example asks for streaming: the whole 3.71 s of speech_person1.wav.
+    assert _video_duration(page) == pytest.approx(3.71, abs=0.08)
+    assert "seed 42" in page.locator("#result-link").inner_text()
+    page.screenshot(path=str(artifacts_dir / "ui-example.png"), full_page=True)
+
+
+def test_browser_box_drawn_by_two_clicks(page) -> None:
+    _choose_setup(page, "Image · two speakers · audio files")
+    page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "two_people.png"))
+    img = page.locator("#box-canvas img")
+    img.wait_for(state="visible")
+    page.wait_for_function("document.querySelector('#box-canvas img').naturalWidth > 0")
+    # Where the picture itself lies inside the <img> box (object-fit contain/scale-down letterboxes it).
+    r = page.evaluate("""(() => { const i = document.querySelector('#box-canvas img'); const b = i.getBoundingClientRect();
+        let s = Math.min(b.width / i.naturalWidth, b.height / i.naturalHeight);
+        if (getComputedStyle(i).objectFit === 'scale-down') s = Math.min(s, 1);
+        return {x: b.x + (b.width - i.naturalWidth * s) / 2, y: b.y + (b.height - i.naturalHeight * s) / 2, s: s,
+                w: i.naturalWidth, h: i.naturalHeight}; })()""")
+    assert (r["w"], r["h"]) == (448, 280)
+
+    def click(px: float, py: float) -> None:
+        page.mouse.click(r["x"] + px * r["s"], r["y"] + py * r["s"])
+
+    click(40, 30)
+    page.wait_for_timeout(700)
+    click(200, 250)
+    page.wait_for_function("document.querySelector('#bbox1 input, #bbox1 textarea').value.split(' ').length == 4")
+    x0, y0, x1, y1 = map(float, page.locator("#bbox1 input, #bbox1 textarea").first.input_value().split())
+    tol = 2 / r["s"] + 1
+    assert (x0, y0, x1, y1) == pytest.approx((40, 30, 200, 250), abs=tol)
+    # Then person 2's box, the other way round (bottom-right corner first).
+    page.locator("#box-target").get_by_label("person 2", exact=True).check()
+    click(420, 260)
+    page.wait_for_timeout(700)
+    click(240, 10)
+    page.wait_for_function("document.querySelector('#bbox2 input, #bbox2 textarea').value.split(' ').length == 4")
+    b2 = tuple(map(float, page.locator("#bbox2 input, #bbox2 textarea").first.input_value().split()))
+    assert b2 == pytest.approx((240, 10, 420, 260), abs=tol)
+
+
+def test_browser_cancel_shows_cancelled(page, artifacts_dir: Path) -> None:
     _upload_inputs(page)
     page.get_by_text("Overrides (empty").click()
     page.locator("#steps textarea, #steps input").first.fill("100")  # long enough to cancel while it runs
@@ -202,18 +356,23 @@ def test_browser_video_toggle_and_cancel(page, artifacts_dir: Path) -> None:
     page.locator("#cancel").click()
     seen = _watch_progress(page, "CANCELLED", timeout_s=60)
     assert seen[-1][0] == "CANCELLED"
-    page.wait_for_function("document.querySelector('#job-error').innerText.includes('E_CANCELLED')")
+    page.wait_for_function("document.querySelector('#job-error').innerText.includes('Cancelled')")
+    text = page.locator("#job-error").inner_text()
+    assert "Error" not in text and "E_CANCELLED" not in text
+    page.wait_for_function("document.querySelector('#submit') && !document.querySelector('#submit').disabled")
+    assert not _visible(page, "cancel")
     page.screenshot(path=str(artifacts_dir / "ui-cancelled.png"), full_page=True)
 
 
 def test_browser_worker_error_shows_code_and_hint(page, artifacts_dir: Path) -> None:
     # A voice this worker does not have: the worker fails the job with a code and a hint listing its voices.
     page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "portrait.png"))
-    page.get_by_label("text to speech", exact=True).check()
+    _choose_setup(page, "Image · one speaker · text to speech")
     page.wait_for_selector("#input-audio1", state="hidden")
-    page.get_by_label("TTS text (mark two speakers (s1) / (s2))").fill("Hello there.")
-    page.get_by_label("voice, speaker 1 (optional)").fill("xx_nobody")
-    page.wait_for_function("document.querySelector('#estimate').innerText.includes('GPU-min')")
+    page.locator("#tts-text textarea").fill("Hello there.")
+    page.locator("#voice1 input").fill("xx_nobody")
+    page.locator("#voice1 input").press("Enter")
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('s of audio')")
     page.locator("#submit").click()
     seen = _watch_progress(page, "FAILED", timeout_s=120)
     assert seen[-1][0] == "FAILED"
