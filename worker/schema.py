@@ -160,7 +160,10 @@ def _allow_http(info: ValidationInfo) -> bool:
 # ---------------------------------------------------------------------------------------
 # Sub-models
 
-_STRICT = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=True)
+# strict: the contract is JSON's types, not Python's coercions (`true` is not a step count, "42" is
+# not a seed, "yes" is not a boolean, 2.0 is not an integer); floats still take JSON integers.
+_STRICT = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=True, strict=True)
+
 
 
 class SpeakerAudio(BaseModel):
@@ -252,6 +255,7 @@ class JobInput(BaseModel):
         extra="forbid",
         populate_by_name=True,
         str_strip_whitespace=True,
+        strict=True,  # see _STRICT
         json_schema_extra={"title": "InfiniteTalk job input"},
     )
 
@@ -333,6 +337,15 @@ class JobInput(BaseModel):
     def _motion_frame(cls, v: int | None) -> int | None:
         if v is not None and (v - 1) % 4 != 0:
             raise ValueError("motion_frame must be 4n+1 (1, 5, 9, …)")
+        return v
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_null(cls, v: Any, info: ValidationInfo) -> Any:
+        # A field left out takes the worker's default; an explicit null is refused rather than read
+        # as that default (`sampler: null` silently meaning quality hid mistakes in callers' code).
+        if v is None:
+            raise ValueError(f"{info.field_name} is null: leave the field out to use the worker's default")
         return v
 
     @model_validator(mode="before")

@@ -229,3 +229,58 @@ def test_job_output():
     with pytest.raises(ValidationError):
         JobOutput(video_url="u", video_path="p", storage="s3", duration_s=2.0, num_frames=50, fps=25,
                   width=640, height=640, seed=1)
+
+
+# ----------------------------------------------------------------------------- strict types (issue 13)
+
+from hypothesis import HealthCheck, given, settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_BASE = {"image": "/runpod-volume/a.png", "audio": "/runpod-volume/a.wav"}
+INT_FIELDS = ["sample_steps", "guidance_every", "frame_num", "motion_frame", "seed", "base_seed"]
+FLOAT_FIELDS = ["sample_shift", "text_guide_scale", "sample_text_guide_scale", "audio_guide_scale",
+                "sample_audio_guide_scale", "teacache_thresh", "max_duration_s", "max_duration", "color_correction_strength"]
+BOOL_FIELDS = ["use_apg", "use_teacache"]
+STR_FIELDS = ["size", "mode", "sampler", "preset", "prompt", "negative_prompt", "audio_type"]
+_numeric_text = st.one_of(st.integers(0, 100).map(str), st.sampled_from(["1.5", "1e3", " 7 ", "0x10"]))
+_bool_text = st.sampled_from(["yes", "no", "true", "false", "1", "0", "on", "off", "True"])
+
+
+@st.composite
+def loose_values(draw) -> tuple[str, object]:
+    kind = draw(st.sampled_from(["int", "float", "bool", "str"]))
+    if kind == "int":
+        return draw(st.sampled_from(INT_FIELDS)), draw(st.one_of(
+            st.booleans(), _numeric_text, st.integers(1, 99).map(float), st.floats(1.1, 99.9)))
+    if kind == "float":
+        return draw(st.sampled_from(FLOAT_FIELDS)), draw(st.one_of(st.booleans(), _numeric_text))
+    if kind == "bool":
+        return draw(st.sampled_from(BOOL_FIELDS)), draw(st.one_of(_bool_text, st.integers(0, 1), st.floats(0, 1)))
+    return draw(st.sampled_from(STR_FIELDS)), draw(st.one_of(st.booleans(), st.integers(), st.floats(allow_nan=False)))
+
+
+@hsettings(max_examples=400, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(field_value=loose_values())
+def test_loose_types_are_refused_naming_the_field(field_value):
+    name, value = field_value
+    with pytest.raises(JobError) as ei:
+        parse_job_input({**_BASE, name: value})
+    err = ei.value
+    assert err.code is ErrorCode.E_INPUT_VALIDATION
+    assert [e["field"] for e in err.details["errors"]] == [name] or name in err.message, err.details
+
+
+@pytest.mark.parametrize("name", INT_FIELDS + FLOAT_FIELDS + BOOL_FIELDS + STR_FIELDS + ["output", "tts", "bbox", "video"])
+def test_explicit_null_is_refused_not_read_as_the_default(name):
+    with pytest.raises(JobError) as ei:
+        parse_job_input({**_BASE, name: None})
+    assert ei.value.code is ErrorCode.E_INPUT_VALIDATION and "null" in ei.value.to_error_string()
+
+
+def test_strict_contract_keeps_json_numbers_and_the_seed_guides_aliases():
+    job = parse_job_input({"cond_image": "/runpod-volume/a.png", "cond_audio": {"person1": "/runpod-volume/a.wav"},
+                           "base_seed": 42, "sample_text_guide_scale": 5, "sample_audio_guide_scale": 4.0,
+                           "max_duration": 30, "n_prompt": "blurry", "use_apg": True, "sample_steps": 8,
+                           "bbox": {"person1": [0, 0, 10, 10]}})
+    assert (job.seed, job.text_guide_scale, job.max_duration_s, job.use_apg, job.sample_steps) == (42, 5.0, 30.0, True, 8)
+    assert job.negative_prompt == "blurry" and job.image == "/runpod-volume/a.png"
