@@ -18,6 +18,7 @@ from PIL import Image
 from worker.engine.dit import InfiniteTalkDiT
 from worker.engine.generation import GenerationInputs, GenerationSettings, generate
 from worker.engine.parallel import ParallelContext, attach_parallel
+from worker.engine.parallel.vae import ParallelVAE
 from worker.engine.tiny import TINY_DIT, TINY_SEED, TINY_VAE, randomise
 from worker.engine.vae import WanVAE, WanVAEModel
 
@@ -82,10 +83,11 @@ def gen_settings(mode: str) -> GenerationSettings:
     )
 
 
-def run_generation(ctx: ParallelContext, mode: str, speakers: int) -> dict:
-    """The whole video: float frames [3, n, H, W], uint8 frames and the chunk count."""
+def run_generation(ctx: ParallelContext, mode: str, speakers: int, split_vae: bool = False) -> dict:
+    """The whole video: float frames [3, n, H, W], uint8 frames and the chunk count. `split_vae`: the VAE
+    decode is split across the ranks too (else every rank decodes whole, as one process does)."""
     dit = attach_parallel(tiny_dit(), ctx)
-    vae = tiny_vae()
+    vae = ParallelVAE(tiny_vae(), ctx) if split_vae else tiny_vae()
     clip = torch.randn(1, 257, TINY_DIT.clip_dim, generator=torch.Generator().manual_seed(3))
     chunks = list(generate(dit, vae, lambda image: clip, gen_inputs(speakers), gen_settings(mode)))
     return {
@@ -96,12 +98,14 @@ def run_generation(ctx: ParallelContext, mode: str, speakers: int) -> dict:
 
 
 def scenario(ctx: ParallelContext, name: str):
-    """`dit.<speakers>` or `gen.<mode>.<speakers>`; the context's method applies."""
+    """`dit.<speakers>`, `gen.<mode>.<speakers>[.vae]` or `vae.<latent rows>`; the context's method applies."""
     parts = name.split(".")
     if parts[0] == "dit":
         return run_dit(ctx, int(parts[1]))
     if parts[0] == "gen":
-        return run_generation(ctx, parts[1], int(parts[2]))
+        return run_generation(ctx, parts[1], int(parts[2]), split_vae=parts[3:] == ["vae"])
+    if parts[0] == "vae":
+        return run_vae_decode(ctx, int(parts[1]))
     raise ValueError(f"unknown scenario {name!r}")
 
 
@@ -128,3 +132,9 @@ def spawn_ranks(world: int, tmp: Path, jobs: list[tuple[str, str]]) -> list[dict
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(rank_main, args=(world, str(store), str(tmp), jobs), nprocs=world, join=True)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def run_vae_decode(ctx: ParallelContext, rows: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(rows)
+    latent = torch.randn(1, 16, 3, rows, 5, generator=g)
+    return ParallelVAE(tiny_vae(), ctx).decode(latent)
