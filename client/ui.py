@@ -62,7 +62,7 @@ TTS_CHARS_PER_S = 15.0  # reading speed used to guess TTS audio length for the e
 # The form's preset and mode start as the user's guide recommends: 8 steps ("fast"), and the mode
 # left to the worker, which renders the whole speech unless asked for one clip.
 UI_DEFAULT_PRESET = "fast" if "fast" in SAMPLER_PRESETS else SAMPLER_PRESETS[0]
-MODE_DEFAULT = "worker default (whole speech)"
+MODE_DEFAULT = "default (whole speech)"
 
 
 def _mode(v: str | None) -> str | None:
@@ -196,7 +196,10 @@ class UiUpdate:
             return "**Cancelled.** The job was stopped at your request; nothing more is billed for it."
         if self.error is None:
             return ""
-        text = f"**Error `{self.error.code}`**: {self.error.message}"
+        if self.status == "NOT SUBMITTED":  # refused in the page: nothing reached the endpoint
+            text = f"**Not sent.** {self.error.message}"
+        else:
+            text = f"**Error `{self.error.code}`**: {self.error.message}"
         if self.error.hint:
             text += f"\n\n**Hint:** {self.error.hint}"
         return text
@@ -362,6 +365,9 @@ UI_CSS = """
 """
 
 
+CANVAS_LABELS = {False: "Image", True: "Image: click two corners to draw the chosen person's box"}
+
+
 def build_app(base_url: str | None = None) -> Any:
     import gradio as gr
 
@@ -427,7 +433,7 @@ def build_app(base_url: str | None = None) -> Any:
                                               label="Voice, speaker 1", visible=shown0["voice1"], elem_id="voice1")
                     c["voice2"] = gr.Dropdown(list(KOKORO_VOICES), value=DEFAULT_VOICES[1], allow_custom_value=True,
                                               label="Voice, speaker 2", visible=shown0["voice2"], elem_id="voice2")
-                canvas = gr.Image(label="Image (two speakers: click two corners to draw a box)", interactive=False,
+                canvas = gr.Image(label=CANVAS_LABELS[False], interactive=False,
                                   type="filepath", elem_id="box-canvas", visible=False, height=300)
                 with gr.Row(visible=shown0["boxes"]) as box_row:
                     box_target = gr.Radio([("person 1", "1"), ("person 2", "2")], value="1", label="Draw the box of",
@@ -477,9 +483,9 @@ def build_app(base_url: str | None = None) -> Any:
                 stages = gr.HTML("", elem_id="stages")
                 error = gr.Markdown("", elem_id="job-error")
                 with gr.Row(equal_height=False):
-                    with gr.Column(scale=3, min_width=320):
+                    with gr.Column(scale=2, min_width=300):
                         result = gr.Video(label="Result", interactive=False, elem_id="result-video", height=360)
-                    with gr.Column(scale=1, min_width=160):
+                    with gr.Column(scale=1, min_width=220):
                         download = gr.File(label="Download", interactive=False, elem_id="result-file", height=90)
                         link = gr.Markdown("", elem_id="result-link")
                 with gr.Accordion("Log", open=False):
@@ -505,7 +511,7 @@ def build_app(base_url: str | None = None) -> Any:
 
         def on_setup(label: str, img: str | None):
             shown = visible_inputs(label)
-            canvas_up = gr.update(visible=shown["image"] and bool(img))
+            canvas_up = gr.update(visible=shown["image"] and bool(img), label=CANVAS_LABELS[shown["boxes"]])
             return [gr.update(visible=shown[k]) for k in governed] + [canvas_up]
 
         c["setup"].change(on_setup, [c["setup"], c["image"]], [*governed.values(), canvas])
@@ -517,7 +523,7 @@ def build_app(base_url: str | None = None) -> Any:
             img_ok = bool(img) and check_upload(img, "image", "Image").ok
             shown = visible_inputs(label)
             preview = draw_boxes(img, _safe_bbox(b1), _safe_bbox(b2), _out_dir()) if img_ok else None
-            return md, gr.update(value=preview, visible=bool(preview) and shown["image"])
+            return md, gr.update(value=preview, visible=bool(preview) and shown["image"], label=CANVAS_LABELS[shown["boxes"]])
 
         file_inputs = [c["setup"], c["image"], c["video"], c["audio1"], c["audio2"], c["bbox1"], c["bbox2"]]
         for key in ("image", "video", "audio1", "audio2"):

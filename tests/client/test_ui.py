@@ -83,6 +83,9 @@ def test_follow_job_saves_the_inline_video(tiny_endpoint, tmp_path: Path) -> Non
     assert any(line.startswith("done: duration_s 3.24") for line in last.log)
     assert last.stages.rows()[-1][1] == "done" and "sampling" in [r[0] for r in last.stages.rows()]
     assert "3.24 s" in last.result_markdown()
+    # clip on 3.71 s of speech cuts 0.47 s: the page says so (the worker's `truncated`, `truncated_s`).
+    assert last.output.get("truncated") is True and "Shortened" in last.result_markdown()
+    assert "0.5 s dropped" in last.result_markdown()
     # Re-attaching by id to a finished job fetches its result again without submitting anything.
     assert again[0][0] == "ATTACHING" and again[-1][:2] == ("COMPLETED", last.job_id)
     assert Path(again[-1][2]).read_bytes() == Path(last.video).read_bytes()
@@ -238,7 +241,7 @@ def test_browser_bad_uploads_get_a_friendly_message(page, tmp_path: Path, artifa
     page.locator("#submit").click()
     page.wait_for_function("document.querySelector('#job-error').innerText.includes('portrait.png')")
     err = page.locator("#job-error").inner_text()
-    assert "speech.wav" in err and "Hint:" in err
+    assert err.startswith("Not sent.") and "speech.wav" in err and "Hint:" in err
     assert page.locator("#job-id input, #job-id textarea").first.input_value() == "", "nothing was submitted"
     assert page.locator("#submit").is_enabled()
     _no_traceback(page)
@@ -297,6 +300,12 @@ def test_browser_ten_second_audio_by_default_with_locked_generate_and_history(
     page.locator("#history-open").click()
     assert _video_duration(page) == pytest.approx(10.0, abs=0.08)
     page.screenshot(path=str(artifacts_dir / "ui-history-after-reload.png"), full_page=True)
+    # Re-submit with edits: the job's form comes back (uploads included while their copies exist).
+    page.locator("#prompt textarea").fill("")
+    page.locator("#history-edit").click()
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('10.0 s of audio')")
+    assert "ten.wav" in page.locator("#input-audio1").inner_text().replace("\n", "")
+    assert page.locator("#preset input").input_value() == "fast"
 
 
 def test_browser_example_preset_runs(page, artifacts_dir: Path) -> None:
