@@ -7,9 +7,13 @@ add `refresh_worker` so Runpod replaces this worker after the job.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import shutil
 import sys
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 from worker.config import compose_config, secret_values
@@ -29,8 +33,45 @@ def context() -> JobContext:
         cfg = compose_config()
         configure_logging(cfg.server.log_level, secrets=secret_values(cfg))
         apply_process_env(cfg)
-        _CTX = JobContext.create(cfg)
+        _CTX = JobContext.create(_own_work_dir(cfg))
     return _CTX
+
+
+def _own_work_dir(cfg: Any) -> Any:
+    """The config with this process's own folder under server.work_dir (`w-<pid>`).
+
+    A job's folder is removed by the job itself, except when its process is killed (cancel,
+    timeout, OOM kill). Per-process folders let the next job on any process sharing the work dir
+    see which leftovers belong to a dead process and remove them (`sweep_dead_work_dirs`).
+    """
+    server = dataclasses.replace(cfg.server, work_dir=str(Path(cfg.server.work_dir) / f"w-{os.getpid()}"))
+    return dataclasses.replace(cfg, server=server)
+
+
+def sweep_dead_work_dirs(root: Path) -> list[Path]:
+    """Remove `w-<pid>` folders of processes that no longer run; returns what was removed."""
+    removed = []
+    try:
+        entries = list(root.glob("w-*"))
+    except OSError:
+        return removed
+    for folder in entries:
+        pid = folder.name[2:]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def apply_process_env(cfg: Any, environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
@@ -51,14 +92,22 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     output, or an error string with a code): a result that cannot be sent is a result lost."""
     job_id = jsonable(str(job.get("id", "local")))
     sender = OrderedSender(progress_delivery(job))
+    own: Path | None = None
     try:
-        return jsonable(run_job(job_id, job.get("input"), context(), sender))
+        ctx = context()
+        own = Path(ctx.cfg.server.work_dir)
+        for gone in sweep_dead_work_dirs(own.parent):
+            log.info("removed a killed job's work folder", folder=str(gone))
+        return jsonable(run_job(job_id, job.get("input"), ctx, sender))
     except JobError as exc:
         return _error_result(exc)
     except Exception as exc:  # noqa: BLE001 - e.g. the config failed to compose; still a coded answer
         log.error("job failed before it started", error_type=type(exc).__name__)
         return _error_result(JobError(ErrorCode.E_INTERNAL, f"the worker could not run the job ({type(exc).__name__})"))
     finally:
+        if own is not None:
+            with contextlib.suppress(OSError):
+                own.rmdir()  # empty after every job that ran to its end
         if not sender.close(timeout=5.0):  # the last stage goes out before the result
             log.warning("progress updates still pending at the end of the job", job_id=job_id)
 

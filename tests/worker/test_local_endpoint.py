@@ -72,7 +72,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(f"{HANDLERS}:handler", tmp_path_factory.mktemp("srv"), "--webhook-retry-delay", "0.2")
+    srv = Server(f"{HANDLERS}:handler", tmp_path_factory.mktemp("srv"), "--webhook-retry-delay", "0.2",
+                 "--webhook-allow", "127.0.0.1/32")
     yield srv
     srv.stop()
 
@@ -204,6 +205,11 @@ def test_retry_requeues_same_id(endpoint: runpod.Endpoint, tmp_path: Path) -> No
     with pytest.raises(requests.HTTPError) as err:  # COMPLETED jobs cannot be retried
         endpoint.rp_client.post(f"{ENDPOINT_ID}/retry/{job.job_id}", None)
     assert err.value.response.status_code == 400
+    cancelled = endpoint.run({"mode": "sleep", "seconds": 30})
+    cancelled.cancel()
+    with pytest.raises(requests.HTTPError) as err:  # nor CANCELLED ones (Runpod: FAILED or TIMED_OUT only)
+        endpoint.rp_client.post(f"{ENDPOINT_ID}/retry/{cancelled.job_id}", None)
+    assert err.value.response.status_code == 400 and "CANCELLED" in err.value.response.text
 
 
 def test_purge_queue(endpoint: runpod.Endpoint) -> None:
@@ -332,3 +338,97 @@ def test_several_workers_run_jobs_side_by_side(tmp_path: Path) -> None:
         assert len({raw_status(ep, j.job_id)["workerId"] for j in jobs}) == 2
     finally:
         srv.stop()
+
+
+# --------------------------------------------------------------------------- hostile requests (issue 13)
+from hypothesis import HealthCheck, given, settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from worker.local_endpoint.limits import MAX_JSON_DEPTH, RUN_MAX_BYTES, RUNSYNC_MAX_BYTES  # noqa: E402
+
+HYP = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+
+
+def _nested(depth: int) -> str:
+    """{"input": {"mode": "echo", "value": [[...]]}} with `depth` levels of containers in all."""
+    return '{"input": {"mode": "echo", "value": ' + "[" * (depth - 2) + "]" * (depth - 2) + "}}"
+
+
+def _health_within(base: str, seconds: float = 1.0) -> None:
+    started = time.monotonic()
+    r = requests.get(f"{base}/{ENDPOINT_ID}/health", headers={"Authorization": "test"}, timeout=seconds)
+    assert r.ok and time.monotonic() - started < seconds
+
+
+@hsettings(max_examples=40, **HYP)
+@given(depth=st.one_of(st.integers(3, MAX_JSON_DEPTH + 4), st.integers(MAX_JSON_DEPTH, 100_000)))
+def test_nesting_depth_is_limited_and_refused_fast(server: Server, depth: int) -> None:
+    started = time.monotonic()
+    r = requests.post(f"{server.base}/{ENDPOINT_ID}/run", data=_nested(depth), timeout=10,
+                      headers={"Authorization": "test", "Content-Type": "application/json"})
+    took = time.monotonic() - started
+    if depth <= MAX_JSON_DEPTH:
+        assert r.status_code == 200 and r.json()["status"] == "IN_QUEUE", r.text
+    else:
+        assert r.status_code == 400 and "nests deeper" in r.json()["error"], r.text[:200]
+        assert took < 1.0, took
+    _health_within(server.base)
+
+
+@hsettings(max_examples=10, **HYP)
+@given(route=st.sampled_from(["run", "runsync"]), over=st.sampled_from([-64, 1, 1000, 3_000_000]))
+def test_body_size_is_limited_per_route(server: Server, route: str, over: int) -> None:
+    limit = RUN_MAX_BYTES if route == "run" else RUNSYNC_MAX_BYTES
+    shell = '{"input": {"mode": "echo", "value": ""}}'
+    body = shell.replace('""', '"' + "x" * (limit + over - len(shell)) + '"')
+    assert len(body) == limit + over
+    r = requests.post(f"{server.base}/{ENDPOINT_ID}/{route}?wait=1000", data=body, timeout=30,
+                      headers={"Authorization": "test", "Content-Type": "application/json"})
+    if over > 0:
+        assert r.status_code == 413, r.text[:200]
+    else:
+        assert r.status_code == 200, r.text[:200]
+    _health_within(server.base)
+
+
+def test_server_log_holds_no_payloads_or_locals(server: Server) -> None:
+    requests.post(f"{server.base}/{ENDPOINT_ID}/run", data=_nested(900), timeout=10, headers={"Authorization": "test"})
+    log = server.log_path.read_text()
+    assert "[[[[[[[[" not in log and "locals" not in log.lower()
+    assert server.log_path.stat().st_size < 1_000_000
+
+
+@pytest.mark.parametrize("hook", ["http://169.254.169.254/latest/meta-data", "http://10.0.0.7/hook", "http://[::1]:9/x",
+                                  "https://localhost/x", "http://0x7f000001/x", "file:///etc/passwd", "https://a..b/x",
+                                  "http://" + "a" * 70 + ".com/"])
+def test_webhook_urls_pass_the_ssrf_guard(stream_server: Server, hook: str) -> None:
+    r = requests.post(f"{stream_server.base}/{ENDPOINT_ID}/run", json={"input": {"pieces": 1}, "webhook": hook},
+                      headers={"Authorization": "test"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"].startswith("webhook refused"), r.text
+
+
+def test_a_job_that_cannot_be_sent_to_a_worker_leaves_the_worker_idle() -> None:
+    import multiprocessing
+
+    from worker.local_endpoint.pool import UnsendableJob, WorkerHandle, WorkerPool, WorkerState
+    from worker.local_endpoint.settings import ServerSettings
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    worker = WorkerHandle(id="w", process=ctx.Process(target=print), conn=parent, state=WorkerState.IDLE)
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(UnsendableJob):
+        WorkerPool(ServerSettings(), "t").assign(worker, {"id": "j", "input": deep})
+    assert worker.state is WorkerState.IDLE and worker.job_id is None and not child.poll(0)
+    WorkerPool(ServerSettings(), "t").assign(worker, {"id": "k", "input": {"ok": 1}})
+    assert child.recv() == {"id": "k", "input": {"ok": 1}}  # the pipe is intact
+
+
+def test_non_loopback_bind_without_api_key_is_refused() -> None:
+    port = _free_port()
+    r = subprocess.run([sys.executable, "-m", "worker.local_endpoint", "--host", "0.0.0.0", "--port", str(port)],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if k != "LOCAL_ENDPOINT_API_KEY"})
+    assert r.returncode == 2 and "--api-key" in r.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,8 +11,12 @@ from pydantic import ValidationError
 
 from .auth import authorized
 from .dispatcher import Dispatcher, RetryRefused
+from worker.errors import clean_text
+
 from .jobs import Job
+from .limits import BodyRefused, parse_body
 from .models import RunRequest
+from .webhook import webhook_refusal
 
 RUNSYNC_WAIT_MIN_MS, RUNSYNC_WAIT_MAX_MS = 1000, 300_000
 
@@ -37,23 +40,40 @@ def build_router(dispatcher: Dispatcher) -> APIRouter:
         job = dispatcher.store.get(job_id)
         return job if job is not None else _error(404, "request does not exist")
 
-    async def parse_run(request: Request) -> RunRequest | JSONResponse:
+    async def read_body(request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise BodyRefused(413, f"request body is larger than {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BodyRefused(413, f"request body is larger than {limit} bytes")
+        return bytes(body)
+
+    async def parse_run(request: Request, limit: int) -> RunRequest | JSONResponse:
         try:
-            raw: Any = json.loads(await request.body() or b"null")
-        except ValueError:
-            return _error(400, "request body is not valid JSON")
+            raw: Any = parse_body(await read_body(request, limit), max_depth=settings.max_json_depth)
+        except BodyRefused as err:
+            return _error(err.status, err.message)
         if not isinstance(raw, dict) or raw.get("input") is None:
             return _error(400, "request body must be an object with an 'input' key")
         try:
-            return RunRequest.model_validate(raw)
+            body = RunRequest.model_validate(raw)
         except ValidationError as err:
-            return _error(400, f"invalid request: {err.errors(include_url=False, include_context=False)}")
+            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_url=False, include_input=False)]
+            return _error(400, clean_text(f"invalid request: {'; '.join(problems)[:500]}"))
+        if body.webhook is not None:
+            refusal = await asyncio.to_thread(webhook_refusal, body.webhook, settings.webhook_allow)
+            if refusal:
+                return _error(400, clean_text(f"webhook refused: {refusal}"))
+        return body
 
     @router.post("/run")
     async def run(endpoint_id: str, request: Request) -> JSONResponse:
         if (denied := gate(request, endpoint_id)) is not None:
             return denied
-        body = await parse_run(request)
+        body = await parse_run(request, settings.max_run_bytes)
         if isinstance(body, JSONResponse):
             return body
         job = dispatcher.submit(body, sync=False)
@@ -63,7 +83,7 @@ def build_router(dispatcher: Dispatcher) -> APIRouter:
     async def runsync(endpoint_id: str, request: Request, wait: int | None = None) -> JSONResponse:
         if (denied := gate(request, endpoint_id)) is not None:
             return denied
-        body = await parse_run(request)
+        body = await parse_run(request, settings.max_runsync_bytes)
         if isinstance(body, JSONResponse):
             return body
         wait_ms = settings.runsync_wait_ms if wait is None else min(max(wait, RUNSYNC_WAIT_MIN_MS), RUNSYNC_WAIT_MAX_MS)

@@ -14,7 +14,7 @@ import structlog
 
 from .jobs import Job, JobStore, new_job_id
 from .models import RETRYABLE, JobStatus, RunRequest
-from .pool import WorkerHandle, WorkerPool, WorkerState
+from .pool import UnsendableJob, WorkerHandle, WorkerPool, WorkerState
 from .settings import ServerSettings
 from .webhook import deliver
 
@@ -23,6 +23,13 @@ log = structlog.get_logger("local_endpoint.dispatcher")
 
 class RetryRefused(Exception):
     pass
+
+
+def _coded(code: str, message: str) -> str:
+    """An error string in the worker's format (`JobError.to_error_string`), so clients parse one shape."""
+    from worker.errors import JobError
+
+    return JobError(code, message).to_error_string()
 
 
 class Dispatcher:
@@ -54,8 +61,9 @@ class Dispatcher:
         while True:
             try:
                 self.tick()
-            except Exception:  # noqa: BLE001 - one bad tick must not stop the endpoint
-                log.exception("dispatcher_tick_failed")
+            except Exception as exc:  # noqa: BLE001 - one bad tick must not stop the endpoint
+                # No traceback: its frames' locals would hold job payloads (and once took 25 MB to print).
+                log.error("dispatcher_tick_failed", error_type=type(exc).__name__)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.tick_s)
@@ -165,6 +173,8 @@ class Dispatcher:
         if fields.get("error") is not None:
             job.error = fields["error"]
         self.store.count_final(status)
+        if status not in RETRYABLE:
+            job.input = None  # only a retry needs it again; finished jobs stay small for their retention
         job.done.set()
         log.info("job_finished", job_id=job.id, status=status.value)
         if job.webhook:
@@ -175,6 +185,7 @@ class Dispatcher:
                     retries=self.settings.webhook_retries,
                     delay_s=self.settings.webhook_retry_delay_s,
                     timeout_s=self.settings.webhook_timeout_s,
+                    allow=self.settings.webhook_allow,
                 )
             )
 
@@ -261,6 +272,8 @@ class Dispatcher:
             log.info("job_started", job_id=job.id, worker_id=worker.id)
             try:
                 self.pool.assign(worker, job.worker_payload())
+            except UnsendableJob as err:  # nothing was sent: the worker stays idle for the next job
+                self._finish(job, JobStatus.FAILED, error=_coded("E_INPUT_VALIDATION", f"the job cannot be handed to a worker ({err})"))
             except (OSError, ValueError) as err:
-                self._finish(job, JobStatus.FAILED, error=f"could not hand the job to a worker: {err}")
+                self._finish(job, JobStatus.FAILED, error=_coded("E_INTERNAL", f"could not hand the job to a worker ({type(err).__name__})"))
                 self.pool.replace(worker)

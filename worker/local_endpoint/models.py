@@ -21,8 +21,8 @@ class JobStatus(StrEnum):
         return self not in (JobStatus.IN_QUEUE, JobStatus.IN_PROGRESS)
 
 
-# Runpod's /retry accepts jobs that ended without a result.
-RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELLED})
+# Runpod's /retry accepts only FAILED and TIMED_OUT jobs (a cancelled job stays cancelled).
+RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.TIMED_OUT})
 
 
 class Policy(BaseModel):

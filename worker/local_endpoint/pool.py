@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import structlog
@@ -21,6 +22,10 @@ from .settings import ServerSettings
 from .worker_process import worker_main
 
 log = structlog.get_logger("local_endpoint.pool")
+
+
+class UnsendableJob(Exception):
+    """The job's payload cannot be serialised for a worker process."""
 
 
 class WorkerState(StrEnum):
@@ -94,9 +99,15 @@ class WorkerPool:
         return [w for w in self.workers.values() if w.state is WorkerState.IDLE]
 
     def assign(self, worker: WorkerHandle, payload: dict[str, Any]) -> None:
+        """Send a job to an idle worker. The payload is pickled before anything is written, so one
+        that cannot be (too deep, say) raises UnsendableJob and leaves the worker idle and usable."""
+        try:
+            data = ForkingPickler.dumps(payload)
+        except Exception as exc:  # noqa: BLE001 - RecursionError, PicklingError, ...
+            raise UnsendableJob(type(exc).__name__) from None
         worker.state = WorkerState.RUNNING
         worker.job_id = payload["id"]
-        worker.conn.send(payload)
+        worker.conn.send_bytes(data)
 
     def kill(self, worker: WorkerHandle) -> None:
         self.workers.pop(worker.id, None)

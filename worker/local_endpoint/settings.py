@@ -34,6 +34,12 @@ class ServerSettings(BaseModel):
     )
     worker_restart_backoff_s: float = Field(2.0, ge=0, description="wait before respawning a worker whose handler failed to import")
     tick_s: float = Field(0.05, gt=0, description="scheduler period: dispatch, timeouts, ttl, retention")
+    max_run_bytes: int = Field(10 * 1000 * 1000, gt=0, description="largest /run body (Runpod: 10 MB)")
+    max_runsync_bytes: int = Field(20 * 1000 * 1000, gt=0, description="largest /runsync body (Runpod: 20 MB)")
+    max_json_depth: int = Field(32, ge=2, description="deepest JSON nesting a request may hold")
+    webhook_allow: tuple[str, ...] = Field(
+        (), description="hosts / CIDRs a webhook may reach beyond public addresses (tests, local stacks)"
+    )
 
     @property
     def internal_base_url(self) -> str:
