@@ -648,6 +648,12 @@ def build_app(base_url: str | None = None) -> Any:
                 up.status = "NOT SUBMITTED"
                 yield _running(up, hist, False)
                 return
+            except Exception as exc:  # noqa: BLE001 - e.g. the S3 upload of a large input failed
+                up.error = JobErrorInfo(code="E_CLIENT", message=_plain(exc),
+                                        hint="Check the S3 fields (inputs over 10 MB go through S3) and the connection.")
+                up.status = "NOT SUBMITTED"
+                yield _running(up, hist, False)
+                return
             form_values = {k: v[k] for k in FORM_FIELDS}
             yield from _follow(client, job, hist, v["tier"], {"setup": stp.label, "form": form_values},
                                pre_log=pre_log)
@@ -699,7 +705,9 @@ def build_app(base_url: str | None = None) -> Any:
                 out.append(gr.update(value=val) if k in form_values else gr.update())
             return out
 
-        submit.click(on_submit, [*form, history], running_outputs, concurrency_limit=None)
+        # .then runs even when on_submit fails unexpectedly, so Generate never stays locked.
+        submit.click(on_submit, [*form, history], running_outputs, concurrency_limit=None).then(
+            lambda: (gr.update(interactive=True), gr.update(visible=False)), None, [submit, cancel])
         cancel.click(on_cancel, [c["api_key"], c["endpoint_id"], c["base"], job_id], error)
         open_btn.click(on_open, [c["api_key"], c["endpoint_id"], c["base"], c["tier"], history_pick, history],
                        running_outputs)
