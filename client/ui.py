@@ -193,7 +193,7 @@ class UiUpdate:
 
     def error_markdown(self) -> str:
         if self.cancelled:
-            return "**Cancelled.** The job was stopped at your request; nothing more is billed for it."
+            return "**Cancelled.** The job was stopped at your request."
         if self.error is None:
             return ""
         if self.status == "NOT SUBMITTED":  # refused in the page: nothing reached the endpoint
