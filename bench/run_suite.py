@@ -260,7 +260,10 @@ def main() -> None:
                     name = best_backend(res.get("attention_kernels", {}))
                     log("best attention backend", name)
                 set_attention_backend(name)
-                res[f"dit_{name}"] = forward_time(f"dit attention={name}", args.iters)
+                key, n = f"dit_{name}", 2
+                while key in res:  # the same backend again after a change (fp8 linears): keep both
+                    key, n = f"dit_{name}_{n}", n + 1
+                res[key] = forward_time(f"dit attention={name}", args.iters)
             elif part == "fp8":
                 from worker.engine.fp8 import convert_linears
 
