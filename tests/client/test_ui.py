@@ -355,13 +355,25 @@ def test_browser_box_drawn_by_two_clicks(page) -> None:
     assert b2 == pytest.approx((240, 10, 420, 260), abs=tol)
 
 
-def test_browser_cancel_shows_cancelled(page, artifacts_dir: Path) -> None:
+def test_browser_reattach_after_reload_and_cancel_shows_cancelled(page, artifacts_dir: Path) -> None:
     _upload_inputs(page)
     page.get_by_text("Overrides (empty").click()
     page.locator("#steps textarea, #steps input").first.fill("100")  # long enough to cancel while it runs
     page.locator("#submit").click()
     _watch_progress(page, "IN_PROGRESS")
     page.wait_for_function("document.querySelector('#job-id textarea, #job-id input').value.length > 0")
+    job = page.locator("#job-id input, #job-id textarea").first.input_value()
+    # A reload mid-job: the history still lists it; re-attaching by its id follows it again.
+    page.wait_for_selector(f"#history tr[data-job='{job}'][data-status=IN_PROGRESS]")
+    page.reload()
+    page.wait_for_selector(f"#history tr[data-job='{job}']")
+    assert not _visible(page, "cancel")
+    page.locator("#history-pick input").fill(job)
+    page.locator("#history-pick input").press("Enter")
+    page.locator("#history-open").click()
+    _watch_progress(page, "IN_PROGRESS")
+    page.wait_for_selector("#cancel", state="visible")
+    assert not page.locator("#submit").is_enabled()
     page.locator("#cancel").click()
     seen = _watch_progress(page, "CANCELLED", timeout_s=60)
     assert seen[-1][0] == "CANCELLED"
@@ -370,6 +382,7 @@ def test_browser_cancel_shows_cancelled(page, artifacts_dir: Path) -> None:
     assert "Error" not in text and "E_CANCELLED" not in text
     page.wait_for_function("document.querySelector('#submit') && !document.querySelector('#submit').disabled")
     assert not _visible(page, "cancel")
+    page.wait_for_selector(f"#history tr[data-job='{job}'][data-status=CANCELLED]")
     page.screenshot(path=str(artifacts_dir / "ui-cancelled.png"), full_page=True)
 
 
