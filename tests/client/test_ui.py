@@ -71,6 +71,20 @@ def test_follow_job_reports_progress_and_an_unreachable_result(fixture_endpoint,
     assert status == "COMPLETED" and final and error is not None and error.code == "E_RESULT_UNREACHABLE"
 
 
+def test_follow_job_shows_the_queue_while_workers_are_busy(fixture_endpoint, tmp_path: Path) -> None:
+    with RunpodEndpointClient(base_url=fixture_endpoint.url, endpoint_id=ENDPOINT_ID) as c:
+        busy = [c.run({"mode": "sleep", "seconds": 2.5}) for _ in range(2)]  # both workers taken
+        notes, rows = [], []
+        for u in follow_job(c, {"mode": "echo", "value": 1}, tmp_path, poll=PollPolicy(initial_s=0.2)):
+            notes.append(u.stages.queue_note)
+            rows.append(u.stages.to_html())
+        for j in busy:
+            c.wait(j.id, policy=PollPolicy(initial_s=0.2))
+    assert any("job queued on the endpoint" in n or "jobs queued on the endpoint" in n for n in notes), notes
+    assert any('data-stage="queue" data-state="running"' in r and "queued on the endpoint" in r for r in rows)
+    assert u.status == "COMPLETED"
+
+
 def test_follow_job_saves_the_inline_video(tiny_endpoint, tmp_path: Path) -> None:
     from client.payload import MediaSpec, build_job_input
 
