@@ -196,3 +196,32 @@ def test_fa3_fp8_kernel_matches_its_emulation_on_hopper():
     bf16 = attention(q, k, v, backend="fa3")
     assert fa.relative_error(bf16.float(), exact) < 1e-2
     assert resolve_backend("auto", "cuda", fp8=True) == "fa3_fp8" and resolve_backend("auto", "cuda") == "fa3"
+
+
+def test_tiny_engine_frames_with_fp8_attention_against_the_exact_path(tmp_path):
+    """Decoded frames of a whole (tiny) job: every self-attention in emulated fp8 against exact attention,
+    same seeds and inputs. The frames' relative error stays within one e4m3 rounding as well."""
+    import numpy as np
+    from PIL import Image
+
+    from worker.engine.generation import GenerationSettings
+    from worker.engine.runtime import Engine, EngineOptions, EngineRequest
+    from worker.engine.tiny import ensure_tiny_checkpoint
+
+    layout = ensure_tiny_checkpoint(tmp_path / "tiny")
+    t = np.arange(16000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    settings = GenerationSettings(steps=4, text_scale=1.0, audio_scale=2.0, shift=2.0, frame_num=17,
+                                  motion_frame=5, mode="streaming", max_frames=1000, seed=3, color_strength=0.0)
+
+    def frames(backend: str) -> torch.Tensor:
+        engine = Engine.load(layout, EngineOptions(attention_backend=backend))
+        assert engine.attention_backend == backend
+        req = EngineRequest(cond=image, audio_tracks=(audio,), prompt="a person talks", negative_prompt="",
+                            settings=settings)
+        return torch.cat([c.frames for c in engine.generate(req)], dim=1)
+
+    exact, fp8 = frames("sdpa"), frames("fp8_reference")
+    err = fa.relative_error(fp8, exact)
+    assert 1e-4 < err < FP8_ATTENTION_MAX_REL_ERR, err
