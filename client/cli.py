@@ -33,6 +33,8 @@ from client.payload import (
     SIZES,
     RUN_LIMIT_BYTES,
     RUNSYNC_LIMIT_BYTES,
+    InvalidJobInput,
+    LocalMediaError,
     MediaSpec,
     PayloadTooLarge,
     S3UploadConfig,
@@ -179,9 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--audio-seconds", type=float)
     e.add_argument("--audio", help="read the length from this file")
     e.add_argument("--tier", default="h100_80")
-    e.add_argument("--preset", default="quality", choices=SAMPLER_PRESETS)
+    e.add_argument("--preset", default="fast", choices=SAMPLER_PRESETS)
     e.add_argument("--size", default="infinitetalk-480", choices=SIZES)
-    e.add_argument("--mode", default="clip", choices=MODES)
+    e.add_argument("--mode", default="streaming", choices=MODES)
     e.add_argument("--speakers", type=int, default=1, choices=(1, 2))
     e.add_argument("--guidance-every", type=int, default=1, metavar="K")
     e.set_defaults(func=cmd_estimate)
@@ -309,6 +311,9 @@ def _finish(last: JobStatus, args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps(last.model_dump(exclude_none=True), default=str))
     err = last.error_info
+    if last.status == "CANCELLED" or (err is not None and err.code == "E_CANCELLED"):
+        print(f"job {last.id} CANCELLED: stopped before it finished, so there is no video", file=sys.stderr)
+        return EXIT_JOB_FAILED
     if last.status != "COMPLETED" or err is not None:
         info = err or JobErrorInfo(code=f"E_{last.status}", message=f"job ended {last.status}")
         print(f"job {last.id} {last.status}: {info.describe()}", file=sys.stderr)
@@ -332,6 +337,11 @@ def _finish(last: JobStatus, args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     try:
         job = _job_input(args)
+    except (InvalidJobInput, LocalMediaError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, FileNotFoundError, PayloadTooLarge) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -376,6 +386,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if secs is None:
         print("error: give --audio-seconds or a readable --audio file", file=sys.stderr)
         return EXIT_USAGE
+    if not secs > 0:
+        print(f"error: --audio-seconds must be more than 0, got {secs:g}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         est = estimate_job(audio_s=secs, tier=args.tier, preset=args.preset, size=args.size, mode=args.mode,
                            speakers=args.speakers, guidance_every=args.guidance_every)
@@ -386,13 +399,25 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+CLIENT_VENV = Path(__file__).resolve().parents[1] / ".venv-client"
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        print("error: the UI needs gradio, which cannot share an environment with runpod; make a client "
-              "environment: python -m venv .venv-client && .venv-client/bin/pip install -e '.[client]', "
-              "then run .venv-client/bin/python -m client ui", file=sys.stderr)
+        # gradio cannot share an environment with runpod: the README's set-up (scripts/test.sh, or
+        # INFINITETALK_WITH_CLIENT=1 scripts/bootstrap.sh) makes .venv-client beside .venv; run the UI there.
+        python = CLIENT_VENV / "bin" / "python"
+        if python.is_file() and Path(sys.prefix).resolve() != CLIENT_VENV.resolve():
+            argv = [str(python), "-m", "client", "ui", "--host", args.host, "--port", str(args.port)]
+            if args.base_url:
+                argv += ["--base-url", args.base_url]
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(str(python), argv)
+        print("error: the UI needs gradio, which lives in its own environment (.venv-client); make it with "
+              "INFINITETALK_WITH_CLIENT=1 scripts/bootstrap.sh, then run infinitetalk ui again", file=sys.stderr)
         return EXIT_USAGE
     from client.ui import launch
 

@@ -8,7 +8,7 @@ These are estimates, not measurements of this worker. The model:
   guidance passes costs the sum of its passes (measured: batch 2 = 2 x batch 1). 720p costs 3.63x
   as much (the measured 11.08 s / 3.05 s ratio of the diffusers DiT at the two sizes).
 - forwards per step: 3 guidance passes when text guidance is on (quality preset), 2 when text
-  guidance is 1 (fast, turbo); steps from the preset (quality 40, fast 8, turbo 4) unless overridden.
+  guidance is 1 (fast, turbo), 1 when audio guidance is 1 as well (lightning); steps from the preset (quality 40, fast 8, turbo 4) unless overridden.
   With `guidance_every` k the guidance passes run on every k-th step and the others run one pass.
 - per chunk outside the DiT (VAE encode/decode, colour, uint8): 3.0 s at 480p (measured 2.0-3.0 s,
   section 8), 7 s at 720p (the 480p figure scaled by pixels, a guess).
@@ -57,7 +57,10 @@ LOAD_S = 53.8  # bench/README.md section 9, J4
 COMPILE_FIRST_S = 6.6  # bench/README.md section 10, K2 (compile cache on the volume)
 
 # preset -> (steps, text guidance on)
-PRESETS: dict[str, tuple[int, bool]] = {"quality": (40, True), "fast": (8, False), "turbo": (4, False)}
+PRESETS: dict[str, tuple[int, bool]] = {"quality": (40, True), "fast": (8, False), "turbo": (4, False),
+                                        "lightning": (4, False)}
+# presets whose audio guidance is 1 as well: one DiT pass a step (conf/sampler/lightning.yaml)
+NO_GUIDANCE_PRESETS = frozenset({"lightning"})
 
 # tier -> (speed relative to an H100, price per hour in USD, largest size it serves)
 _BUILTIN_TIERS: dict[str, tuple[float, float, str]] = {
@@ -172,7 +175,7 @@ def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "fast",
     steps = sample_steps or steps
     if text_guide_scale is not None:
         text_on = text_guide_scale != 1.0
-    passes = 3 if text_on else 2
+    passes = 3 if text_on else 1 if preset in NO_GUIDANCE_PRESETS else 2
     every = 1 if guidance_every is None else guidance_every
     if every < 1:
         raise ValueError("guidance_every must be >= 1")

@@ -37,6 +37,11 @@ __all__ = [
     "sniff_mime",
     "is_remote_ref",
     "validate_job_input",
+    "InvalidJobInput",
+    "LocalMediaError",
+    "check_local_media",
+    "sniff_content",
+    "WORKER_VOLUME_ROOT",
 ]
 
 RUN_LIMIT_BYTES = 10 * 1000 * 1000
@@ -130,8 +135,8 @@ _MAGIC: list[tuple[bytes, int, str]] = [
 ]
 
 
-def sniff_mime(path: Path) -> str:
-    """Content first (browsers and Gradio temp files often lose extensions), then the name."""
+def sniff_content(path: Path) -> str | None:
+    """The media type the file's first bytes show (None: no image, audio or video format we know)."""
     with path.open("rb") as fh:
         head = fh.read(16)
     for magic, offset, mime in _MAGIC:
@@ -139,10 +144,70 @@ def sniff_mime(path: Path) -> str:
             if mime == "video/mp4" and path.suffix.lower() in (".m4a", ".aac"):
                 return "audio/mp4"
             return mime
-    if head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
-        return "audio/mpeg"
+    if head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2", b"\xff\xf1", b"\xff\xf9"):
+        return "audio/mpeg" if head[1] in (0xFB, 0xF3, 0xF2) else "audio/aac"
+    return None
+
+
+def sniff_mime(path: Path) -> str:
+    """Content first (browsers and Gradio temp files often lose extensions), then the name."""
+    found = sniff_content(path)
+    if found:
+        return found
     guessed, _ = mimetypes.guess_type(path.name)
     return guessed or "application/octet-stream"
+
+
+# The stock worker's download caps (conf/config.yaml server.download) and the shortest speech it takes.
+MAX_BYTES = {"image": 50 * 1024 * 1024, "audio": 200 * 1024 * 1024, "video": 1024 * 1024 * 1024}
+MIN_AUDIO_S = 0.08
+# A path that is not on this machine is sent as a worker path only under the worker's volume.
+WORKER_VOLUME_ROOT = os.environ.get("INFINITETALK_VOLUME_ROOT", "/runpod-volume").rstrip("/") + "/"
+
+
+class LocalMediaError(ValueError):
+    """A local file that the worker would refuse (wrong type, too large, no sound): caught before sending."""
+
+    def __init__(self, field_name: str, message: str, hint: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.hint = hint
+
+
+def check_local_media(path: Path, field_name: str) -> str:
+    """Check a local file against what `field_name` needs (type from its content, size, audio length);
+    returns its media type or raises LocalMediaError naming the field."""
+    kind = "audio" if field_name.startswith("audio") else field_name
+    found = sniff_content(path)
+    top = (found or "").split("/", 1)[0]
+    ok = top == kind or (kind == "audio" and found == "video/mp4")
+    if not ok:
+        what = f"{'an' if top[:1] in 'aeiou' else 'a'} {top} file ({found})" if found else "not an image, audio or video file we recognise"
+        formats = {"image": "PNG, JPEG or WebP", "audio": "WAV, MP3, FLAC, OGG or M4A", "video": "MP4 or WebM"}[kind]
+        raise LocalMediaError(field_name, f"{path.name} is {what}, judged from its content",
+                              f"Give {field_name} a {formats} file.")
+    size = path.stat().st_size
+    if size > MAX_BYTES[kind]:
+        raise LocalMediaError(field_name, f"{path.name} is {size / 2**20:.0f} MiB, over the worker's "
+                              f"{MAX_BYTES[kind] // 2**20} MiB limit for {kind}",
+                              f"Give {field_name} a smaller file, or pass an https:// URL the worker may fetch.")
+    if kind == "audio":
+        from client.estimate import media_duration_s
+
+        seconds = media_duration_s(path)
+        if seconds is not None and seconds < MIN_AUDIO_S:
+            raise LocalMediaError(field_name, f"{path.name} lasts {seconds:.3f} s, too short to drive a video",
+                                  f"Give {field_name} at least a fraction of a second of speech.")
+    return found or "application/octet-stream"
+
+
+class InvalidJobInput(ValueError):
+    """The job input breaks the contract; `str()` is the worker's own message, `hint` what to change."""
+
+    def __init__(self, message: str, hint: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.field = field
 
 
 def to_data_uri(path: Path, mime: str | None = None) -> str:
@@ -220,12 +285,14 @@ def build_job_input(
             return
         path = Path(text).expanduser()
         if not path.is_file():
-            if isinstance(value, str) and not path.exists() and text.startswith("/"):
+            if isinstance(value, str) and not path.exists() and text.startswith(WORKER_VOLUME_ROOT):
                 _set(job, field_name, text)  # a path on the worker's volume
                 reports.append(RefReport(field_name, "ref", 0, text))
                 return
-            raise FileNotFoundError(f"{field_name}: no such file {text}")
-        mime = sniff_mime(path)
+            raise FileNotFoundError(
+                f"{field_name}: no such file {text} (paths on the worker's volume start with {WORKER_VOLUME_ROOT})"
+            )
+        mime = check_local_media(path, field_name)
         slot = _Slot(field_name, path, mime, size=path.stat().st_size)
         slot.value = to_data_uri(path, mime)
         _set(job, field_name, slot.value)
@@ -276,18 +343,15 @@ def _body_size(job: dict[str, Any]) -> int:
 
 
 def validate_job_input(job: dict[str, Any]) -> None:
-    """Check against the job contract before spending a request; ValueError with its messages."""
+    """Check against the job contract before spending a request: InvalidJobInput with the worker's
+    own message and hint (the same words the worker would answer with)."""
     try:
-        from worker.schema import JobInput  # pydantic only
+        from worker.errors import JobError
+        from worker.schema import parse_job_input  # pydantic only
     except ImportError:  # a client installed without the worker package
         return
-    from pydantic import ValidationError
-
     try:
-        JobInput.model_validate(job, context={"allow_http": True})
-    except ValidationError as exc:
-        msgs = []
-        for err in exc.errors(include_url=False):
-            loc = ".".join(str(p) for p in err.get("loc", ())) or "input"
-            msgs.append(f"{loc}: {err.get('msg')}")
-        raise ValueError("invalid job input: " + "; ".join(msgs)) from None
+        parse_job_input(job, allow_http=True)
+    except JobError as exc:
+        errors = (exc.details or {}).get("errors") or [{}]
+        raise InvalidJobInput(exc.message, exc.hint, errors[0].get("field")) from None

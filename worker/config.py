@@ -268,7 +268,7 @@ class ServerConf:
 @dataclass(frozen=True)
 class JobDefaultsConf:
     size: str = "infinitetalk-480"
-    mode: str = "clip"
+    mode: str = "streaming"
     sample_steps: Optional[int] = None
     use_teacache: bool = False
     use_apg: bool = False

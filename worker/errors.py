@@ -183,6 +183,19 @@ def safe_preview(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+class InputProblem(ValueError):
+    """A validator's complaint about one named field, with the hint that fixes it.
+
+    Raised inside pydantic validators (it is a ValueError, so pydantic collects it); a model-level
+    check has no field of its own in pydantic's report, so this carries the one the user must change.
+    """
+
+    def __init__(self, field: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.hint = hint
+
+
 def _loc_to_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -190,39 +203,135 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
             out += f"[{part}]"
         else:
             out += ("." if out else "") + str(part)
-    return out or "(input)"
+    return out or "input"
 
 
-def error_from_pydantic(exc: "ValidationError", *, message: str | None = None) -> JobError:
-    """Turn a pydantic ValidationError into one E_INPUT_VALIDATION listing each bad field.
+def _choices(expected: Any) -> str:
+    return re.sub(r"'([^']*)'", r"\1", str(expected))
 
-    Each entry has the field's location, pydantic's error type and message, and a safe preview
-    of the offending value (never the value itself when the field looks like a secret, never a
-    whole data: URI).
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# pydantic error type -> a phrase about the field (ctx values filled in); anything else falls back
+# to pydantic's own text with its wording replaced.
+_PHRASES: Mapping[str, str] = {
+    "missing": "is required",
+    "extra_forbidden": "is not a field of the job input",
+    "literal_error": "must be one of {expected}",
+    "enum": "must be one of {expected}",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be text",
+    "string_too_long": "must be at most {max_length} characters",
+    "too_long": "must have at most {max_length} items",
+    "too_short": "must have at least {min_length} items",
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "greater_than": "must be more than {gt}",
+    "less_than": "must be less than {lt}",
+    "dict_type": "must be an object ({{…}})",
+    "model_type": "must be an object ({{…}})",
+    "model_attributes_type": "must be an object ({{…}})",
+    "list_type": "must be a list ([…])",
+    "json_invalid": "is not valid JSON",
+}
+
+
+def _phrase(err: Mapping[str, Any]) -> str:
+    kind = str(err.get("type", ""))
+    ctx = {k: (_choices(v) if k == "expected" else _number(v)) for k, v in (err.get("ctx") or {}).items()}
+    if kind == "string_too_short":
+        return "must not be empty" if str(ctx.get("min_length")) == "1" else "must be at least {min_length} characters".format(**ctx)
+    template = _PHRASES.get(kind)
+    if template is not None:
+        try:
+            return template.format(**ctx)
+        except (KeyError, IndexError):
+            pass
+    return _scrub_msg(str(err.get("msg", "")))
+
+
+def error_from_pydantic(
+    exc: "ValidationError",
+    *,
+    message: str | None = None,
+    field_help: Mapping[str, str] | None = None,
+    known_fields: tuple[str, ...] = (),
+) -> JobError:
+    """Turn a pydantic ValidationError into one E_INPUT_VALIDATION a person can act on.
+
+    The message names each bad field in plain words ("sample_steps: must be at most 100 (got 500)"),
+    the hint says what to put there (from `field_help`, the schema's field descriptions, or the
+    validator's own InputProblem hint; a misspelt field gets its closest `known_fields` name).
+    `details.errors` lists every problem with its field, pydantic's error type and a safe preview of
+    the value (never a secret-looking field's value, never a whole data: URI).
     """
-    errors = []
-    for err in exc.errors(include_url=False, include_context=False, include_input=True):
+    import difflib
+
+    help_ = dict(field_help or {})
+    entries: list[dict[str, Any]] = []
+    hints: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for err in exc.errors(include_url=False, include_context=True, include_input=True):
         loc = tuple(err.get("loc", ()))
         # pydantic appends union member / function tags to loc; keep names users wrote.
         loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
         path = _loc_to_path(loc)
-        entry: dict[str, Any] = {"field": path, "type": err.get("type"), "message": _scrub_msg(err.get("msg", ""))}
-        if "input" in err and err.get("type") != "missing":
-            secret = any(isinstance(p, str) and is_secret_name(p) for p in loc)
+        problem = (err.get("ctx") or {}).get("error")
+        hint = None
+        if isinstance(problem, InputProblem):
+            path, phrase, hint = problem.field, _scrub_msg(str(problem)), problem.hint
+        else:
+            phrase = _phrase(err)
+        kind = str(err.get("type", ""))
+        secret = any(isinstance(p, str) and is_secret_name(p) for p in loc)
+        shown = None
+        if "input" in err and kind not in ("missing", "extra_forbidden", "value_error", "assertion_error"):
+            value = err["input"]
+            if not secret and (value is None or isinstance(value, (bool, int, float, str))):
+                preview = safe_preview(value)
+                shown = "null" if value is None else (str(preview).lower() if isinstance(value, bool) else repr(preview) if isinstance(value, str) else preview)
+        text = f"{phrase} (got {shown})" if shown is not None and len(str(shown)) <= 60 else phrase
+        if (path, text) in seen:
+            continue  # union branches can report the same thing twice
+        seen.add((path, text))
+        if hint is None:
+            hint = _hint_for(kind, path, help_, known_fields, difflib)
+        entry: dict[str, Any] = {"field": path, "type": kind, "message": text, "hint": hint}
+        if "input" in err and kind != "missing":
             entry["input"] = "[REDACTED]" if secret else safe_preview(err["input"])
-        errors.append(entry)
-    # Deduplicate (union branches can produce the same message twice).
-    seen, unique = set(), []
-    for e in errors:
-        k = (e["field"], e["message"])
-        if k not in seen:
-            seen.add(k)
-            unique.append(e)
-    fields = sorted({e["field"] for e in unique})
-    msg = message or (
-        f"invalid job input: {len(unique)} problem(s) in " + ", ".join(fields[:8]) + ("…" if len(fields) > 8 else "")
-    )
-    return JobError(ErrorCode.E_INPUT_VALIDATION, msg, details={"errors": unique})
+        entries.append(entry)
+        if hint not in hints:
+            hints.append(hint)
+    lines = [f"{e['field']}: {e['message']}" for e in entries]
+    if message is None:
+        if len(lines) == 1:
+            message = lines[0]
+        else:
+            message = f"{len(lines)} problems in the job input: " + "; ".join(lines[:4]) + ("; …" if len(lines) > 4 else "")
+    return JobError(ErrorCode.E_INPUT_VALIDATION, message, hint=" ".join(hints[:3]), details={"errors": entries})
+
+
+def _hint_for(kind: str, path: str, help_: Mapping[str, str], known: tuple[str, ...], difflib: Any) -> str:
+    about = help_.get(path) or help_.get(path.split("[", 1)[0]) or help_.get(path.rsplit(".", 1)[0])
+    if kind == "extra_forbidden":
+        name = path.rsplit(".", 1)[-1]
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        if close:
+            return f"Rename {path} to {close[0]}, or remove it."
+        return f"Remove {path}; `infinitetalk schema` lists the fields a job takes."
+    about = about[:1].lower() + about[1:] if about else about
+    if kind == "missing":
+        return f"Add {path}" + (f": {about}" if about else ".")
+    return f"Change {path}" + (f": {about}" if about else ".")
 
 
 _DATA_URI_IN_TEXT = re.compile(r"data:[^\s,'\"]{0,64},[A-Za-z0-9+/=_-]{16,}")
@@ -230,7 +339,9 @@ _DATA_URI_IN_TEXT = re.compile(r"data:[^\s,'\"]{0,64},[A-Za-z0-9+/=_-]{16,}")
 
 def _scrub_msg(msg: str) -> str:
     """pydantic messages can quote the input (e.g. literal errors); cut data: payloads out."""
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    msg = msg.replace("Input should be", "must be").replace("Field required", "is required")
     msg = _DATA_URI_IN_TEXT.sub("data:…", msg)
     return msg if len(msg) <= 300 else msg[:300] + "…"

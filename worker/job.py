@@ -8,6 +8,7 @@ a per-job folder that is removed whatever happens; the MP4 is renamed into place
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 import threading
@@ -37,24 +38,18 @@ from worker.logging_setup import bind_job, get_logger
 from worker.media_frames import iter_video_frames
 from worker.mux import Mp4Writer, probe_mp4
 from worker.progress import ProgressReporter, Stage
-from worker.schema import JobInput, JobOutput, parse_job_input
+from worker.schema import DEFAULT_NEGATIVE_PROMPT, JobInput, JobOutput, parse_job_input
 from worker.storage import make_store
 from worker.wiring import checkpoint_layout, engine_options, fetch_policy, media_limits, storage_settings
 
 FPS = 25
 SAMPLE_RATE = 16000
-DEFAULT_NEGATIVE_PROMPT = (
-    # The negative prompt InfiniteTalk's config ships with (a model fact: the guidance was tuned with it).
-    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
-    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
-    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
-    "messy background, three legs, many people in the background, walking backwards"
-)
 
 # Kokoro voice packs used when a tts job names none (speaker 1, speaker 2).
 DEFAULT_VOICES = ("af_heart", "am_michael")
 
 log = get_logger("worker.job")
+_LOGGED_CONFIG = ("sampler", "size", "mode", "sample_steps", "frame_num", "max_duration_s", "seed", "output_target")
 
 
 class EngineHolder:
@@ -160,7 +155,11 @@ def _engine_error(exc: BaseException) -> JobError:
         return JobError(ErrorCode.E_OOM, "host memory exhausted", refresh_worker=True)
     text = f"{type(exc).__name__}: {exc}"
     cuda_broken = "CUDA error" in text or "cuDNN error" in text or "CUBLAS_STATUS" in text
-    return JobError(ErrorCode.E_INTERNAL, text[:500], refresh_worker=cuda_broken)
+    # The exception's own words go to details and the log, not to the sentence a person reads.
+    return JobError(
+        ErrorCode.E_INTERNAL, "the worker hit an unexpected problem and stopped this job",
+        details={"error": text[:500]}, refresh_worker=cuda_broken,
+    )
 
 
 class _Deadline:
@@ -222,7 +221,8 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     progress.stage(Stage.VALIDATE)
     job = parse_job_input(payload, allow_http=cfg.server.allow_http)
     resolved = apply_job_overrides(cfg, job)
-    log.info("job accepted", job=job.log_summary(), config=resolved.to_dict())
+    # The whole resolved config goes back in the result; the log line keeps what tells jobs apart.
+    log.info("job accepted", job=job.log_summary(), config={k: getattr(resolved, k) for k in _LOGGED_CONFIG})
 
     timer.enter("download")
     progress.stage(Stage.DOWNLOAD)
@@ -232,9 +232,11 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     timer.enter("audio")
     progress.stage(Stage.AUDIO)
     if job.tts is not None:
-        tracks, soundtrack = _cut_audio(*_synthesize_speech(job, resolved, ctx, progress), resolved)
+        tracks, soundtrack, dropped_s = _cut_audio(*_synthesize_speech(job, resolved, ctx, progress), resolved)
     else:
-        tracks, soundtrack = _prepare_audio(job, resolved, media)
+        tracks, soundtrack, dropped_s = _prepare_audio(job, resolved, media)
+    if dropped_s > 0:
+        log.info("audio cut to the video's length", mode=resolved.mode, dropped_s=round(dropped_s, 3))
 
     timer.enter("load")
     progress.stage(Stage.LOAD, "loading model" if not ctx.engine.loaded else "model is warm")
@@ -321,6 +323,8 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
         width=probe.width,
         height=probe.height,
         seed=resolved.seed,
+        truncated=dropped_s > 0,
+        truncated_s=round(dropped_s, 3),
         config=resolved.to_dict(),
         timings_s=timings,
     )
@@ -348,28 +352,45 @@ def _download(job: JobInput, ctx: JobContext, work: Path, progress: ProgressRepo
     out: dict[str, Path] = {}
     for i, (name, ref) in enumerate(refs.items()):
         kind = "audio" if name.startswith("audio") else name
-        fetched = fetch_media(ref, work / "inputs", policy, kind)  # type: ignore[arg-type]
-        if kind == "image":
-            check_image(fetched.path, limits)
-        elif kind == "video":
-            check_video(fetched.path, limits)
-        else:
-            try:
-                check_audio(fetched.path, limits)
-            except JobError as exc:
-                if (exc.details or {}).get("reason") != "corrupt":
-                    raise
-                raise JobError(ErrorCode.E_AUDIO_EMBEDDING, exc.message, details=exc.details) from exc
+        try:
+            fetched = fetch_media(ref, work / "inputs", policy, kind)  # type: ignore[arg-type]
+            if kind == "image":
+                check_image(fetched.path, limits)
+            elif kind == "video":
+                check_video(fetched.path, limits)
+            else:
+                try:
+                    check_audio(fetched.path, limits)
+                except JobError as exc:
+                    if (exc.details or {}).get("reason") != "corrupt":
+                        raise
+                    raise JobError(ErrorCode.E_AUDIO_EMBEDDING, exc.message, details=exc.details) from exc
+        except JobError as exc:
+            raise _naming_field(exc, name) from exc
         out[name] = fetched.path
         progress.update((i + 1) / len(refs), f"fetched {name}")
     return out
 
 
+_ARTICLE = re.compile(r"\ba (?=[aeiou])", re.I)
+
+
+def _naming_field(exc: JobError, name: str) -> JobError:
+    """The same error with the job field it is about named in front (the fetch layer knows only the
+    media kind, so "image" vs "video", "audio.person1" vs "audio.person2" is added here)."""
+    message = exc.message if exc.message.startswith(f"{name}:") else f"{name}: {exc.message}"
+    hint = _ARTICLE.sub("an ", exc.hint or "")
+    if name not in hint:
+        hint = f"{name}: {hint}" if hint else f"Check {name}."
+    details = dict(exc.details) if isinstance(exc.details, dict) else ({} if exc.details is None else {"details": exc.details})
+    return JobError(exc.code, message, hint, {**details, "field": name}, refresh_worker=exc.refresh_worker)
+
+
 def _prepare_audio(
     job: JobInput, resolved: ResolvedJobConfig, media: dict[str, Path]
-) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
     """Per-speaker 16 kHz tracks for the embedder and the soundtrack for the MP4, both cut to the
-    length the video will have (max_duration_s; one chunk in clip mode)."""
+    length the video will have (max_duration_s; one chunk in clip mode), and the seconds cut."""
     from worker.engine.audio_io import merge_speakers, prepare_audio  # numpy/librosa only, no torch
 
     try:
@@ -427,18 +448,24 @@ def _synthesize_speech(
 
 def _cut_audio(
     tracks: tuple[np.ndarray, ...], soundtrack: np.ndarray, resolved: ResolvedJobConfig
-) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Both cut to the length the video will have (max_duration_s; one chunk in clip mode)."""
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
+    """Both cut to the length the video will have (max_duration_s; one chunk in clip mode), plus the
+    seconds of speech cut off, which the result reports (`truncated_s`) so a cut is never silent."""
     seconds = resolved.max_duration_s
     if resolved.mode == "clip":
         seconds = min(seconds, resolved.frame_num / FPS)
     limit = int(math.floor(seconds * SAMPLE_RATE))
+    dropped_s = 0.0
     if len(soundtrack) > limit:
+        dropped_s = (len(soundtrack) - limit) / SAMPLE_RATE
         soundtrack = soundtrack[:limit]
         tracks = tuple(t[:limit] for t in tracks)
     if len(soundtrack) < SAMPLE_RATE // FPS * 2:
-        raise JobError(ErrorCode.E_AUDIO_EMBEDDING, "the audio is too short to drive a video (under 80 ms)")
-    return tracks, soundtrack
+        raise JobError(
+            ErrorCode.E_AUDIO_EMBEDDING, "the audio is too short to drive a video (under 80 ms)",
+            hint="send at least a fraction of a second of speech in audio (or tts.text)",
+        )
+    return tracks, soundtrack, dropped_s
 
 
 def _bboxes(job: JobInput) -> tuple[tuple[float, float, float, float], ...] | None:

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from worker.errors import JobError, error_from_pydantic, safe_preview
+from worker.errors import InputProblem, JobError, error_from_pydantic, safe_preview
 
 __all__ = [
     "MediaRefKind",
@@ -54,6 +54,13 @@ MODES = ("clip", "streaming")
 SAMPLER_PRESETS = ("quality", "fast", "turbo", "lightning")
 OUTPUT_TARGETS = ("s3", "volume", "local", "inline")
 MAX_SEED = 2**32 - 1
+DEFAULT_NEGATIVE_PROMPT = (
+    # The negative prompt InfiniteTalk's config ships with (a model fact: the guidance was tuned with it).
+    "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, "
+    "poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, "
+    "messy background, three legs, many people in the background, walking backwards"
+)
 
 Size = Literal["infinitetalk-480", "infinitetalk-720"]
 Mode = Literal["clip", "streaming"]
@@ -171,8 +178,8 @@ class SpeakerAudio(BaseModel):
 
     model_config = _STRICT
 
-    person1: str
-    person2: str | None = None
+    person1: str = Field(description="Speaker 1's speech: an https:// URL, a data: URI, s3://bucket/key or a volume path.")
+    person2: str | None = Field(default=None, description="Speaker 2's speech (needs audio_type); leave out for one speaker.")
 
     @field_validator("person1", "person2", mode="before")
     @classmethod
@@ -192,11 +199,20 @@ class TtsSpec(BaseModel):
 
     model_config = _STRICT
 
-    text: str = Field(min_length=1, max_length=10_000)
-    voice: str | None = Field(
-        default=None, max_length=4096, validation_alias=AliasChoices("voice", "human1_voice", "voice1")
+    text: str = Field(
+        min_length=1, max_length=10_000,
+        description="The words to speak (up to 10,000 characters); mark two speakers' turns with (s1) and (s2).",
     )
-    voice2: str | None = Field(default=None, max_length=4096, validation_alias=AliasChoices("voice2", "human2_voice"))
+    voice: str | None = Field(
+        default=None, max_length=4096, validation_alias=AliasChoices("voice", "human1_voice", "voice1"),
+        description="Kokoro voice pack of speaker 1, e.g. af_heart (the default), am_michael, bf_emma.",
+        json_schema_extra={"default": "af_heart"},
+    )
+    voice2: str | None = Field(
+        default=None, max_length=4096, validation_alias=AliasChoices("voice2", "human2_voice"),
+        description="Kokoro voice pack of speaker 2 (text marked (s2)); default am_michael.",
+        json_schema_extra={"default": "am_michael"},
+    )
 
     @property
     def speakers(self) -> int:
@@ -205,16 +221,30 @@ class TtsSpec(BaseModel):
     @model_validator(mode="after")
     def _voices(self) -> "TtsSpec":
         if self.voice2 and self.speakers < 2:
-            raise ValueError("voice2 needs a second speaker marked (s2) in the text")
+            raise InputProblem(
+                "tts.voice2", "voice2 needs a second speaker marked (s2) in the text",
+                hint="Mark the second speaker's words with (s2) in tts.text, or leave tts.voice2 out.",
+            )
         return self
 
 
 class OutputSpec(BaseModel):
     model_config = _STRICT
 
-    target: OutputTarget | None = None
-    key_prefix: str | None = Field(default=None, max_length=256)
-    presign_expiry_s: int | None = Field(default=None, ge=60, le=7 * 24 * 3600)
+    target: OutputTarget | None = Field(
+        default=None,
+        description="Where the MP4 goes: s3 (a presigned URL), volume or local (a path), inline (base64, up to "
+        "8 MiB). Default: the worker's storage (local on the stock config, s3 on Runpod).",
+        json_schema_extra={"default": "local"},
+    )
+    key_prefix: str | None = Field(
+        default=None, max_length=256, description="Folder for the result's key, e.g. talks/2026/.",
+        json_schema_extra={"default": "infinitetalk/"},
+    )
+    presign_expiry_s: int | None = Field(
+        default=None, ge=60, le=7 * 24 * 3600, description="Lifetime of an s3 result's URL in seconds (60 to 604800).",
+        json_schema_extra={"default": 86400},
+    )
 
     @field_validator("key_prefix")
     @classmethod
@@ -260,56 +290,125 @@ class JobInput(BaseModel):
     )
 
     # media
-    image: str | None = Field(default=None, validation_alias=_alias("image", "cond_image"))
-    video: str | None = Field(default=None, validation_alias=_alias("video", "cond_video"))
+    # Defaults shown in the JSON schema (json_schema_extra) are the stock worker's; None in Python means
+    # "the worker's configured default" (conf/config.yaml, the chosen sampler preset, DEFAULT_* variables).
+    image: str | None = Field(
+        default=None, validation_alias=_alias("image", "cond_image"),
+        description="The portrait to animate: an https:// URL, a data: URI (base64), s3://bucket/key or a path on the worker's volume. Give image or video.",
+    )
+    video: str | None = Field(
+        default=None, validation_alias=_alias("video", "cond_video"),
+        description="A reference video to dub instead of an image: an https:// URL, a data: URI (base64), s3://bucket/key or a path on the worker's volume.",
+    )
     audio: SpeakerAudio | None = Field(
         default=None,
         validation_alias=_alias("audio", "cond_audio"),
-        description='One ref, or {"person1": ref, "person2": ref} for two speakers.',
+        description="The speech that drives the video: one ref (an https:// URL, a data: URI (base64), s3://bucket/key or a path on the worker's volume), or {\"person1\": ref, \"person2\": ref} "
+        "for two speakers. Give audio or tts.",
     )
     audio_type: AudioType | None = Field(
         default=None,
         description="Two speakers only: add = one after the other, para = together. Required then.",
     )
-    tts: TtsSpec | None = Field(default=None, validation_alias=_alias("tts", "tts_audio"))
+    tts: TtsSpec | None = Field(
+        default=None, validation_alias=_alias("tts", "tts_audio"),
+        description='Text to speech instead of audio: {"text": ..., "voice": "af_heart", "voice2": "am_michael"}.',
+    )
 
     # prompt and layout
-    prompt: str = Field(default="", max_length=4000)
+    prompt: str = Field(default="", max_length=4000, description="What the video shows, in words (up to 4000 characters).")
     negative_prompt: str | None = Field(
-        default=None, max_length=4000, validation_alias=_alias("negative_prompt", "n_prompt", "neg_prompt")
+        default=None, max_length=4000, validation_alias=_alias("negative_prompt", "n_prompt", "neg_prompt"),
+        description="What to avoid; default: the negative prompt InfiniteTalk ships with.",
+        json_schema_extra={"default": DEFAULT_NEGATIVE_PROMPT},
     )
     bbox: dict[Person, BBox] | None = Field(
-        default=None, description="Per speaker [x0, y0, x1, y1] in source pixels."
+        default=None,
+        description='Where each speaker is, {"person1": [x0, y0, x1, y1], "person2": [...]} in source pixels; '
+        "default: the left and right halves.",
     )
 
     # generation
-    size: Size | None = None
-    mode: Mode | None = None
-    sampler: SamplerPreset | None = Field(default=None, validation_alias=_alias("sampler", "preset"))
-    sample_steps: int | None = Field(default=None, ge=1, le=100)
-    sample_shift: float | None = Field(default=None, ge=0.5, le=20)
+    size: Size | None = Field(
+        default=None, description="Output bucket: infinitetalk-480 or infinitetalk-720 (capped by the GPU tier; DEFAULT_SIZE).",
+        json_schema_extra={"default": "infinitetalk-480"},
+    )
+    mode: Mode | None = Field(
+        default=None,
+        description="streaming renders the whole audio chunk by chunk (one chunk when it fits one); clip renders "
+        "one chunk of frame_num frames and cuts the rest (the result then says truncated).",
+        json_schema_extra={"default": "streaming"},
+    )
+    sampler: SamplerPreset | None = Field(
+        default=None, validation_alias=_alias("sampler", "preset"),
+        description="Preset: fast (8 steps, distill LoRA; the default), turbo (4 steps x 2 passes), lightning (4 steps, one pass: no guidance, cheapest), quality "
+        "(40 steps x 3 guidance passes, ~12x fast's GPU time).",
+        json_schema_extra={"default": "fast"},
+    )
+    sample_steps: int | None = Field(
+        default=None, ge=1, le=100,
+        description="Denoising steps per chunk, a whole number from 1 to 100; default: the preset's (fast 8, "
+        "turbo 4, quality 40) or DEFAULT_SAMPLE_STEPS.",
+        json_schema_extra={"default": 8},
+    )
+    sample_shift: float | None = Field(
+        default=None, ge=0.5, le=20,
+        description="Noise schedule shift, 0.5 to 20; default: the preset's (fast and turbo 2; quality 7 at 480p, 11 at 720p).",
+        json_schema_extra={"default": 2.0},
+    )
     text_guide_scale: float | None = Field(
-        default=None, ge=0, le=20, validation_alias=_alias("text_guide_scale", "sample_text_guide_scale")
+        default=None, ge=0, le=20, validation_alias=_alias("text_guide_scale", "sample_text_guide_scale"),
+        description="Text guidance, 0 to 20 (1 turns the text pass off); default: the preset's (fast 1, quality 5).",
+        json_schema_extra={"default": 1.0},
     )
     audio_guide_scale: float | None = Field(
-        default=None, ge=0, le=20, validation_alias=_alias("audio_guide_scale", "sample_audio_guide_scale")
+        default=None, ge=0, le=20, validation_alias=_alias("audio_guide_scale", "sample_audio_guide_scale"),
+        description="Audio guidance, 0 to 20; default: the preset's (fast 2, quality 4).",
+        json_schema_extra={"default": 2.0},
     )
-    use_apg: bool | None = None
-    use_teacache: bool | None = None
-    teacache_thresh: float | None = Field(default=None, gt=0, le=1)
+    use_apg: bool | None = Field(
+        default=None, description="Adaptive projected guidance, true or false (ENABLE_APG).",
+        json_schema_extra={"default": False},
+    )
+    use_teacache: bool | None = Field(
+        default=None, description="Skip DiT steps whose input barely changed, true or false (ENABLE_TECACHE).",
+        json_schema_extra={"default": False},
+    )
+    teacache_thresh: float | None = Field(
+        default=None, gt=0, le=1, description="TeaCache's skip threshold, more than 0 and at most 1.",
+        json_schema_extra={"default": 0.2},
+    )
     guidance_every: int | None = Field(
         default=None, ge=1, le=10,
-        description="Run the guidance passes on every k-th step only, reusing their correction between (1 = every step).",
+        description="Run the guidance passes on every k-th step only, reusing their correction between "
+        "(1 to 10; 1 = every step).",
+        json_schema_extra={"default": 1},
     )
-    frame_num: int | None = Field(default=None, ge=5, le=201, description="4n+1")
-    motion_frame: int | None = Field(default=None, ge=1, le=200, description="4n+1, < frame_num")
+    frame_num: int | None = Field(
+        default=None, ge=5, le=201, description="Frames per chunk, 4n+1 from 5 to 201 (81 = 3.24 s at 25 fps).",
+        json_schema_extra={"default": 81},
+    )
+    motion_frame: int | None = Field(
+        default=None, ge=1, le=200, description="Frames carried from one chunk to the next, 4n+1 and below frame_num.",
+        json_schema_extra={"default": 9},
+    )
     max_duration_s: float | None = Field(
-        default=None, ge=0.5, le=1800, validation_alias=_alias("max_duration_s", "max_duration")
+        default=None, ge=0.5, le=1800, validation_alias=_alias("max_duration_s", "max_duration"),
+        description="Longest video in seconds, 0.5 to 1800; longer audio is cut (the result says truncated).",
+        json_schema_extra={"default": 1800.0},
     )
-    color_correction_strength: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, validation_alias=_alias("seed", "base_seed"))
+    color_correction_strength: float | None = Field(
+        default=None, ge=0, le=1, description="How strongly each chunk's colours are pulled to the image's, 0 to 1.",
+        json_schema_extra={"default": 1.0},
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED, validation_alias=_alias("seed", "base_seed"),
+        description="Random seed, 0 to 4294967295; default: a new one per job (the result reports it).",
+    )
 
-    output: OutputSpec | None = None
+    output: OutputSpec | None = Field(
+        default=None, description='Where the result goes: {"target", "key_prefix", "presign_expiry_s"}.'
+    )
 
     # -- field checks -------------------------------------------------------------------
 
@@ -329,14 +428,14 @@ class JobInput(BaseModel):
     @classmethod
     def _frame_num(cls, v: int | None) -> int | None:
         if v is not None and (v - 1) % 4 != 0:
-            raise ValueError("frame_num must be 4n+1 (5, 9, …, 81, …, 201)")
+            raise ValueError(f"frame_num must be 4n+1 (5, 9, …, 81, …, 201), got {v}")
         return v
 
     @field_validator("motion_frame")
     @classmethod
     def _motion_frame(cls, v: int | None) -> int | None:
         if v is not None and (v - 1) % 4 != 0:
-            raise ValueError("motion_frame must be 4n+1 (1, 5, 9, …)")
+            raise ValueError(f"motion_frame must be 4n+1 (1, 5, 9, …), got {v}")
         return v
 
     @field_validator("*", mode="before")
@@ -358,23 +457,38 @@ class JobInput(BaseModel):
                 if isinstance(alias, AliasChoices):
                     present = [a for a in alias.choices if isinstance(a, str) and a in data]
                     if len(present) > 1:
-                        raise ValueError(f"give only one of {', '.join(present)} (they are the same field)")
+                        raise InputProblem(
+                            name, f"give only one of {', '.join(present)} (they are the same field, {name})",
+                            hint=f"Keep one of {', '.join(present)}, the names of {name}.",
+                        )
         return data
 
     @model_validator(mode="after")
     def _cross_field(self) -> "JobInput":
-        if (self.image is None) == (self.video is None):
-            raise ValueError("give exactly one of image (cond_image) or video (cond_video)")
-        if (self.audio is None) == (self.tts is None):
-            raise ValueError("give exactly one of audio (cond_audio) or tts (tts_audio)")
+        if self.image is None and self.video is None:
+            raise InputProblem("image", "the job has no picture: give image (a portrait) or video",
+                               hint="Add image: a portrait as an https:// URL, a data: URI, s3://bucket/key or a volume path.")
+        if self.image is not None and self.video is not None:
+            raise InputProblem("video", "image and video are both given; a job animates one of them",
+                               hint="Keep image or video, not both.")
+        if self.audio is None and self.tts is None:
+            raise InputProblem("audio", "the job has no speech: give audio (a recording) or tts (text to speak)",
+                               hint="Add audio: a speech file as an https:// URL, a data: URI, s3://bucket/key or a "
+                               "volume path; or tts: {\"text\": \"…\"}.")
+        if self.audio is not None and self.tts is not None:
+            raise InputProblem("tts", "audio and tts are both given; the speech comes from one of them",
+                               hint="Keep audio (a recording) or tts (text to speak), not both.")
         speakers = self.speakers
         if speakers == 2 and self.audio is not None and self.audio_type is None:
-            raise ValueError("audio_type (add or para) is required with two speakers")
+            raise InputProblem("audio_type", "two speakers need audio_type",
+                               hint="Set audio_type to add (one after the other) or para (both at once).")
         if self.bbox:
             if speakers < 2 and "person2" in self.bbox:
-                raise ValueError("bbox.person2 given but there is only one speaker")
+                raise InputProblem("bbox.person2", "bbox.person2 is given but there is only one speaker",
+                                   hint="Remove bbox.person2, or add audio.person2 for a second speaker.")
         if self.frame_num is not None and self.motion_frame is not None and self.motion_frame >= self.frame_num:
-            raise ValueError("motion_frame must be smaller than frame_num")
+            raise InputProblem("motion_frame", f"motion_frame ({self.motion_frame}) must be smaller than frame_num ({self.frame_num})",
+                               hint="Use a motion_frame below frame_num, e.g. 9 with frame_num 81.")
         return self
 
     # -- derived ------------------------------------------------------------------------
@@ -426,12 +540,51 @@ def parse_job_input(payload: Any, *, allow_http: bool = False) -> JobInput:
     try:
         return JobInput.model_validate(payload, context={"allow_http": allow_http})
     except ValidationError as exc:
-        raise error_from_pydantic(exc) from None
+        raise error_from_pydantic(exc, field_help=field_help(), known_fields=known_field_names()) from None
+
+
+def _model_help(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, f in model.model_fields.items():
+        if f.description:
+            names = [name]
+            if isinstance(f.validation_alias, AliasChoices):  # errors name the spelling the job used
+                names += [a for a in f.validation_alias.choices if isinstance(a, str)]
+            for n in names:
+                out[prefix + n] = f.description
+    return out
+
+
+def field_help() -> dict[str, str]:
+    """{field path: its description}: the hint of an error names the field and says what it takes."""
+    return {
+        **_model_help(JobInput), **_model_help(SpeakerAudio, "audio."), **_model_help(TtsSpec, "tts."),
+        **_model_help(OutputSpec, "output."),
+    }
+
+
+def known_field_names() -> tuple[str, ...]:
+    """Every name a job may use at the top level (canonical and aliases), for "did you mean" hints."""
+    names: list[str] = []
+    for name, f in JobInput.model_fields.items():
+        names.append(name)
+        if isinstance(f.validation_alias, AliasChoices):
+            names += [a for a in f.validation_alias.choices if isinstance(a, str)]
+    for model in (SpeakerAudio, TtsSpec, OutputSpec):
+        names += list(model.model_fields)
+    return tuple(dict.fromkeys(names))
 
 
 def job_input_json_schema() -> dict[str, Any]:
-    """The input's JSON schema (validation aliases are listed as the accepted names)."""
-    return JobInput.model_json_schema(by_alias=True, mode="validation")
+    """The input's JSON schema (validation aliases are listed as the accepted names); defaults shown
+    are the stock worker's (conf/config.yaml), not pydantic's None; a field without a default (the
+    media, the seed) shows none rather than null."""
+    schema = JobInput.model_json_schema(by_alias=True, mode="validation")
+    for props in [schema["properties"], *(d.get("properties", {}) for d in schema.get("$defs", {}).values())]:
+        for prop in props.values():
+            if "default" in prop and prop["default"] is None:
+                del prop["default"]
+    return schema
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,6 +609,10 @@ class JobOutput(BaseModel):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     seed: int = Field(ge=0, le=MAX_SEED)
+    truncated: bool = Field(
+        default=False, description="True when the video covers less than the audio (clip mode, max_duration_s)."
+    )
+    truncated_s: float = Field(default=0.0, ge=0, description="Seconds of audio left out of the video.")
     config: dict[str, Any] = Field(default_factory=dict)
     timings_s: dict[str, float] = Field(default_factory=dict)
 

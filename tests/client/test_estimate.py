@@ -39,6 +39,8 @@ def test_cost_model_direction() -> None:
     t = estimate_job(audio_s=3, preset="turbo")
     assert (t.chunks, t.steps, t.passes) == (1, 4, 2) and t.gpu_seconds == pytest.approx(4 * 2 * 2.82 + 3 + 15)
     assert estimate_job(audio_s=3, preset="turbo", text_guide_scale=5).passes == 3
+    light = estimate_job(audio_s=3, preset="lightning")  # no guidance: one pass a step
+    assert (light.steps, light.passes) == (4, 1) and light.gpu_seconds == pytest.approx(4 * 2.82 + 3 + 15)
     # guidance every 2nd step: steps 0 and 2 run both passes, steps 1 and 3 one
     r = estimate_job(audio_s=3, preset="turbo", guidance_every=2)
     assert r.forwards_per_chunk == 6 and r.gpu_seconds == pytest.approx(6 * 2.82 + 3 + 15)

@@ -31,15 +31,20 @@ def cfg() -> AppConfig:
 
 
 def test_defaults(cfg):
-    assert cfg.choices == {"model": "tiny", "gpu": "cpu", "sampler": "quality", "storage": "local",
+    # the user's guide's preset (8 steps, text guidance off) and the whole speech by default
+    assert cfg.choices == {"model": "tiny", "gpu": "cpu", "sampler": "fast", "storage": "local",
                            "deploy": "default"}
     assert cfg.model.kind == "tiny" and cfg.gpu.device == "cpu"
-    assert cfg.sampler.sample_steps == 40 and cfg.sampler.text_guide_scale == 5.0
-    assert cfg.sampler.audio_guide_scale == 4.0 and (cfg.sampler.shift_480, cfg.sampler.shift_720) == (7.0, 11.0)
+    assert cfg.sampler.sample_steps == 8 and cfg.sampler.text_guide_scale == 1.0
+    assert cfg.sampler.audio_guide_scale == 2.0 and (cfg.sampler.shift_480, cfg.sampler.shift_720) == (2.0, 2.0)
+    assert cfg.job_defaults.mode == "streaming"
+    q = cfg.sampler_presets["quality"]
+    assert q.sample_steps == 40 and q.text_guide_scale == 5.0
+    assert q.audio_guide_scale == 4.0 and (q.shift_480, q.shift_720) == (7.0, 11.0)
     assert cfg.storage.target == "local" and cfg.storage.s3.bucket is None
     assert cfg.server.allow_loopback_hosts == [] and cfg.server.allow_http is False
     assert cfg.job_defaults.size == "infinitetalk-480" and cfg.job_defaults.use_teacache is False
-    assert set(cfg.sampler_presets) == {"quality", "fast", "turbo"}
+    assert set(cfg.sampler_presets) == {"quality", "fast", "turbo", "lightning"}
     assert cfg.model.ckpt_dir.startswith(cfg.server.cache_dir)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.sampler.sample_steps = 3  # type: ignore[misc]
@@ -66,7 +71,7 @@ def test_overrides(cfg):
     assert compose_config(["gpu=h100_80"], env={}).gpu.price_per_hour_usd > 0
     assert compose_config(["gpu=l40s_48"], env={}).gpu.runpod_pools == ["ADA_48_PRO"]
     c = compose_config(["server.download.retries=9", "sampler.sample_steps=12"], env={})
-    assert c.server.download.retries == 9 and c.sampler_presets["quality"].sample_steps == 12
+    assert c.server.download.retries == 9 and c.sampler_presets["fast"].sample_steps == 12
     assert c.sampler_presets["turbo"].sample_steps == 4
 
 
@@ -128,10 +133,14 @@ def job(**kw):
 def test_job_defaults_from_preset(cfg):
     r = apply_job_overrides(cfg, job())
     assert (r.sampler, r.sample_steps, r.sample_shift, r.text_guide_scale, r.audio_guide_scale) == (
-        "quality", 40, 7.0, 5.0, 4.0)
+        "fast", 8, 2.0, 1.0, 2.0)
     assert (r.frame_num, r.motion_frame, r.size, r.mode, r.seed, r.output_target) == (
-        81, 9, "infinitetalk-480", "clip", 7, "local")
-    assert r.speakers == 1 and r.audio_type is None and r.lora_file is None
+        81, 9, "infinitetalk-480", "streaming", 7, "local")
+    assert r.speakers == 1 and r.audio_type is None and r.lora_file == cfg.sampler_presets["fast"].lora_file
+    q = apply_job_overrides(cfg, job(sampler="quality", mode="clip"))
+    assert (q.sampler, q.sample_steps, q.sample_shift, q.text_guide_scale, q.audio_guide_scale, q.mode) == (
+        "quality", 40, 7.0, 5.0, 4.0, "clip")
+    assert q.lora_file is None
     json.dumps(r.to_dict())
     r2 = apply_job_overrides(cfg, parse_job_input({"image": IMG, "audio": AUD}))
     assert 0 <= r2.seed < 2**32
@@ -171,7 +180,7 @@ def test_job_limits(cfg):
 
     e = refused(job(size="infinitetalk-720"))  # cpu tier max 480
     assert e.details["errors"][0]["field"] == "size"
-    assert apply_job_overrides(compose_config(["gpu=h100_80"], env={}), job(size="infinitetalk-720")).sample_shift == 11.0
+    assert apply_job_overrides(compose_config(["gpu=h100_80"], env={}), job(size="infinitetalk-720", sampler="quality")).sample_shift == 11.0
     refused(job(motion_frame=81))  # preset frame_num is 81
     refused(job(output={"target": "s3"}))  # no bucket configured
     single = compose_config(["model=infinitetalk_single"], env={})

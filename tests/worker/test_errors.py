@@ -72,3 +72,113 @@ def test_safe_preview():
     assert safe_preview(3) == 3
     assert safe_preview("x" * 500).endswith("(500 chars)")
     assert safe_preview({"a": 1}).startswith("<object")
+
+
+# ---------------------------------------------------------------------------------------
+# Messages and hints a person understands (issue 21): no library wording, the field named.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from worker.schema import JobInput, known_field_names, parse_job_input  # noqa: E402
+
+# Wording that only makes sense to a Python or pydantic developer (or leaks the machine's paths).
+LIBRARY_WORDING = (
+    "Value error", "Input should", "input_value", "pydantic", "Traceback", "validation error", "For further information",
+    "errors.pydantic.dev", "function-", "[type=", "Field required", "Extra inputs", "NoneType", "/tmp/", "model_type",
+    "dict_type", "literal_error", "ValidationError", "Assertion failed", "Exception", "KeyError", "TypeError",
+)
+
+
+def assert_human(err: JobError) -> None:
+    """The message and hint are free of library wording; when the fault lies in a field, both name it."""
+    for text in (err.message, err.hint):
+        assert text and len(text) < 1200, text
+        for word in LIBRARY_WORDING:
+            # a missing weight file is named by its path on the worker (the operator's fact, under /tmp in tests)
+            if word == "/tmp/" and err.code is ErrorCode.E_PIPELINE_LOAD:
+                continue
+            assert word not in text, (word, text)
+    entries = (err.details or {}).get("errors") if isinstance(err.details, dict) else None
+    field = (entries or [{}])[0].get("field") if entries else (err.details or {}).get("field") if isinstance(err.details, dict) else None
+    if field:
+        assert field in err.message, (field, err.message)
+        assert field in err.hint, (field, err.hint)
+
+
+def test_every_codes_default_hint_is_plain_words():
+    for code in ErrorCode:
+        assert_human(JobError(code, f"{code.value.lower()} happened"))
+
+
+BASE = {"image": "https://example.com/face.png", "audio": "https://example.com/speech.wav"}
+FIELDS = sorted(JobInput.model_fields)
+ODD_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30), st.lists(st.integers(), max_size=6), st.dictionaries(st.text(max_size=8), st.integers(), max_size=3),
+    st.sampled_from(["stream", "qualty", "infinitetalk-1080", "ftp://x/y", "data:image/png;base64,!!!", "", "   ",
+                     "/etc/passwd", "add", "para", "x" * 5000]),
+)
+
+
+@st.composite
+def invalid_payloads(draw):
+    payload = dict(BASE)
+    for _ in range(draw(st.integers(1, 3))):
+        how = draw(st.sampled_from(["set", "unknown", "drop", "both", "nested"]))
+        if how == "set":
+            payload[draw(st.sampled_from(FIELDS))] = draw(ODD_VALUES)
+        elif how == "unknown":
+            name = draw(st.sampled_from(["samplr", "steps", "seeds", "imagee", "audio2", "prompt_text", "preset_name",
+                                         "foo", "mode_"]))
+            payload[name] = draw(ODD_VALUES)
+        elif how == "drop":
+            payload.pop(draw(st.sampled_from(["image", "audio"])), None)
+        elif how == "both":
+            payload.update(draw(st.sampled_from([{"video": "https://example.com/v.mp4"}, {"tts": {"text": "hi"}},
+                                                 {"cond_image": "https://example.com/b.png"}])))
+        else:
+            payload.update(draw(st.sampled_from([
+                {"audio": {"person1": "https://e.com/a.wav", "person2": "https://e.com/b.wav"}},
+                {"audio": {"person3": "https://e.com/a.wav"}},
+                {"bbox": {"person1": draw(ODD_VALUES)}},
+                {"bbox": {"person2": [0, 0, 10, 10]}},
+                {"tts": {"text": draw(ODD_VALUES)}, "audio": None},
+                {"tts": {"text": "hello", "voice2": "am_michael"}, "audio": None},
+                {"output": {"target": draw(ODD_VALUES)}},
+                {"output": {"key_prefix": "../up"}},
+                {"frame_num": 41, "motion_frame": 41},
+            ])))
+    return payload
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=invalid_payloads())
+def test_invalid_job_inputs_are_explained_in_plain_words_naming_the_field(payload):
+    try:
+        parse_job_input(payload)
+    except JobError as err:
+        assert err.code is ErrorCode.E_INPUT_VALIDATION
+        assert_human(err)
+        for entry in err.details["errors"][:4]:  # the message lists (up to four) problems, each by its field
+            assert entry["field"] in err.message and entry["field"] != "input", err.message
+
+
+def test_examples_of_the_plain_words():
+    def err(payload):
+        with pytest.raises(JobError) as ei:
+            parse_job_input(payload)
+        return ei.value
+
+    e = err({"image": BASE["image"]})
+    assert e.message.startswith("audio: the job has no speech") and "Add audio" in e.hint
+    e = err({**BASE, "tts": {"text": "hi"}})
+    assert e.message.startswith("tts: audio and tts are both given") and "not both" in e.hint
+    e = err({**BASE, "samplr": "fast"})
+    assert e.message == "samplr: is not a field of the job input" and e.hint == "Rename samplr to sampler, or remove it."
+    e = err({**BASE, "sample_steps": 500})
+    assert e.message == "sample_steps: must be at most 100 (got 500)"
+    assert e.hint.startswith("Change sample_steps: denoising steps per chunk, a whole number from 1 to 100")
+    e = err({**BASE, "mode": "stream"})
+    assert e.message == "mode: must be one of clip or streaming (got 'stream')"
+    assert "samplr" not in known_field_names() and "preset" in known_field_names()

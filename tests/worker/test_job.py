@@ -12,6 +12,7 @@ from worker.config import compose_config
 from worker.errors import ErrorCode, JobError
 from worker.job import JobContext, run_job
 from worker.mux import probe_mp4
+from tests.worker.test_errors import assert_human
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -95,6 +96,26 @@ def test_clip_mode_is_one_chunk_and_the_audio_is_cut_to_it(ctx):
     payload = example("single_image.json") | {"mode": "clip", "frame_num": 33, "sampler": "turbo"}
     out, _ = run(ctx, payload)
     assert out["num_frames"] == 33 and out["duration_s"] == pytest.approx(33 / 25, abs=0.04)
+    # the cut is reported, with the seconds of speech it left out
+    assert out["truncated"] is True
+    assert out["truncated_s"] == pytest.approx(audio_seconds(MEDIA / "speech_person1.wav") - 33 / 25, abs=1e-3)
+
+
+def test_a_default_job_covers_the_whole_audio(ctx):
+    """No mode, no preset: the whole speech (3.7 s, more than one 81-frame clip) with the guide's preset."""
+    audio = MEDIA / "speech_person1.wav"
+    assert audio_seconds(audio) > 81 / 25  # longer than one clip, so a clip default would cut it
+    out, _ = run(ctx, {"image": str(MEDIA / "portrait.png"), "audio": str(audio)}, job_id="default")
+    assert abs(probe_mp4(out["video_path"]).duration_s - audio_seconds(audio)) <= 1 / 25 + 1e-3
+    assert out["truncated"] is False and out["truncated_s"] == 0
+    assert (out["config"]["mode"], out["config"]["sampler"], out["config"]["sample_steps"]) == ("streaming", "fast", 8)
+
+
+def test_max_duration_cut_is_reported(ctx):
+    out, _ = run(ctx, example("single_image.json") | {"sampler": "turbo", "max_duration_s": 2.0}, job_id="maxdur")
+    assert out["duration_s"] == pytest.approx(2.0, abs=0.04)
+    assert out["truncated"] is True
+    assert out["truncated_s"] == pytest.approx(audio_seconds(MEDIA / "speech_person1.wav") - 2.0, abs=1e-3)
 
 
 def decoded(path: str):
@@ -141,6 +162,7 @@ def expect_code(ctx: JobContext, payload, code: ErrorCode) -> JobError:
     assert err.code is code, err.to_error_string()
     doc = json.loads(err.to_error_string())
     assert doc["code"] == code.value and doc["message"] and doc["hint"]
+    assert_human(err)  # plain words, the field named where one is at fault
     return err
 
 
@@ -192,6 +214,21 @@ def test_oom_at_the_engine_seam_then_the_next_job_runs(tmp_path, cache_dir):
     assert err.refresh_worker
     out, _ = run(octx, payload)
     assert probe_mp4(out["video_path"]).num_frames > 0
+
+
+def test_a_cancelled_job_is_e_cancelled_in_plain_words(ctx):
+    with pytest.raises(JobError) as info:
+        run_job("cancel-me", example("single_image.json") | {"sampler": "turbo"}, ctx, lambda _p: None,
+                should_cancel=lambda: True)
+    assert info.value.code is ErrorCode.E_CANCELLED
+    assert_human(info.value)
+
+
+def test_a_bad_media_file_names_its_field(ctx, tmp_path):
+    err = expect_code(ctx, example("single_image.json") | {"audio": str(MEDIA / "portrait.png")},
+                      ErrorCode.E_INPUT_VALIDATION)
+    assert err.message.startswith("audio.person1: ") and "audio.person1" in err.hint
+    assert " a audio" not in err.hint
 
 
 def test_deadline_gives_e_timeout(tmp_path, cache_dir):
