@@ -308,3 +308,97 @@ def test_corrupted_media_end_in_a_result_or_a_code(kind, tmp_path):
     run()
     assert sum(seen.values()) >= MEDIA_EXAMPLES // 2
     assert len(seen) >= 2, seen  # both outcomes were reached: the mutations are neither all benign nor all fatal
+
+
+# ----------------------------------------------------------------------------- through the local endpoint (issue 13)
+# The compass's fuzz target: generated payloads sent over HTTP to the local endpoint running the real handler.
+# Every job must end FAILED with a coded error (none E_INTERNAL, none "without a result") or COMPLETED, and
+# /health must answer within 1 s all along. FUZZ_ENDPOINT_PAYLOADS sets the count (10,000 for the full run;
+# the default fits the CI budget, about two minutes on two cores).
+
+FUZZ_ENDPOINT_PAYLOADS = int(os.environ.get("FUZZ_ENDPOINT_PAYLOADS", "2000"))
+_surrogate_text = st.tuples(st.text(max_size=8), st.integers(0xD800, 0xDFFF).map(chr), st.text(max_size=8)).map("".join)
+_loose = st.sampled_from([True, False, "42", "yes", 2.0, None, [], {}, "1e3", -1, 2**64])
+
+
+@st.composite
+def endpoint_payloads(draw) -> Any:
+    base = draw(job_payloads())
+    if isinstance(base, dict) and draw(st.integers(0, 3)) == 0:  # unencodable strings, anywhere
+        for name in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=3)):
+            base[name] = draw(st.one_of(_surrogate_text, st.fixed_dictionaries({"person1": _surrogate_text}),
+                                        st.fixed_dictionaries({"text": _surrogate_text})))
+        if draw(st.booleans()):
+            base[draw(_surrogate_text)] = 1
+    if isinstance(base, dict) and draw(st.integers(0, 3)) == 0:  # loose types on a valid-looking job
+        base.update({"image": str(MEDIA / "portrait.png"), "audio": str(MEDIA / "speech_person1.wav")})
+        base.pop("video", None), base.pop("cond_image", None), base.pop("tts", None)
+        base[draw(st.sampled_from(["sample_steps", "seed", "use_apg", "frame_num", "sampler", "mode", "size"]))] = draw(_loose)
+    return base
+
+
+def test_fuzz_target_through_the_local_endpoint(tmp_path, tiny_cache):
+    import threading
+
+    from tests.reliability.endpoint import LocalEndpoint
+
+    overrides = [f"server.cache_dir={tiny_cache}", f"server.work_dir={tmp_path / 'work'}",
+                 f"storage.local.root={tmp_path / 'out'}", "server.download.retries=1",
+                 "server.download.connect_timeout_s=1", "server.download.timeout_s=3", "sampler=turbo"]
+    latencies: list[float] = []
+    stop = threading.Event()
+    ids: list[str] = []
+    with LocalEndpoint(tmp_path, overrides, workers=2) as ep:
+        import httpx
+
+        def watch() -> None:
+            with httpx.Client(timeout=5, headers={"Authorization": "local"}) as c:
+                while not stop.is_set():
+                    t = time.monotonic()
+                    c.get(f"{ep.base}/health").raise_for_status()
+                    latencies.append(time.monotonic() - t)
+                    stop.wait(0.2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+
+        @settings(max_examples=FUZZ_ENDPOINT_PAYLOADS, **COMMON)
+        @given(payload=endpoint_payloads())
+        def submit(payload: Any) -> None:
+            # json.dumps' defaults (ASCII escapes, NaN allowed): lone surrogates travel as \udxxx escapes, as
+            # any JSON client may send them (httpx's json= would refuse to encode them).
+            r = ep.http.post(f"{ep.base}/run", content=json.dumps({"input": payload}).encode(),
+                             headers={"Content-Type": "application/json"})
+            if payload is None:  # Runpod's API refuses a body without input
+                assert r.status_code == 400
+                return
+            assert r.status_code == 200, r.text[:300]
+            ids.append(r.json()["id"])
+            if len(ids) % 200 == 0:  # keep the queue short so the run measures handling, not queueing
+                ep.wait(ids[-1], timeout=300, poll=0.2)
+
+        submit()
+        results = {i: ep.wait(i, timeout=600, poll=0.05) for i in ids}
+        wall = time.monotonic() - started
+        stop.set()
+        watcher.join(10)
+    codes: dict[str, int] = {}
+    uncoded = []
+    for job_id, body in results.items():
+        if body["status"] == "COMPLETED":
+            codes["COMPLETED"] = codes.get("COMPLETED", 0) + 1
+            continue
+        try:
+            code = json.loads(body["error"])["code"]
+        except (KeyError, ValueError, TypeError):
+            uncoded.append(body)
+            continue
+        codes[code] = codes.get(code, 0) + 1
+    print("fuzz-endpoint", json.dumps({"payloads": len(ids), "wall_s": round(wall, 1), "codes": codes,
+                                       "health_max_s": round(max(latencies), 3), "health_checks": len(latencies)}))
+    assert not uncoded, uncoded[:3]
+    assert "E_INTERNAL" not in codes, codes
+    assert len(ids) >= FUZZ_ENDPOINT_PAYLOADS * 0.85  # (the rest were bodies without input, refused with 400)
+    assert latencies and max(latencies) < 1.0, max(latencies)
+    assert list((tmp_path / "work").rglob("*.*")) == []
