@@ -185,13 +185,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults beside each flag, except a credential's (its default may come from the environment)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        from worker.errors import is_secret_name
+
+        if is_secret_name(action.dest):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def serve_parser() -> argparse.ArgumentParser:
     """The local endpoint's own flags, under this command's name and with their defaults shown."""
     from worker.local_endpoint.cli import build_parser
 
     p = build_parser()
     p.prog = "infinitetalk serve"
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.formatter_class = _DefaultsShown
     for action in p._actions:  # the formatter shows a default only beside some help text
         if action.help is None and action.default is not argparse.SUPPRESS:
             action.help = action.dest.replace("_", " ")

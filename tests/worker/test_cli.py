@@ -69,9 +69,13 @@ def test_a_mistyped_override_is_one_line_naming_the_choices(tmp_path):
 
 
 def test_serve_help_has_its_real_name_and_defaults():
+    import os
+
+    env = {**os.environ, "LOCAL_ENDPOINT_API_KEY": "sekrit-key-123"}
     res = subprocess.run([sys.executable, "-m", "worker.cli", "serve", "--help"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, env=env)
     assert res.returncode == 0
+    assert "sekrit-key-123" not in res.stdout  # a credential's default is never shown
     assert res.stdout.startswith("usage: infinitetalk serve") and "python -m worker.local_endpoint" not in res.stdout
     assert "(default: 8000)" in res.stdout and "(default: 127.0.0.1)" in res.stdout
     bad = subprocess.run([sys.executable, "-m", "worker.cli", "serve", "--port", "x"], cwd=REPO, capture_output=True,
