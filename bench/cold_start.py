@@ -98,7 +98,7 @@ def meta_shapes(factory: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, 
         return {k: tuple(v.shape) for k, v in factory().state_dict().items()}
 
 
-def draw(name: str, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+def draw(name: str, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator, host: bool = True) -> torch.Tensor:
     """One seeded tensor drawn on the generator's device with `tiny.randomise`'s scales (matrices
     N(0, 1/fan_in), norm scales 1 + 0.1 N, other vectors 0.05 N), cast, returned on the CPU."""
     value = torch.randn(shape, generator=gen, device=gen.device, dtype=torch.float32)
@@ -109,7 +109,8 @@ def draw(name: str, shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Gener
         value = value.mul_(0.1).add_(1.0)
     else:
         value *= 0.05
-    return value.to(dtype).cpu()
+    value = value.to(dtype)
+    return value.cpu() if host else value
 
 
 def fsync_path(path: Path) -> None:
@@ -121,26 +122,41 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def write_bundle(path: Path, cfg: DiTConfig, config_text: str, gen: torch.Generator) -> None:
-    """The DiT as `weights repack` writes it (bf16, its metadata), through repack's streaming writer,
-    so only one tensor is ever in host memory."""
+def write_bundle(path: Path, cfg: DiTConfig, config_text: str, gen: torch.Generator, quant: str = "none") -> None:
+    """The DiT as `weights repack` writes it (bf16, its metadata; `quant` fp8: the block matrices as e4m3
+    plus per-row float32 scales, as `weights repack --dtype float8_e4m3fn`), through repack's streaming
+    writer, so only one tensor is ever in host memory."""
     from worker.weights.repack import (
         BUNDLE_FORMAT,
         BUNDLE_VERSION,
         FP8_MAX,
         SCALE_SUFFIX,
         OutTensor,
+        is_fp8_target,
+        quantize_fp8_rows,
         write_streamed,
     )
 
     shapes = meta_shapes(lambda: InfiniteTalkDiT(cfg))
-    plan = [
-        OutTensor(k, "BF16", s, lambda k=k, s=s: draw(k, s, torch.bfloat16, gen)) for k, s in shapes.items()
-    ]
+    plan = []
+    for k, s in shapes.items():
+        if quant == "fp8" and is_fp8_target(k, s, "BF16"):
+            pair: dict[str, torch.Tensor] = {}
+
+            def part(which: str, k=k, s=s, pair=pair) -> torch.Tensor:
+                if not pair:  # the matrix is drawn once; its e4m3 values, then its scales, are written
+                    q, scale = quantize_fp8_rows(draw(k, s, torch.float32, gen, host=False), inplace=True)
+                    pair["q"], pair["s"] = q.cpu(), scale.cpu()
+                return pair.pop(which)
+
+            plan.append(OutTensor(k, "F8_E4M3", s, lambda part=part: part("q")))
+            plan.append(OutTensor(k + SCALE_SUFFIX, "F32", (s[0],), lambda part=part: part("s")))
+        else:
+            plan.append(OutTensor(k, "BF16", s, lambda k=k, s=s: draw(k, s, torch.bfloat16, gen)))
     metadata = {
         "format": BUNDLE_FORMAT,
         "bundle_version": BUNDLE_VERSION,
-        "dtype": "bfloat16",
+        "dtype": "float8_e4m3fn" if quant == "fp8" else "bfloat16",
         "compute_dtype": "bfloat16",
         "scale_suffix": SCALE_SUFFIX,
         "scale_layout": "per-output-row",
@@ -176,15 +192,15 @@ def write_wav2vec(folder: Path, overrides: dict[str, Any], seed: int) -> None:
         fsync_path(f)
 
 
-def write_dit(root: Path, layout: CheckpointLayout, spec: Scale, gen: torch.Generator) -> None:
+def write_dit(root: Path, layout: CheckpointLayout, spec: Scale, gen: torch.Generator, quant: str = "none") -> None:
     config = asdict(spec.dit)
     config.update({"_class_name": "WanModel", "model_type": "i2v"})
     text = json.dumps(config, indent=2)
     layout.dit_config.write_text(text)
-    write_bundle(layout.dit_bundle, spec.dit, text, gen)
+    write_bundle(layout.dit_bundle, spec.dit, text, gen, quant)
 
 
-def write_checkpoint(root: Path, spec: Scale, device: str, seed: int) -> dict[str, Any]:
+def write_checkpoint(root: Path, spec: Scale, device: str, seed: int, quant: str = "none") -> dict[str, Any]:
     """Every component, timed one by one (drawing included) and in all."""
     layout = layout_for(root)
     layout.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -192,7 +208,7 @@ def write_checkpoint(root: Path, spec: Scale, device: str, seed: int) -> dict[st
     gen = torch.Generator(device=device).manual_seed(seed)
     clip_extra = {"textual.token_embedding.weight": torch.zeros(8, 4), "log_scale": torch.tensor(4.6052)}
     steps: dict[str, Callable[[], None]] = {
-        "dit": lambda: write_dit(root, layout, spec, gen),
+        "dit": lambda: write_dit(root, layout, spec, gen, quant),
         "t5": lambda: write_pth(layout.t5_file, meta_shapes(lambda: UMT5Encoder(spec.t5)), torch.bfloat16, gen),
         "t5_tokenizer": lambda: write_tiny_tokenizer(layout.t5_tokenizer, vocab_size=spec.t5.vocab_size),
         "clip": lambda: write_pth(layout.clip_file, meta_shapes(lambda: CLIPVisionTower(spec.clip)), torch.float32,
@@ -288,7 +304,7 @@ def process_age_s() -> float | None:
         return None
 
 
-def run_child(root: Path, device: str, dtype: str) -> None:
+def run_child(root: Path, device: str, dtype: str, quant: str = "none") -> None:
     """Import the engine, build it, print one JSON line the moment it is ready."""
     imported_torch_s = time.perf_counter() - _SCRIPT_T0
     from worker.engine.runtime import Engine, EngineOptions
@@ -301,7 +317,7 @@ def run_child(root: Path, device: str, dtype: str) -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    engine = Engine(layout_for(root), EngineOptions(device=device, dtype=dtype, attention_backend="sdpa"))
+    engine = Engine(layout_for(root), EngineOptions(device=device, dtype=dtype, attention_backend="sdpa", quant=quant))
     if profiler is not None:
         import io
         import pstats
@@ -323,6 +339,7 @@ def run_child(root: Path, device: str, dtype: str) -> None:
         "attention_backend": str(engine.attention_backend),
         "dit_params": sum(p.numel() for p in engine.dit.parameters()),
         "dit_dtype": str(next(engine.dit.parameters()).dtype).removeprefix("torch."),
+        "dit_fp8_linears": sum(type(m).__name__ == "FP8Linear" for m in engine.dit.modules()),
         "dit_device": str(next(engine.dit.parameters()).device),
         "peak_rss_gib": host_memory()["vm_hwm_gib"],
         "host_memory": host_memory(),
@@ -375,10 +392,10 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put((time.perf_counter(), None))
 
 
-def cold_start(root: Path, device: str, dtype: str, timeout_s: float) -> dict[str, Any]:
+def cold_start(root: Path, device: str, dtype: str, timeout_s: float, quant: str = "none") -> dict[str, Any]:
     """Fresh interpreter, timed from just before Popen to the ready line."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--dir", str(root),
-           "--device", device, "--dtype", dtype]
+           "--device", device, "--dtype", dtype, "--quant", quant]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     lines: queue.Queue = queue.Queue()
     with tempfile.TemporaryFile() as err:
@@ -503,7 +520,7 @@ def run(args: argparse.Namespace, result: dict[str, Any], save: Callable[[], Non
         need = needed_bytes(spec)
         if du.free < need * 1.02:
             raise SystemExit(f"{root}: {du.free / 1e9:.1f} GB free, the checkpoint needs about {need / 1e9:.1f} GB")
-        result["write"] = write_checkpoint(root, spec, args.device, args.seed)
+        result["write"] = write_checkpoint(root, spec, args.device, args.seed, args.quant)
         log("write", result["write"])
         save()
     files = checkpoint_files(root)
@@ -513,7 +530,7 @@ def run(args: argparse.Namespace, result: dict[str, Any], save: Callable[[], Non
     result["evict_before_start"] = evict_files(root, files, not args.no_drop_caches)
     log("cold start", {"drop_caches": result["evict_before_start"]["drop_caches"],
                        "max_cached_fraction": max(result["evict_before_start"]["cached_fraction"].values())})
-    result["cold_start"] = cold_start(root, args.device, args.dtype, args.child_timeout)
+    result["cold_start"] = cold_start(root, args.device, args.dtype, args.child_timeout, args.quant)
     log("ready", {k: v for k, v in result["cold_start"].items() if k != "child"})
     summarise(result)
     if args.pth_probe:
@@ -529,6 +546,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default=None, help="engine dtype (default: bfloat16 on cuda, float32 on cpu)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quant", choices=["none", "fp8"], default="none",
+                    help="fp8: the DiT bundle's block matrices in e4m3 (as `weights repack --dtype float8_e4m3fn`), "
+                         "loaded as fp8 (EngineOptions.quant)")
     ap.add_argument("--skip-write", action="store_true", help="reuse the checkpoint a --keep run left in --dir")
     ap.add_argument("--keep", action="store_true", help="keep --dir afterwards")
     ap.add_argument("--no-drop-caches", action="store_true",
@@ -543,7 +563,7 @@ def main() -> None:
         run_pth_probe(Path(args.dir), args.probe)
         return
     if args.child:
-        run_child(Path(args.dir), args.device, args.dtype)
+        run_child(Path(args.dir), args.device, args.dtype, args.quant)
         return
     if not args.out:
         ap.error("--out is required")

@@ -30,4 +30,9 @@ export PYTHONUNBUFFERED=1
   python3 -c 'import fa3_fwd_interface as f; print("fa3_fwd_interface", f.__file__)' 2>&1 | tail -1; } > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt"
 timeout $((DEADLINE_S + 120)) python3 bench/run_suite.py --out "$OUT/suite.json" --parts "$PARTS" \
-  --chunks "$CHUNKS" --iters "$ITERS" --deadline-s "$DEADLINE_S" 2>&1 | tee "$OUT/suite.log"
+  --chunks "$CHUNKS" --iters "$ITERS" --deadline-s "$DEADLINE_S" ${SUITE_ARGS:-} 2>&1 | tee "$OUT/suite.log"
+# COLD=none|fp8: afterwards the cold start (bench/cold_start.py, full size; writes ~35-53 GB under /root/cold)
+if [ -n "${COLD:-}" ]; then
+  timeout "${COLD_TIMEOUT_S:-300}" python3 bench/cold_start.py --out "$OUT/cold_${COLD}.json" --dir /root/cold \
+    --scale full --device cuda --quant "$COLD" 2>&1 | tail -40 | tee "$OUT/cold_${COLD}.log"
+fi

@@ -11,8 +11,9 @@ Parts (`--parts`, in this order; the model is compiled in place by `compile`, so
   quality  the quality preset's chunk (40 steps x 3 passes) estimated from a measured batch-3 forward: see below
   fast     one 480p chunk end to end with the fast preset (8 steps x 2 passes)
   lightning  one 480p chunk end to end with the lightning preset (4 steps x 1 pass: guidance off)
-  turbo_reuse  the turbo chunk with `guidance_every=2` (guidance passes on steps 0 and 2, the correction reused
-           on steps 1 and 3: 6 pass-equivalents instead of 8); the warm-up chunk compiles both batch shapes
+  turbo_reuse  the turbo chunk with `guidance_every=2` (`--reuse-every`; guidance passes on steps 0 and 2, the
+           correction reused on steps 1 and 3: 6 pass-equivalents instead of 8; 4: 5); the warm-up chunk compiles
+           both batch shapes
   recompile  drop the compiled blocks and compile again with `--recompile-mode` (e.g. reduce-overhead: CUDA
            graphs), then time the forward as `compile` does (bench-only; the engine compiles once)
   attn     the self-attention alone ([1, 32760, 40, 128] bf16) through every attention backend importable here:
@@ -174,6 +175,7 @@ def main() -> None:
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--recompile-mode", default="reduce-overhead", help="torch.compile mode of the recompile part")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--reuse-every", type=int, default=2, help="turbo_reuse: guidance passes on every k-th step")
     ap.add_argument("--chunks", type=int, default=1, help="turbo/fast: chunks per job (2+: streaming, figures of the last)")
     ap.add_argument("--stream-blocks", type=int, default=24, help="offload part: DiT blocks streamed from host (rtx4090_24: 24)")
     ap.add_argument("--deadline-s", type=float, default=540.0, help="skip parts that would start after this")
@@ -369,7 +371,7 @@ def main() -> None:
                 n = 2
                 while key in res:  # the same preset again after a change (backend, fp8): keep both
                     key, n = f"chunk_{part}_{n}", n + 1
-                preset, every = ("turbo", 2) if part == "turbo_reuse" else (part, 1)
+                preset, every = ("turbo", args.reuse_every) if part == "turbo_reuse" else (part, 1)
                 res[key] = run_chunk(model, vae, preset, chunks=args.chunks, guidance_every=every, keep_frames=True)
                 frames = res[key].pop("frames_uint8")
                 if preset == "turbo":

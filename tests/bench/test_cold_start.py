@@ -50,6 +50,22 @@ def test_writes_a_bundle_checkpoint_and_times_a_fresh_engine(tmp_path):
     assert reused["removed_dir"] is True and not ckpt.exists()
 
 
+def test_fp8_bundle_is_written_in_e4m3_and_loaded_as_fp8(tmp_path):
+    from safetensors import safe_open
+
+    ckpt = tmp_path / "ckpt"
+    result = _run(tmp_path / "fp8.json", ckpt, "--quant", "fp8", "--keep")
+    _engine_was_built(result)
+    bundle = ckpt / "bundles" / "infinitetalk_single_bf16.safetensors"
+    assert read_bundle_metadata(bundle)["dtype"] == "float8_e4m3fn"
+    with safe_open(str(bundle), framework="pt") as f:
+        q = f.get_tensor("blocks.0.ffn.0.weight")
+        scale = f.get_tensor("blocks.0.ffn.0.weight.scale")
+    assert str(q.dtype) == "torch.float8_e4m3fn" and scale.shape == (q.shape[0],)
+    assert float(q.float().abs().amax()) == 448.0  # each row's largest magnitude maps onto 448
+    assert result["cold_start"]["child"]["dit_fp8_linears"] > 0
+
+
 def test_refuses_a_folder_it_did_not_write(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
