@@ -337,36 +337,42 @@ def endpoint_payloads(draw) -> Any:
     return base
 
 
+_HEALTH_WATCHER = """
+import json, sys, time, pathlib, httpx
+url, out, stop = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+lat = []
+with httpx.Client(timeout=10, headers={"Authorization": "local"}) as c:
+    while not stop.exists():
+        t = time.monotonic()
+        c.get(url).raise_for_status()
+        lat.append(time.monotonic() - t)
+        time.sleep(0.2)
+out.write_text(json.dumps(lat))
+"""
+
+
 def test_fuzz_target_through_the_local_endpoint(tmp_path, tiny_cache):
-    import threading
+    import subprocess
+    import sys
 
     from tests.reliability.endpoint import LocalEndpoint
 
     overrides = [f"server.cache_dir={tiny_cache}", f"server.work_dir={tmp_path / 'work'}",
                  f"storage.local.root={tmp_path / 'out'}", "server.download.retries=1",
                  "server.download.connect_timeout_s=1", "server.download.timeout_s=3", "sampler=turbo"]
-    latencies: list[float] = []
-    stop = threading.Event()
     ids: list[str] = []
+    lat_file, stop_file = tmp_path / "health.json", tmp_path / "stop"
     with LocalEndpoint(tmp_path, overrides, workers=2) as ep:
-        import httpx
-
-        def watch() -> None:
-            with httpx.Client(timeout=5, headers={"Authorization": "local"}) as c:
-                while not stop.is_set():
-                    t = time.monotonic()
-                    c.get(f"{ep.base}/health").raise_for_status()
-                    latencies.append(time.monotonic() - t)
-                    stop.wait(0.2)
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
+        # /health is polled from a process of its own: a thread here would wait on this process's GIL while
+        # hypothesis generates payloads, and measure that instead of the server.
+        watcher = subprocess.Popen([sys.executable, "-c", _HEALTH_WATCHER, f"{ep.base}/health", str(lat_file),
+                                    str(stop_file)])
         started = time.monotonic()
 
         @settings(max_examples=FUZZ_ENDPOINT_PAYLOADS, **COMMON)
         @given(payload=endpoint_payloads())
         def submit(payload: Any) -> None:
-            # json.dumps' defaults (ASCII escapes, NaN allowed): lone surrogates travel as \udxxx escapes, as
+            # json.dumps' defaults (ASCII escapes, NaN allowed): lone surrogates travel as \\udxxx escapes, as
             # any JSON client may send them (httpx's json= would refuse to encode them).
             r = ep.http.post(f"{ep.base}/run", content=json.dumps({"input": payload}).encode(),
                              headers={"Content-Type": "application/json"})
@@ -381,8 +387,9 @@ def test_fuzz_target_through_the_local_endpoint(tmp_path, tiny_cache):
         submit()
         results = {i: ep.wait(i, timeout=600, poll=0.05) for i in ids}
         wall = time.monotonic() - started
-        stop.set()
-        watcher.join(10)
+        stop_file.write_text("")
+        assert watcher.wait(30) == 0, "the /health watcher failed (an error or a 10 s timeout)"
+    latencies = json.loads(lat_file.read_text())
     codes: dict[str, int] = {}
     uncoded = []
     for job_id, body in results.items():

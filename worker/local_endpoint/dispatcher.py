@@ -40,6 +40,7 @@ class Dispatcher:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self._last_sweep = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -173,6 +174,7 @@ class Dispatcher:
         if fields.get("error") is not None:
             job.error = fields["error"]
         self.store.count_final(status)
+        self.store.active.pop(job.id, None)
         if status not in RETRYABLE:
             job.input = None  # only a retry needs it again; finished jobs stay small for their retention
         job.done.set()
@@ -199,7 +201,9 @@ class Dispatcher:
         self._service_workers(now)
         self._enforce_deadlines(now)
         self._dispatch(now)
-        self.store.drop_expired(now)
+        if now - self._last_sweep >= 1.0:  # retention is minutes long; a scan per second is plenty
+            self._last_sweep = now
+            self.store.drop_expired(now)
 
     def _service_workers(self, now: float) -> None:
         for worker in list(self.pool.workers.values()):
@@ -247,7 +251,7 @@ class Dispatcher:
             log.error("handler_import_failed", worker_id=worker.id, handler=self.settings.handler, traceback=payload)
 
     def _enforce_deadlines(self, now: float) -> None:
-        for job in list(self.store.jobs.values()):
+        for job in list(self.store.active.values()):
             deadline = job.deadline()
             if deadline is None or now < deadline:
                 continue

@@ -105,11 +105,14 @@ class Counters:
 class JobStore:
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
+        # Jobs not yet final: the scheduler's per-tick work scans these, not every job kept for its retention.
+        self.active: dict[str, Job] = {}
         self.queue: deque[str] = deque()
         self.counters = Counters()
 
     def add(self, job: Job) -> None:
         self.jobs[job.id] = job
+        self.active[job.id] = job
         self.queue.append(job.id)
 
     def get(self, job_id: str) -> Job | None:
@@ -117,6 +120,7 @@ class JobStore:
 
     def requeue(self, job: Job) -> None:
         job.reset_for_retry()
+        self.active[job.id] = job
         self.queue.append(job.id)
         self.counters.retried += 1
 
@@ -128,10 +132,10 @@ class JobStore:
         return None
 
     def queued(self) -> list[Job]:
-        return [j for j in self.jobs.values() if j.status is JobStatus.IN_QUEUE]
+        return [j for j in self.active.values() if j.status is JobStatus.IN_QUEUE]
 
     def running(self) -> list[Job]:
-        return [j for j in self.jobs.values() if j.status is JobStatus.IN_PROGRESS]
+        return [j for j in self.active.values() if j.status is JobStatus.IN_PROGRESS]
 
     def count_final(self, status: JobStatus) -> None:
         if status is JobStatus.COMPLETED:
