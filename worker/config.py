@@ -40,6 +40,7 @@ __all__ = [
     "HfSource",
     "ModelConf",
     "GpuConf",
+    "ParallelConf",
     "SamplerConf",
     "S3Conf",
     "VolumeConf",
@@ -121,6 +122,17 @@ class ModelConf:
 
 
 @dataclass(frozen=True)
+class ParallelConf:
+    """Sequence parallelism over the GPUs of one worker (worker/engine/parallel/): `ranks` processes, one per
+    GPU; 1 is the single-GPU path. The endpoint must give the worker that many GPUs (gpuCount)."""
+
+    ranks: int = 1
+    method: str = "auto"  # auto | ulysses | ring (auto: Ulysses when the 40 heads divide over the ranks)
+    # A collective that waits longer fails the job (a hung rank); also bounds how long a dead rank goes unseen.
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class GpuConf:
     name: str = MISSING
     device: str = "cuda"  # cuda | cpu
@@ -146,6 +158,7 @@ class GpuConf:
     runpod_gpu_type_ids: list[str] = field(default_factory=list)
     # Serverless list price per GPU-hour, for cost estimates only.
     price_per_hour_usd: float = 0.0
+    parallel: ParallelConf = field(default_factory=ParallelConf)
 
 
 @dataclass(frozen=True)
@@ -567,6 +580,11 @@ def _check(root: RootConf) -> None:
     steps = root.job_defaults.sample_steps
     if steps is not None and not 1 <= steps <= 100:
         raise ConfigError("job_defaults.sample_steps (DEFAULT_SAMPLE_STEPS) must be in 1..100")
+    par = root.gpu.parallel
+    if par.ranks < 1 or par.method not in ("auto", "ulysses", "ring") or par.timeout_s <= 0:
+        raise ConfigError("gpu.parallel needs ranks >= 1, method auto|ulysses|ring and timeout_s > 0")
+    if par.ranks > 1 and (root.gpu.stream_blocks or root.gpu.offload_vae):
+        raise ConfigError("gpu.parallel.ranks > 1 cannot be combined with gpu.stream_blocks or gpu.offload_vae")
 
 
 def s3_input_prefixes(storage: StorageConf) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ class ErrorCode(str, Enum):
     E_FFMPEG = "E_FFMPEG"
     E_UPLOAD = "E_UPLOAD"
     E_CANCELLED = "E_CANCELLED"
+    E_RANK_FAILED = "E_RANK_FAILED"
     E_INTERNAL = "E_INTERNAL"
 
     def __str__(self) -> str:  # so f"{code}" gives "E_OOM", not "ErrorCode.E_OOM"
@@ -53,6 +54,8 @@ DEFAULT_HINTS: Mapping[ErrorCode, str] = {
     ErrorCode.E_UPLOAD: "Uploading the result failed: check the S3 endpoint, bucket and credentials "
     "(or choose another output target).",
     ErrorCode.E_CANCELLED: "The job was cancelled before it finished.",
+    ErrorCode.E_RANK_FAILED: "One of this worker's GPU processes died or stopped answering during the job; "
+    "the worker restarts its GPU processes before the next job: retry the job.",
     ErrorCode.E_INTERNAL: "An unexpected worker error; retry, and report the job id if it persists.",
 }
 

@@ -28,6 +28,7 @@ from worker.engine.errors import (
     EngineError,
     EngineOOMError,
     GenerationCancelled,
+    RankFailedError,
     TtsInputError,
     WeightLoadError,
 )
@@ -78,7 +79,15 @@ class EngineHolder:
                     from worker.engine.tiny import ensure_tiny_checkpoint
 
                     ensure_tiny_checkpoint(layout.ckpt_dir.parent)
-                self._engine = Engine.load(layout, EngineOptions(**engine_options(self.cfg)))
+                options = EngineOptions(**engine_options(self.cfg))
+                engine = Engine.load(layout, options)
+                par = self.cfg.gpu.parallel
+                if par.ranks > 1:  # one process per GPU: this one is rank 0 (worker/engine/parallel/leader.py)
+                    from worker.engine.parallel.leader import ParallelEngine
+
+                    engine = ParallelEngine.start(engine, par.ranks, par.method, layout, options,
+                                                  timeout_s=par.timeout_s)
+                self._engine = engine
                 self.load_seconds = round(time.perf_counter() - start, 3)
             return self._engine
 
@@ -147,6 +156,8 @@ def _engine_error(exc: BaseException) -> JobError:
         return JobError(ErrorCode.E_AUDIO_EMBEDDING, str(exc))
     if isinstance(exc, EngineOOMError):
         return JobError(ErrorCode.E_OOM, str(exc), refresh_worker=True)
+    if isinstance(exc, RankFailedError):
+        return JobError(ErrorCode.E_RANK_FAILED, str(exc))
     if isinstance(exc, GenerationCancelled):
         return JobError(ErrorCode.E_CANCELLED, str(exc) or "cancelled")
     if isinstance(exc, EngineError):

@@ -58,7 +58,7 @@ def test_run_reports_a_coded_error_and_exit_status(tmp_path):
 def test_a_mistyped_override_is_one_line_naming_the_choices(tmp_path):
     for override, expected in (
         ("sampler=qualty", "unknown sampler 'qualty' in 'sampler=qualty'; choose one of: fast, "),
-        ("gpu=h100", "unknown gpu 'h100' in 'gpu=h100'; choose one of: a100_80, cpu, h100_80, h200_141"),
+        ("gpu=h100", "unknown gpu 'h100' in 'gpu=h100'; choose one of: a100_80, cpu, h100_80, h100_80x8, h200_141"),
         ("samplr=fast", "samplr is not a setting of the configuration; did you mean sampler?"),
         ("sampler", "override 'sampler' needs the form key=value"),
     ):

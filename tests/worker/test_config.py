@@ -225,3 +225,14 @@ def test_template_env_secrets_separated():
     assert t.secret == {"S3_ACCESS_KEY": "AKIAXX", "S3_SECRET_KEY": "zzsecret"}
     assert t.plain["S3_BUCKET"] == "b" and t.plain["INFINITETALK_STORAGE"] == "s3"
     assert "S3_ACCESS_KEY" not in t.plain and "S3_SECRET_KEY" not in t.plain
+
+
+def test_multi_gpu_tiers_set_their_rank_count():
+    assert compose_config(["gpu=cpu"], env={}).gpu.parallel.ranks == 1  # the single-GPU path by default
+    for tier, ranks in (("h100_80x8", 8), ("h200_141x4", 4), ("h200_141x8", 8)):
+        par = compose_config([f"gpu={tier}"], env={}).gpu.parallel
+        assert (par.ranks, par.method) == (ranks, "auto") and par.timeout_s > 0
+    for bad in (["gpu.parallel.ranks=0"], ["gpu.parallel.method=tensor"],
+                ["gpu=h100_80x8", "gpu.stream_blocks=4"], ["gpu=h100_80x8", "gpu.offload_vae=true"]):
+        with pytest.raises(ConfigError, match="gpu.parallel"):
+            compose_config(bad, env={})

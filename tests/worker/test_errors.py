@@ -10,7 +10,7 @@ def test_every_code_has_a_hint():
     names = {c.value for c in ErrorCode}
     assert names == {
         "E_INPUT_VALIDATION", "E_DOWNLOAD_FAILED", "E_AUDIO_EMBEDDING", "E_PIPELINE_LOAD", "E_OOM",
-        "E_TIMEOUT", "E_FFMPEG", "E_UPLOAD", "E_CANCELLED", "E_INTERNAL",
+        "E_TIMEOUT", "E_FFMPEG", "E_UPLOAD", "E_CANCELLED", "E_RANK_FAILED", "E_INTERNAL",
     }
     for code in ErrorCode:
         assert DEFAULT_HINTS[code] and code.default_hint == DEFAULT_HINTS[code]

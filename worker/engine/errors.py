@@ -38,6 +38,11 @@ class GenerationCancelled(EngineError):
     """The job was cancelled between steps; not a failure of the engine."""
 
 
+class RankFailedError(EngineError):
+    """A multi-GPU worker's follower rank died, hung past the timeout or failed (worker/engine/parallel/):
+    the job cannot finish on this process group, which is restarted before the next job."""
+
+
 class TtsInputError(EngineError):
     """A text-to-speech request the voice model cannot serve (no pronounceable text, unknown voice,
     a language without a phonemizer). The caller's input is at fault, not the engine."""

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from worker.engine.errors import GenerationCancelled
+from worker.engine.errors import GenerationCancelled, RankFailedError
 from worker.engine.parallel.context import ParallelContext, attach_parallel
 from worker.engine.parallel.protocol import ABORT, CANCEL, GO, broadcast_word, write_message
 from worker.engine.parallel.streams import split_request
@@ -43,13 +43,6 @@ from worker.engine.parallel.vae import ParallelVAE
 
 _log = logging.getLogger(__name__)
 MAX_SEED = 99_999_999
-
-
-class RankFailedError(RuntimeError):
-    """A follower rank died, hung past the timeout or failed: the job cannot finish on this group.
-
-    Not an `EngineError`: the worker must not read it as a weight problem; it reports E_INTERNAL with
-    this message in the details until a dedicated code exists."""
 
 
 def make_parallel(engine: Any, ctx: ParallelContext) -> Any:
