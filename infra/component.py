@@ -6,18 +6,20 @@ from typing import Optional
 import pulumi
 
 from infra.bucket import ResultsStore, results_store
-from infra.deploy_env import S3Values, check_deployable, compose_stack, stack_overrides
-from infra.runpod_provider import ApiArgs, Endpoint, NetworkVolume, Template
+from infra.deploy_env import S3Values, compose_stack, compose_sizing, secret_keys
+from infra.runpod_api.base import flashboot_mode, secret_reference
+from infra.runpod_provider import ApiArgs, Endpoint, NetworkVolume, RunpodSecret, Template, secret_base_name
 from infra.stack_config import StackSettings
-from worker.config import compose_config
 
 
 class InfiniteTalkDeployment(pulumi.ComponentResource):
     """Everything `pulumi up` makes for one stack.
 
     Endpoint sizing (GPU pools from the gpu tier, workers, idle timeout, scaler, FlashBoot,
-    execution timeout, volume size, data center, image, container disk) is read from the composed
-    conf/ tree, never from separate infra settings, so the worker and its endpoint cannot disagree.
+    execution timeout, volume size, data center, container disk) is read from the composed conf/
+    tree, never from separate infra settings, so the worker and its endpoint cannot disagree. The
+    image is the stack's `infinitetalk:image` (CI sets it from IMAGE_TAG), an immutable reference.
+    Every secret value the worker needs is a `RunpodSecret`; the template's env refers to it.
     """
 
     endpoint_id: pulumi.Output[str]
@@ -36,13 +38,15 @@ class InfiniteTalkDeployment(pulumi.ComponentResource):
         super().__init__("infinitetalk:deploy:Deployment", name, None, opts)
         stack = pulumi.get_stack()
         # sizing does not depend on the bucket, so it is known while the program runs (previews show it)
-        sizing_cfg = compose_config(stack_overrides(settings.overrides, S3Values()), env={})
-        check_deployable(sizing_cfg)
+        overrides = settings.deploy_overrides()
+        sizing_cfg = compose_sizing(overrides)
         d = sizing_cfg.deploy
         display = f"{d.endpoint_name}-{stack}"
 
         store: ResultsStore = results_store(name, settings, self)
-        api = ApiArgs(settings.runpod_api, pulumi.Output.secret(api_key), settings.runpod_api_url)
+        api = ApiArgs(
+            settings.runpod_api, pulumi.Output.secret(api_key), settings.runpod_api_url, settings.runpod_graphql_url
+        )
 
         self.volume = NetworkVolume(
             f"{name}-volume",
@@ -54,7 +58,6 @@ class InfiniteTalkDeployment(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, protect=True),
         )
 
-        overrides = tuple(settings.overrides)
         public_base = store.public_base
 
         def compose(values: list) -> tuple[dict[str, str], dict[str, str]]:
@@ -71,15 +74,31 @@ class InfiniteTalkDeployment(pulumi.ComponentResource):
         ).apply(compose)
         # the pair is secret because the keys are; the plain half holds none of them
         plain_env = pulumi.Output.unsecret(composed.apply(lambda pair: pair[0]))
-        secret_env = pulumi.Output.secret(composed.apply(lambda pair: pair[1]))
+
+        # each secret value becomes a Runpod secret; the template's env only refers to it by name
+        self.secrets: dict[str, RunpodSecret] = {}
+        references: dict[str, pulumi.Output[str]] = {}
+        for key in secret_keys(overrides):
+            secret = RunpodSecret(
+                f"{name}-secret-{key.lower()}",
+                secret_name=secret_base_name(display, key),
+                value=pulumi.Output.secret(composed.apply(lambda pair, k=key: pair[1][k])),
+                description=f"{key} for {display} (managed by Pulumi)",
+                api=api,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.secrets[key] = secret
+            references[key] = secret.runpod_name.apply(secret_reference)
+        env = pulumi.Output.all(plain_env, pulumi.Output.all(**references)).apply(
+            lambda both: {**both[0], **both[1]}
+        )
 
         self.template = Template(
             f"{name}-template",
             template_name=display,
             image=d.image,
             container_disk_gb=d.container_disk_gb,
-            env=plain_env,
-            secret_env=secret_env,
+            env=env,
             api=api,
             opts=pulumi.ResourceOptions(parent=self),
         )
@@ -88,6 +107,8 @@ class InfiniteTalkDeployment(pulumi.ComponentResource):
             endpoint_name=display,
             template_id=self.template.template_id,
             template_revision=self.template.revision,
+            template_image=self.template.image,
+            template_env=self.template.env,
             gpu_pools=list(sizing_cfg.gpu.runpod_pools),
             gpu_count=d.gpu_count,
             workers_min=d.workers_min,
@@ -95,10 +116,11 @@ class InfiniteTalkDeployment(pulumi.ComponentResource):
             idle_timeout_s=d.idle_timeout_s,
             scaler_type=d.scaler_type,
             scaler_value=d.scaler_value,
-            flashboot=d.flashboot,
+            flashboot=flashboot_mode(bool(d.flashboot)),
             execution_timeout_s=d.execution_timeout_s,
             network_volume_id=self.volume.volume_id,
             datacenters=[d.datacenter],
+            min_cuda_version=settings.min_cuda_version,
             api=api,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.template, self.volume]),
         )

@@ -41,8 +41,48 @@ def stack_overrides(overrides: Sequence[str], s3: S3Values) -> list[str]:
     return list(overrides) + list(iter_overrides_for({k: v for k, v in values.items() if v is not None}))
 
 
+class ImageRefError(DeployConfigError):
+    """The image to deploy is a moving tag: a redeploy would not say what runs."""
+
+
+def check_image(image: str) -> str:
+    """An immutable reference: `repo@sha256:<digest>` or `repo:<release tag>` (not `latest`)."""
+    if "@sha256:" in image:
+        return image
+    last = image.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else ""
+    if not tag or tag == "latest":
+        raise ImageRefError(
+            f"image {image!r} is not immutable: deploy a digest (repo@sha256:...) or a release tag; "
+            "set `pulumi config set infinitetalk:image <ref>` (CI: IMAGE_TAG)"
+        )
+    return image
+
+
+# stand-in values used only to learn which env keys are secret; never deployed
+_PLACEHOLDER_S3 = S3Values(bucket="b", region="r", endpoint="https://e.invalid", access_key="AKIDPLACEHOLDER",
+                           secret_key="placeholder-secret")
+
+
+def compose_sizing(overrides: Sequence[str]) -> AppConfig:
+    """The composed config for the endpoint's sizing (bucket facts not needed), checked deployable."""
+    cfg = compose_config(stack_overrides(overrides, S3Values()), env={})
+    check_deployable(cfg)
+    check_image(cfg.deploy.image)
+    return cfg
+
+
+def secret_keys(overrides: Sequence[str]) -> list[str]:
+    """The env keys that hold secrets for this stack (known without the bucket: the program must
+    declare one RunpodSecret per key while it runs, before the bucket exists)."""
+    _, env = compose_stack(overrides, _PLACEHOLDER_S3)
+    return sorted(env.secret)
+
+
 def compose_stack(overrides: Sequence[str], s3: S3Values) -> tuple[AppConfig, TemplateEnv]:
-    """Compose with an empty environment: the deployer's shell must not leak into the template."""
+    """Compose with an empty environment: the deployer's shell must not leak into the template.
+    What the deployer chooses (the image) reaches conf/ as explicit overrides instead, see
+    `StackSettings.deploy_overrides`."""
     cfg = compose_config(stack_overrides(overrides, s3), env={})
     check_deployable(cfg)
     return cfg, template_env(cfg)

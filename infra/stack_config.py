@@ -10,19 +10,26 @@ Pulumi config lives under the project namespace `infinitetalk:` (see Pulumi.exam
 - `bucketName` (aws, optional: an auto-named bucket otherwise), `lifecycleDays` (results expire),
   `uiOrigins` (list of origins allowed to GET results from a browser; CORS).
 - `runpodApi`: `rest` (default) or `graphql`; `runpodApiUrl` to point at another host;
-  `runpodApiKey` (secret, required).
+  `runpodGraphqlUrl` (Runpod secrets exist only on GraphQL); `runpodApiKey` (secret, required).
+- `image`: the worker image, an immutable reference (`repo@sha256:...` or a release tag); CI sets
+  it from IMAGE_TAG. Without it, `INFINITETALK_IMAGE` from the deployer's environment, then conf/.
+- `minCudaVersion`: lowest CUDA the endpoint's hosts must offer (default: the image's, 12.8).
 
 Parsing is a pure function of a string mapping, so it is tested without the Pulumi CLI.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 BUCKET_MODES = ("aws", "external")
 API_MODES = ("rest", "graphql")
 NAMESPACE = "infinitetalk"
+# images/Dockerfile builds on CUDA 12.8 (nvidia/cuda:12.8.x); hosts with an older driver cannot run it
+IMAGE_MIN_CUDA = "12.8"
 
 
 class StackConfigError(ValueError):
@@ -42,6 +49,17 @@ class StackSettings:
     s3_endpoint: Optional[str] = None
     s3_region: Optional[str] = None
     s3_public_base: Optional[str] = None
+    runpod_graphql_url: Optional[str] = None
+    image: Optional[str] = None
+    min_cuda_version: Optional[str] = IMAGE_MIN_CUDA
+
+    def deploy_overrides(self) -> tuple[str, ...]:
+        """The stack's overrides plus what only the deployer chooses (the image), as overrides:
+        conf/ is composed with an empty environment, so the image must arrive this way."""
+        from worker.config import iter_overrides_for
+
+        extra = tuple(iter_overrides_for({"deploy.image": self.image})) if self.image else ()
+        return tuple(self.overrides) + extra
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> "StackSettings":
@@ -100,7 +118,12 @@ class StackSettings:
             s3_endpoint=get("s3Endpoint"),
             s3_region=get("s3Region"),
             s3_public_base=get("s3PublicBase"),
+            runpod_graphql_url=get("runpodGraphqlUrl"),
+            image=get("image") or None,
+            min_cuda_version=str(get("minCudaVersion") or IMAGE_MIN_CUDA),
         )
+        if settings.min_cuda_version and not re.fullmatch(r"\d+\.\d+", settings.min_cuda_version):
+            raise StackConfigError(f"{NAMESPACE}:minCudaVersion must be major.minor, got {settings.min_cuda_version!r}")
         if mode == "external":
             missing = [k for k, v in (("s3Endpoint", settings.s3_endpoint), ("s3Bucket", settings.bucket_name)) if not v]
             if missing:
@@ -116,7 +139,8 @@ class StackSettings:
 
 CONFIG_KEYS = (
     "overrides", "bucketMode", "bucketName", "s3Bucket", "lifecycleDays", "uiOrigins", "keyPrefix",
-    "runpodApi", "runpodApiUrl", "s3Endpoint", "s3Region", "s3PublicBase",
+    "runpodApi", "runpodApiUrl", "s3Endpoint", "s3Region", "s3PublicBase", "runpodGraphqlUrl", "image",
+    "minCudaVersion",
 )
 
 
@@ -126,4 +150,6 @@ def from_pulumi_config() -> StackSettings:
 
     cfg = pulumi.Config(NAMESPACE)
     raw = {k: cfg.get(k) for k in CONFIG_KEYS}
+    if not raw.get("image") and os.environ.get("INFINITETALK_IMAGE"):
+        raw["image"] = os.environ["INFINITETALK_IMAGE"]  # explicit, unlike the rest of the shell
     return StackSettings.from_mapping({k: v for k, v in raw.items() if v is not None})

@@ -49,6 +49,8 @@ class TemplateSpec:
     image: str
     container_disk_gb: int
     env: Mapping[str, str] = field(default_factory=dict)
+    # id of a container registry credential (private images); None for public images
+    registry_id: Optional[str] = None
 
     def key_set(self) -> frozenset[str]:
         return frozenset(self.env)
@@ -69,17 +71,47 @@ class EndpointSpec:
     workers_max: int = 3
     idle_timeout_s: int = 5
     scaler_type: str = "QUEUE_DELAY"
-    scaler_value: int = 4
-    flashboot: bool = True
+    # QUEUE_DELAY takes seconds as a float (REST: `queueDelay` is a number); REQUEST_COUNT an integer
+    scaler_value: float = 4
+    # FLASHBOOT_MODES: REST reports PRIORITY_FLASHBOOT too, which must read back as itself (drift)
+    flashboot: str = "FLASHBOOT"
     execution_timeout_s: int = 1800
     network_volume_id: Optional[str] = None
     datacenters: tuple[str, ...] = ()
+    # lowest CUDA the image needs ("12.8"); None accepts any driver
+    min_cuda_version: Optional[str] = None
+
+
+FLASHBOOT_MODES = ("OFF", "FLASHBOOT", "PRIORITY_FLASHBOOT")
+
+
+def flashboot_mode(value: object) -> str:
+    """conf's `deploy.flashboot` is a bool; the APIs speak an enum."""
+    if isinstance(value, bool):
+        return "FLASHBOOT" if value else "OFF"
+    if value in FLASHBOOT_MODES:
+        return str(value)
+    raise ValueError(f"flashboot must be a bool or one of {FLASHBOOT_MODES}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class EndpointState(EndpointSpec):
     id: str = ""
     run_url: str = ""
+    # what the endpoint's workers actually run (the template applied to it), read back for drift
+    image: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SecretState:
+    id: str
+    name: str
+
+
+def secret_reference(name: str) -> str:
+    """How a template's env refers to a Runpod secret; Runpod substitutes the value at worker start."""
+    return "{{ RUNPOD_SECRET_" + name + " }}"
 
 
 def run_url_for(endpoint_id: str) -> str:
@@ -127,6 +159,20 @@ class RunpodApi(abc.ABC):
     @abc.abstractmethod
     def delete_endpoint(self, endpoint_id: str) -> None: ...
 
+    # look-ups by name: a create whose response was lost may still have happened
+    @abc.abstractmethod
+    def find_volume(self, name: str) -> Optional[VolumeState]: ...
+
+    @abc.abstractmethod
+    def find_template(self, name: str) -> Optional[TemplateState]: ...
+
+    @abc.abstractmethod
+    def find_endpoint(self, name: str) -> Optional[EndpointState]: ...
+
+    def gpu_pools(self) -> Optional[frozenset[str]]:
+        """Serverless GPU pools in Runpod's catalogue; None where the API offers no catalogue."""
+        return None
+
 
 class Transport:
     """HTTP with bearer auth, retries with backoff on 429/5xx/transport errors, and redaction.
@@ -163,6 +209,12 @@ class Transport:
             follow_redirects=False,
         )
 
+    def sleep(self, seconds: float) -> None:
+        self._sleep(seconds)
+
+    def delay(self, attempt: int) -> float:
+        return self._delay(attempt, None)
+
     def add_secrets(self, values: Iterable[str]) -> None:
         self._secrets.extend(v for v in values if v)
 
@@ -183,15 +235,18 @@ class Transport:
         base = self.backoff_s * (2**attempt)
         return min(base + random.uniform(0, self.backoff_s), self.max_backoff_s)
 
-    def request(self, method: str, path: str, operation: str, json_body: Any = None) -> httpx.Response:
+    def request(
+        self, method: str, path: str, operation: str, json_body: Any = None, *, retries: Optional[int] = None
+    ) -> httpx.Response:
         """Send one call; 2xx and 4xx other than 429 return, 429/5xx retry then raise."""
         url = f"{self.base_url}{path}"
         last: Optional[httpx.Response] = None
-        for attempt in range(self.retries + 1):
+        total = self.retries if retries is None else retries
+        for attempt in range(total + 1):
             try:
                 resp = self._client.request(method, url, json=json_body)
             except httpx.TransportError as exc:
-                if attempt >= self.retries:
+                if attempt >= total:
                     raise RunpodServerError(
                         self.redact(f"Runpod {operation} failed: {type(exc).__name__}: {exc}"), operation=operation
                     ) from None
@@ -199,14 +254,14 @@ class Transport:
                 continue
             if resp.status_code == 429 or resp.status_code >= 500:
                 last = resp
-                if attempt >= self.retries:
+                if attempt >= total:
                     break
                 self._sleep(self._delay(attempt, resp))
                 continue
             return resp
         assert last is not None
         err = error_for_status(last.status_code, self.describe(last), operation)
-        suffix = f" (gave up after {self.retries + 1} attempts)"
+        suffix = f" (gave up after {total + 1} attempts)"
         cls = RunpodRateLimitError if last.status_code == 429 else type(err)
         raise cls(self.redact(str(err) + suffix), status=last.status_code, operation=operation)
 
@@ -228,3 +283,45 @@ class Transport:
     def fail(self, resp: httpx.Response, operation: str) -> RunpodApiError:
         return error_for_status(resp.status_code, self.describe(resp), operation)
 
+
+
+def create_once(
+    transport: Transport, operation: str, send: Callable[[], Any], find: Callable[[], Optional[Any]]
+) -> Any:
+    """Create without duplicates: a failed POST may have succeeded (the response was lost), so
+    before each retry the resource is looked up by name and, if it exists, that one is returned."""
+    for attempt in range(transport.retries + 1):
+        try:
+            return send()
+        except RunpodRateLimitError:  # refused before it was handled: nothing to look up
+            if attempt >= transport.retries:
+                raise
+        except RunpodServerError:
+            if attempt >= transport.retries:
+                raise
+            found = find()
+            if found is not None:
+                return found
+        transport.sleep(transport.delay(attempt))
+    raise RunpodServerError(f"Runpod {operation} failed", operation=operation)  # pragma: no cover
+
+
+def wait_while(
+    transport: Transport, attempt_fn: Callable[[], bool], *, wait_s: float, operation: str
+) -> None:
+    """Call `attempt_fn` until it returns True or `wait_s` has passed (then raise its last error).
+
+    `attempt_fn` returns False while Runpod still refuses for a passing reason (a template stays
+    bound to an endpoint for minutes after the endpoint is deleted)."""
+    deadline = time.monotonic() + wait_s
+    attempt = 0
+    while True:
+        if attempt_fn():
+            return
+        if time.monotonic() >= deadline:
+            raise RunpodApiError(
+                f"Runpod {operation}: still refused after {wait_s:.0f} s; run `pulumi destroy` again later",
+                operation=operation,
+            )
+        transport.sleep(min(transport.delay(attempt), max(deadline - time.monotonic(), 0.0)))
+        attempt += 1

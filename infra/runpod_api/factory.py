@@ -17,12 +17,15 @@ def make_api(
     backoff_s: float = 0.5,
     retries: int = 5,
     secrets: Iterable[str] = (),
+    unbind_wait_s: float = 600.0,
 ) -> RunpodApi:
     """The client for `mode` (`rest` or `graphql`)."""
     if mode == "rest":
-        return RestApi(api_key, base_url=base_url or DEFAULT_REST_URL, backoff_s=backoff_s, retries=retries, secrets=secrets)
+        return RestApi(api_key, base_url=base_url or DEFAULT_REST_URL, backoff_s=backoff_s, retries=retries,
+                       secrets=secrets, unbind_wait_s=unbind_wait_s)
     if mode == "graphql":
         return GraphqlApi(
-            api_key, url=base_url or DEFAULT_GRAPHQL_URL, backoff_s=backoff_s, retries=retries, secrets=secrets
+            api_key, url=base_url or DEFAULT_GRAPHQL_URL, backoff_s=backoff_s, retries=retries, secrets=secrets,
+            unbind_wait_s=unbind_wait_s,
         )
     raise ValueError(f"unknown Runpod API mode {mode!r}: use one of {API_MODES}")

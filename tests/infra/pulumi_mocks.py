@@ -45,6 +45,9 @@ class Mocks(pulumi.runtime.Mocks):
         elif t == "pulumi-python:dynamic/runpod:NetworkVolume":
             rid = "vol-mock"
             state["volume_id"] = rid
+        elif t == "pulumi-python:dynamic/runpod:Secret":
+            rid = f"sec-{args.name}"
+            state.update(secret_id=rid, runpod_name=f"{args.inputs['secret_name']}_a1b2c3")
         elif t == "pulumi-python:dynamic/runpod:Template":
             rid = "tpl-mock"
             state.update(template_id=rid, revision=1)

@@ -16,6 +16,7 @@ from worker.config import compose_config
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = ["model=infinitetalk_single", "gpu=h100_80", "sampler=turbo", "storage=s3", "deploy=production"]
 API_KEY = "rp_mock_api_key_abcdef0123456789"
+IMAGE = "ghcr.io/infinitetalk-serve/worker@sha256:" + "0123456789abcdef" * 4
 
 AWS_CONFIG = {
     "infinitetalk:overrides": json.dumps(OVERRIDES),
@@ -23,6 +24,7 @@ AWS_CONFIG = {
     "infinitetalk:lifecycleDays": "3",
     "infinitetalk:uiOrigins": json.dumps(["https://ui.example.com"]),
     "infinitetalk:runpodApiKey": API_KEY,
+    "infinitetalk:image": IMAGE,
     "aws:region": "eu-west-1",
 }
 EXTERNAL_CONFIG = {
@@ -35,6 +37,7 @@ EXTERNAL_CONFIG = {
     "infinitetalk:s3SecretKey": "r2-secret-access-key-456",
     "infinitetalk:runpodApi": "graphql",
     "infinitetalk:runpodApiKey": API_KEY,
+    "infinitetalk:image": "ghcr.io/infinitetalk-serve/worker:v1.4.0",
 }
 SECRETS = ["infinitetalk:runpodApiKey", "infinitetalk:s3AccessKey", "infinitetalk:s3SecretKey"]
 
@@ -82,6 +85,7 @@ def test_graph_has_every_resource_under_the_component(aws_run):
         "pulumi-python:dynamic/runpod:NetworkVolume",
         "pulumi-python:dynamic/runpod:Template",
         "pulumi-python:dynamic/runpod:Endpoint",
+        "pulumi-python:dynamic/runpod:Secret",
     ):
         assert t in types, t
     comp = aws_run.one("infinitetalk:deploy:Deployment")
@@ -131,23 +135,41 @@ def test_volume_is_protected_and_sized_from_conf(aws_run):
     assert not any(r.protect for r in others)
 
 
-def test_secrets_are_secret(aws_run):
+def _secrets(run):
+    return [r for r in run.registrations if r.type.endswith("runpod:Secret")]
+
+
+def test_secrets_are_runpod_secrets_and_env_only_refers_to_them(aws_run):
     tpl = aws_run.one("runpod:Template")
-    assert {"api_key", "secret_env"} <= tpl.secret_inputs
-    assert "api_key" in aws_run.one("runpod:Endpoint").secret_inputs
+    assert "api_key" in tpl.secret_inputs and "api_key" in aws_run.one("runpod:Endpoint").secret_inputs
     assert "api_key" in aws_run.one("runpod:NetworkVolume").secret_inputs
-    assert "env" not in tpl.secret_inputs  # plain env stays readable in previews
-    plain_text = json.dumps(tpl.inputs["env"])
-    for secret in (API_KEY, "mock/secret+access/key0123456789abcdefghij", "AKIAMOCKMOCKMOCK0001"):
-        assert secret not in plain_text
-    assert tpl.inputs["secret_env"]["S3_SECRET_KEY"] == "mock/secret+access/key0123456789abcdefghij"
-    assert tpl.inputs["secret_env"]["S3_ACCESS_KEY"] == "AKIAMOCKMOCKMOCK0001"
+    assert "env" not in tpl.secret_inputs  # plain env (references only) stays readable in previews
+    secrets = {r.inputs["secret_name"]: r for r in _secrets(aws_run)}
+    assert len(secrets) == 2 and all("value" in r.secret_inputs for r in secrets.values())
+    values = {r.inputs["value"] for r in secrets.values()}
+    assert values == {"mock/secret+access/key0123456789abcdefghij", "AKIAMOCKMOCKMOCK0001"}
+    env = tpl.inputs["env"]
+    assert env["S3_SECRET_KEY"] == "{{ RUNPOD_SECRET_infinitetalk_test_s3_secret_key_a1b2c3 }}"
+    assert env["S3_ACCESS_KEY"] == "{{ RUNPOD_SECRET_infinitetalk_test_s3_access_key_a1b2c3 }}"
+    ep = aws_run.one("runpod:Endpoint").inputs
+    sent = json.dumps([tpl.inputs, ep])
+    for secret in (API_KEY, *values):
+        if secret != API_KEY:
+            assert secret not in sent
+    assert "secret_env" not in tpl.inputs
+
+
+def _substituted(run, env):
+    """What the worker sees: Runpod replaces each reference with its secret's value."""
+    by_ref = {"{{ RUNPOD_SECRET_" + r.inputs["secret_name"] + "_a1b2c3 }}": r.inputs["value"] for r in _secrets(run)}
+    return {k: by_ref.get(v, v) for k, v in env.items()}
 
 
 def _declared(run, bucket, region, endpoint, access, secret):
     overrides = json.loads(run_config(run)["infinitetalk:overrides"])
     s3 = S3Values(bucket=bucket, region=region, endpoint=endpoint, access_key=access, secret_key=secret)
-    return compose_config(stack_overrides(overrides, s3), env={})
+    image = run.one("runpod:Template").inputs["image"]
+    return compose_config(stack_overrides([*overrides, f"deploy.image='{image}'"], s3), env={})
 
 
 def run_config(run):
@@ -158,7 +180,7 @@ def run_config(run):
 def test_worker_composes_the_declared_config_from_template_env(which, aws_run, external_run):
     run = aws_run if which == "aws" else external_run
     tpl = run.one("runpod:Template").inputs
-    env = {**tpl["env"], **tpl["secret_env"]}
+    env = _substituted(run, tpl["env"])
     worker_cfg = compose_config(env=env)  # exactly what the worker does at start
     if which == "aws":
         declared = _declared(run, run.outputs["bucket"], "eu-west-1", None, "AKIAMOCKMOCKMOCK0001",
@@ -182,10 +204,13 @@ def test_endpoint_sizing_comes_from_conf(which, aws_run, external_run):
     assert ep["gpu_pools"] == list(cfg.gpu.runpod_pools) and ep["gpu_pools"]
     assert (ep["gpu_count"], ep["workers_min"], ep["workers_max"]) == (d.gpu_count, d.workers_min, d.workers_max)
     assert (ep["idle_timeout_s"], ep["scaler_type"], ep["scaler_value"]) == (d.idle_timeout_s, d.scaler_type, d.scaler_value)
-    assert (ep["flashboot"], ep["execution_timeout_s"]) == (d.flashboot, d.execution_timeout_s)
+    assert (ep["flashboot"], ep["execution_timeout_s"]) == ("FLASHBOOT" if d.flashboot else "OFF", d.execution_timeout_s)
+    assert ep["min_cuda_version"] == "12.8"
+    assert ep["template_image"] == tpl["image"] and ep["template_env"] == tpl["env"]
     assert ep["datacenters"] == [d.datacenter]
     assert ep["network_volume_id"] == "vol-mock" and ep["template_id"] == "tpl-mock"
-    assert (tpl["image"], tpl["container_disk_gb"]) == (d.image, d.container_disk_gb)
+    assert tpl["container_disk_gb"] == d.container_disk_gb
+    assert tpl["image"] == run_config(run)["infinitetalk:image"]
 
 
 def test_external_store_creates_no_aws_resources(external_run):
@@ -193,6 +218,29 @@ def test_external_store_creates_no_aws_resources(external_run):
     assert external_run.outputs["bucket"] == "my-results"
     assert external_run.one("runpod:Template").inputs["api_mode"] == "graphql"
     assert external_run.secret["worker_secret_access_key"]
+
+
+def test_image_is_the_stacks_immutable_reference(monkeypatch):
+    """The image comes from `infinitetalk:image` (CI: IMAGE_TAG), or INFINITETALK_IMAGE; never `:latest`."""
+    from infra.deploy_env import ImageRefError
+
+    run = _run_main({**AWS_CONFIG, "infinitetalk:image": "ghcr.io/acme/worker:v2.0.1"})
+    assert run.one("runpod:Template").inputs["image"] == "ghcr.io/acme/worker:v2.0.1"
+    no_image = {k: v for k, v in AWS_CONFIG.items() if k != "infinitetalk:image"}
+    monkeypatch.setenv("INFINITETALK_IMAGE", "ghcr.io/acme/worker@sha256:" + "f" * 64)
+    assert _run_main(no_image).one("runpod:Template").inputs["image"].endswith("f" * 64)
+    monkeypatch.delenv("INFINITETALK_IMAGE")
+    with pytest.raises(ImageRefError, match="infinitetalk:image"):
+        _run_main(no_image)  # conf's default is :latest, which says nothing about what runs
+    with pytest.raises(ImageRefError):
+        _run_main({**AWS_CONFIG, "infinitetalk:image": "ghcr.io/acme/worker"})
+
+
+def test_image_agrees_with_the_cuda_floor():
+    from infra.stack_config import IMAGE_MIN_CUDA
+
+    dockerfile = (REPO / "images" / "Dockerfile").read_text()
+    assert f"nvidia/cuda:{IMAGE_MIN_CUDA}." in dockerfile
 
 
 def test_cpu_tier_is_refused():

@@ -1,10 +1,15 @@
 """A stand-in for Runpod's GraphQL management API, executed by graphql-core over a schema subset.
 
-The schema below declares only the queries and mutations our client uses, with the field
-names and argument types Runpod documents; graphql-core parses and validates every document
-against it, so an unknown field, a wrong argument or a missing required input fails the test
-(recorded in `violations`). Behaviours mirrored: template names are unique, an endpoint can be
-deleted only with both worker bounds at zero, a volume cannot shrink.
+The schema below declares only the queries and mutations our client uses, with the field names,
+argument types and enums of Runpod's published schema (facts as used by runpodctl,
+runpod-python and the Runpod Terraform provider: `flashBootType: FlashBootType` with
+`OFF | FLASHBOOT`, `minCudaVersion`, `secretCreate(input: SecretCreateInput!)`,
+`secretDelete(id: ID!)`, `containerRegistryAuthId`); graphql-core parses and validates every
+document against it, so an unknown field, a wrong argument or a missing required input fails the
+test (recorded in `violations`). Behaviours mirrored: `saveEndpoint` replaces the whole endpoint
+(a field not sent is reset), template and secret names are unique, an endpoint can be deleted only
+with both worker bounds at zero, a template stays bound for a while after its endpoint is deleted,
+a volume cannot shrink. The old FlashBoot form (a `-fb` name suffix) is refused as a violation.
 """
 from __future__ import annotations
 
@@ -24,7 +29,13 @@ type User {
   endpoints: [Endpoint]
   podTemplates: [PodTemplate]
   networkVolumes: [NetworkVolume]
+  secrets: [Secret]
 }
+
+enum FlashBootType { OFF FLASHBOOT }
+
+type Secret { id: ID name: String description: String }
+input SecretCreateInput { name: String! value: String! description: String }
 
 type EnvironmentVariable { key: String value: String }
 input EnvironmentVariableInput { key: String! value: String! }
@@ -38,6 +49,7 @@ type PodTemplate {
   dockerArgs: String
   env: [EnvironmentVariable]
   isServerless: Boolean
+  containerRegistryAuthId: String
 }
 
 input SaveTemplateInput {
@@ -69,6 +81,9 @@ type Endpoint {
   locations: String
   networkVolumeId: String
   executionTimeoutMs: Int
+  flashBootType: FlashBootType
+  minCudaVersion: String
+  allowedCudaVersions: String
 }
 
 input EndpointInput {
@@ -85,6 +100,9 @@ input EndpointInput {
   locations: String
   networkVolumeId: String
   executionTimeoutMs: Int
+  flashBootType: FlashBootType
+  minCudaVersion: String
+  allowedCudaVersions: String
 }
 
 type NetworkVolume { id: String name: String size: Int dataCenterId: String }
@@ -100,6 +118,8 @@ type Mutation {
   createNetworkVolume(input: CreateNetworkVolumeInput!): NetworkVolume
   updateNetworkVolume(input: UpdateNetworkVolumeInput!): NetworkVolume
   deleteNetworkVolume(input: DeleteNetworkVolumeInput!): Boolean
+  secretCreate(input: SecretCreateInput!): Secret
+  secretDelete(id: ID!): Boolean
 }
 """
 
@@ -113,6 +133,12 @@ class GraphqlStandIn(StandIn):
         self.volumes: dict[str, dict[str, Any]] = {}
         self.templates: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
+        self.secrets: dict[str, dict[str, Any]] = {}
+        # template id -> how many more deleteTemplate calls still find it bound (Runpod's delay)
+        self.bound_after_delete: dict[str, int] = {}
+        self.unbind_delay_calls = 0
+        # run the mutation, then answer 500 as if the response were lost (retries must not duplicate)
+        self.lose_next_response = 0
 
     def bind(self, url: str) -> None:
         self.base_url = url
@@ -145,12 +171,15 @@ class GraphqlStandIn(StandIn):
             return json_response(400, {"errors": [{"message": p.message} for p in problems]})
         with self.lock:
             result = graphql_sync(SCHEMA, payload["query"], root_value=self, variable_values=payload.get("variables"))
+        if self.lose_next_response and not result.errors and payload["query"].lstrip().startswith("mutation"):
+            self.lose_next_response -= 1
+            return json_response(500, {"errors": [{"message": "upstream timeout"}]})
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [{"message": e.message} for e in result.errors]
             # variable coercion failures are contract breaks, not business errors
             for e in result.errors:
-                if "Variable" in e.message and ("got invalid value" in e.message or "of required type" in e.message):
+                if "Variable" in e.message and any(t in e.message for t in ("got invalid value", "has invalid value", "of required type")):
                     self.violations.append(e.message)
         return json_response(200, body)
 
@@ -163,6 +192,7 @@ class GraphqlStandIn(StandIn):
             "endpoints": list(self.endpoints.values()),
             "podTemplates": [self._tpl_out(t) for t in self.templates.values()],
             "networkVolumes": list(self.volumes.values()),
+            "secrets": [{"id": x["id"], "name": x["name"], "description": x["description"]} for x in self.secrets.values()],
         }
 
     @staticmethod
@@ -186,13 +216,16 @@ class GraphqlStandIn(StandIn):
             "dockerArgs": input["dockerArgs"],
             "env": {e["key"]: e["value"] for e in input["env"]},
             "isServerless": input.get("isServerless", False),
+            "containerRegistryAuthId": input.get("containerRegistryAuthId") or None,
         }
         return self._tpl_out(self.templates[tid])
 
     def deleteTemplate(self, info, templateName: Optional[str] = None) -> Optional[bool]:  # noqa: N802,N803
         for tid, t in list(self.templates.items()):
             if t["name"] == templateName:
-                if any(e["templateId"] == tid for e in self.endpoints.values()):
+                if any(e["templateId"] == tid for e in self.endpoints.values()) or self.bound_after_delete.get(tid, 0) > 0:
+                    if tid in self.bound_after_delete:
+                        self.bound_after_delete[tid] -= 1
                     raise GraphQLError("Template is in use by an endpoint")
                 del self.templates[tid]
                 return None
@@ -210,11 +243,16 @@ class GraphqlStandIn(StandIn):
         vol = input.get("networkVolumeId")
         if vol and vol not in self.volumes:
             raise GraphQLError(f"network volume {vol} not found")
+        if input["name"].rstrip().endswith("-fb"):
+            # the old FlashBoot form: Runpod now reads flashBootType, a suffix is only a name
+            self.violations.append(f"saveEndpoint: name {input['name']!r} carries the retired -fb FlashBoot suffix")
+            raise GraphQLError("FlashBoot is flashBootType: FLASHBOOT | OFF, not a -fb name suffix")
         eid = eid or new_id("gep")
-        current = self.endpoints.get(eid, {"gpuCount": 1, "workersMin": 0, "workersMax": 3, "idleTimeout": 5,
-                                           "scalerType": "QUEUE_DELAY", "scalerValue": 4, "locations": "",
-                                           "networkVolumeId": None, "executionTimeoutMs": 600000})
-        self.endpoints[eid] = {**current, **{k: v for k, v in input.items() if v is not None}, "id": eid}
+        # saveEndpoint replaces the endpoint: what is not sent falls back to Runpod's defaults
+        defaults = {"gpuCount": 1, "workersMin": 0, "workersMax": 3, "idleTimeout": 5, "scalerType": "QUEUE_DELAY",
+                    "scalerValue": 4, "locations": "", "networkVolumeId": None, "executionTimeoutMs": 600000,
+                    "flashBootType": "OFF", "minCudaVersion": None, "allowedCudaVersions": None}
+        self.endpoints[eid] = {**defaults, **{k: v for k, v in input.items() if v is not None}, "id": eid}
         return self.endpoints[eid]
 
     def deleteEndpoint(self, info, id: str) -> Optional[bool]:  # noqa: N802,A002
@@ -224,6 +262,21 @@ class GraphqlStandIn(StandIn):
         if ep["workersMin"] or ep["workersMax"]:
             raise GraphQLError("Endpoint must have workersMin and workersMax set to 0 before deletion")
         del self.endpoints[id]
+        if self.unbind_delay_calls:
+            self.bound_after_delete[ep["templateId"]] = self.unbind_delay_calls
+        return None
+
+    def secretCreate(self, info, input: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+        if any(x["name"] == input["name"] for x in self.secrets.values()):
+            raise GraphQLError(f"Secret name must be unique: {input['name']!r} is taken")
+        sid = new_id("gsec")
+        self.secrets[sid] = {"id": sid, "name": input["name"], "value": input["value"],
+                             "description": input.get("description") or ""}
+        return {k: self.secrets[sid][k] for k in ("id", "name", "description")}
+
+    def secretDelete(self, info, id: str) -> Optional[bool]:  # noqa: N802,A002
+        if self.secrets.pop(id, None) is None:
+            raise GraphQLError(f"secret {id} not found")
         return None
 
     def createNetworkVolume(self, info, input: dict[str, Any]) -> dict[str, Any]:  # noqa: N802

@@ -67,6 +67,15 @@ class RestStandIn(StandIn):
         self.templates: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.openapi: Optional[OpenAPI] = None
+        # serverless pools the catalogue lists (GET /v2/catalog/gpus)
+        self.catalog_pools = {"ADA_24": "NVIDIA GeForce RTX 4090", "ADA_80_PRO": "NVIDIA H100 80GB HBM3",
+                              "AMPERE_80": "NVIDIA A100 80GB PCIe", "ADA_48_PRO": "NVIDIA L40S", "HOPPER_141": "NVIDIA H200"}
+        # endpoint id -> template id applied (Runpod keeps no link, but refuses to delete a bound template)
+        self.bound: dict[str, str] = {}
+        self.bound_after_delete: dict[str, int] = {}
+        self.unbind_delay_calls = 0
+        # handle the next N POSTs, then answer 500 as if the response were lost
+        self.lose_next_response = 0
 
     def bind(self, base_url: str) -> None:
         self.base_url = base_url
@@ -104,6 +113,9 @@ class RestStandIn(StandIn):
         payload = json.loads(body) if body else None
         with self.lock:
             response = self.route(request.method, request.path, payload)
+            if self.lose_next_response and request.method == "POST" and response.status_code < 300:
+                self.lose_next_response -= 1
+                response = problem(502, "Bad Gateway", "upstream timed out")
         return self._checked(oa_request, response)
 
     def _checked(self, oa_request, response: Response) -> Response:
@@ -118,6 +130,11 @@ class RestStandIn(StandIn):
     # -- routes
 
     def route(self, method: str, path: str, body: Any) -> Response:
+        if path == "/v2/catalog/gpus" and method == "GET":
+            gpus = [{"id": gid, "name": gid, "pool": pool, "manufacturer": "NVIDIA", "memory": 80, "secure": True,
+                     "community": False, "price": {"secure": 2.0, "community": 0.0},
+                     "maxCount": {"secure": 8, "community": 0}} for pool, gid in self.catalog_pools.items()]
+            return json_response(200, {"gpus": gpus})
         m = re.fullmatch(r"/v2/(network-volumes|templates|serverless)(?:/([^/]+))?", path)
         if not m:
             return problem(404, "Not Found", "no such route")
@@ -186,7 +203,20 @@ class RestStandIn(StandIn):
         tpl.update({k: v for k, v in body.items() if k != "mounts" or v})
         return json_response(200, tpl)
 
+    def _network_volumes_get(self, _body=None):
+        return json_response(200, {"networkVolumes": list(self.volumes.values())})
+
+    def _templates_get(self, _body=None):
+        return json_response(200, {"templates": list(self.templates.values())})
+
+    def _serverless_get(self, _body=None):
+        return json_response(200, {"endpoints": list(self.endpoints.values())})
+
     def _templates_delete_one(self, tid, _body=None):
+        if tid in self.bound.values() or self.bound_after_delete.get(tid, 0) > 0:
+            if tid in self.bound_after_delete:
+                self.bound_after_delete[tid] -= 1
+            return problem(400, "Bad Request", "Template is in use by a pod or serverless endpoint and cannot be deleted")
         if self.templates.pop(tid, None) is None:
             return problem(404, "Not Found", "template not found")
         return Response(status=204)
@@ -201,6 +231,7 @@ class RestStandIn(StandIn):
         for k in ("image", "args", "disk", "ports", "registry"):
             ep[k] = tpl[k]
         ep["env"] = dict(tpl["env"])
+        self.bound[ep["id"]] = template_id
         return None
 
     def _urls(self, eid: str) -> dict:
@@ -225,7 +256,10 @@ class RestStandIn(StandIn):
         gpu = body.get("gpu")
         if gpu is None:
             return problem(400, "Bad Request", "exactly one of gpu or cpu is required")
-        ep["gpu"] = {"pools": gpu["pools"], "count": gpu.get("count", 1), "allowedCudaVersions": gpu.get("allowedCudaVersions", []), "minCudaVersion": gpu.get("minCudaVersion")}
+        ep["gpu"] = {"pools": gpu["pools"], "count": gpu.get("count", 1), "allowedCudaVersions": gpu.get("allowedCudaVersions", []),
+                     "minCudaVersion": gpu.get("minCudaVersion")}
+        if gpu.get("excludedTypes"):
+            ep["gpu"]["excludedTypes"] = gpu["excludedTypes"]
         w = body.get("workers", {})
         ep["workers"] = {"min": w.get("min", 0), "max": w.get("max", 3)}
         if body["scaling"]["type"] != "REQUEST_COUNT":
@@ -258,6 +292,9 @@ class RestStandIn(StandIn):
             if k in body:
                 ep[k] = body[k]
         if "gpu" in body:
+            if "pools" in body["gpu"]:
+                # pools and exclusions are one selection: pools without excludedTypes clears them
+                ep["gpu"].pop("excludedTypes", None)
             ep["gpu"].update(body["gpu"])
         if "workers" in body:
             ep["workers"].update(body["workers"])
@@ -268,6 +305,9 @@ class RestStandIn(StandIn):
     def _serverless_delete_one(self, eid, _body=None):
         if self.endpoints.pop(eid, None) is None:
             return problem(404, "Not Found", "endpoint not found")
+        tid = self.bound.pop(eid, None)
+        if tid and self.unbind_delay_calls:
+            self.bound_after_delete[tid] = self.unbind_delay_calls
         return Response(status=204)
 
 
