@@ -1,4 +1,5 @@
-"""The `lightning` preset: 4 distilled steps with guidance off, i.e. exactly one DiT pass a step."""
+"""The `lightning` preset: 4 distilled steps with guidance off, i.e. exactly one DiT pass a step; and the one
+log line in which the engine names the kernels a tier's settings resolved to."""
 from __future__ import annotations
 
 import numpy as np
@@ -72,3 +73,13 @@ def test_lightning_runs_one_dit_pass_per_step_on_the_tiny_model(engine):
         hook.remove()
     assert lightning.shape == turbo.shape and bool(torch.isfinite(lightning).all())
     assert float((lightning - turbo).abs().max()) > 0  # guidance off changes the video
+
+
+def test_engine_logs_the_kernels_it_chose_once_at_load(tmp_path, caplog):
+    import logging
+
+    layout = ensure_tiny_checkpoint(tmp_path / "tiny")
+    with caplog.at_level(logging.INFO, logger="worker.engine.runtime"):
+        Engine.load(layout)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("engine kernels:")]
+    assert lines == ["engine kernels: attention=sdpa (asked sdpa), linears=float32, compile=False, device=cpu"]
