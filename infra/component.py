@@ -8,8 +8,16 @@ import pulumi
 from infra.bucket import ResultsStore, results_store
 from infra.deploy_env import S3Values, compose_stack, compose_sizing, secret_keys
 from infra.runpod_api.base import flashboot_mode, secret_reference
-from infra.runpod_provider import ApiArgs, Endpoint, NetworkVolume, RunpodSecret, Template, secret_base_name
-from infra.stack_config import StackSettings
+from infra.runpod_provider import (
+    ApiArgs,
+    Endpoint,
+    NetworkVolume,
+    RegistryCredential,
+    RunpodSecret,
+    Template,
+    secret_base_name,
+)
+from infra.stack_config import NAMESPACE, StackSettings
 
 
 class InfiniteTalkDeployment(pulumi.ComponentResource):
@@ -55,7 +63,7 @@ class InfiniteTalkDeployment(pulumi.ComponentResource):
             datacenter=d.datacenter,
             api=api,
             # weights live here (tens of GB, slow to re-upload): `pulumi destroy` must not take it
-            opts=pulumi.ResourceOptions(parent=self, protect=True),
+            opts=pulumi.ResourceOptions(parent=self, protect=True, import_=settings.import_id("volume")),
         )
 
         public_base = store.public_base
@@ -93,14 +101,27 @@ class InfiniteTalkDeployment(pulumi.ComponentResource):
             lambda both: {**both[0], **both[1]}
         )
 
+        registry_id = None
+        if settings.registry_username:
+            self.registry = RegistryCredential(
+                f"{name}-registry",
+                registry_name=settings.registry_name,
+                username=settings.registry_username,
+                password=pulumi.Config(NAMESPACE).require_secret("registryPassword"),
+                api=api,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            registry_id = self.registry.registry_id
+
         self.template = Template(
             f"{name}-template",
             template_name=display,
             image=d.image,
             container_disk_gb=d.container_disk_gb,
             env=env,
+            registry_id=registry_id,
             api=api,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, import_=settings.import_id("template")),
         )
         self.endpoint = Endpoint(
             f"{name}-endpoint",
@@ -122,7 +143,9 @@ class InfiniteTalkDeployment(pulumi.ComponentResource):
             datacenters=[d.datacenter],
             min_cuda_version=settings.min_cuda_version,
             api=api,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.template, self.volume]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.template, self.volume], import_=settings.import_id("endpoint")
+            ),
         )
         self.endpoint_id = self.endpoint.endpoint_id
         self.run_url = self.endpoint.run_url

@@ -13,6 +13,10 @@ Pulumi config lives under the project namespace `infinitetalk:` (see Pulumi.exam
   `runpodGraphqlUrl` (Runpod secrets exist only on GraphQL); `runpodApiKey` (secret, required).
 - `image`: the worker image, an immutable reference (`repo@sha256:...` or a release tag); CI sets
   it from IMAGE_TAG. Without it, `INFINITETALK_IMAGE` from the deployer's environment, then conf/.
+- `registryUsername` (+ secret `registryPassword`, optional `registryName`): credentials for a
+  private image registry (GHCR, ECR), kept as a Runpod registry credential the template uses.
+- `importVolumeId`, `importTemplateId`, `importEndpointId`: adopt existing Runpod resources on
+  the next `up` instead of creating new ones (`pulumi import` for dynamic resources).
 - `minCudaVersion`: lowest CUDA the endpoint's hosts must offer (default: the image's, 12.8).
 
 Parsing is a pure function of a string mapping, so it is tested without the Pulumi CLI.
@@ -52,6 +56,12 @@ class StackSettings:
     runpod_graphql_url: Optional[str] = None
     image: Optional[str] = None
     min_cuda_version: Optional[str] = IMAGE_MIN_CUDA
+    registry_username: Optional[str] = None
+    registry_name: str = "infinitetalk-registry"
+    import_ids: tuple[tuple[str, str], ...] = ()
+
+    def import_id(self, kind: str) -> Optional[str]:
+        return dict(self.import_ids).get(kind)
 
     def deploy_overrides(self) -> tuple[str, ...]:
         """The stack's overrides plus what only the deployer chooses (the image), as overrides:
@@ -121,6 +131,13 @@ class StackSettings:
             runpod_graphql_url=get("runpodGraphqlUrl"),
             image=get("image") or None,
             min_cuda_version=str(get("minCudaVersion") or IMAGE_MIN_CUDA),
+            registry_username=get("registryUsername") or None,
+            registry_name=str(get("registryName") or "infinitetalk-registry"),
+            import_ids=tuple(
+                (kind, str(get(key))) for kind, key in
+                (("volume", "importVolumeId"), ("template", "importTemplateId"), ("endpoint", "importEndpointId"))
+                if get(key)
+            ),
         )
         if settings.min_cuda_version and not re.fullmatch(r"\d+\.\d+", settings.min_cuda_version):
             raise StackConfigError(f"{NAMESPACE}:minCudaVersion must be major.minor, got {settings.min_cuda_version!r}")
@@ -140,7 +157,7 @@ class StackSettings:
 CONFIG_KEYS = (
     "overrides", "bucketMode", "bucketName", "s3Bucket", "lifecycleDays", "uiOrigins", "keyPrefix",
     "runpodApi", "runpodApiUrl", "s3Endpoint", "s3Region", "s3PublicBase", "runpodGraphqlUrl", "image",
-    "minCudaVersion",
+    "minCudaVersion", "registryUsername", "registryName", "importVolumeId", "importTemplateId", "importEndpointId",
 )
 
 

@@ -770,7 +770,9 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
 
 @dataclass(frozen=True)
 class TemplateEnv:
-    """Env for a Runpod template: `plain` goes in as plain env, `secret` as Runpod secrets."""
+    """Env for a Runpod template: `plain` goes in as plain env; each `secret` key becomes a Runpod
+    secret (infra.runpod_provider.RunpodSecret) that the template's env only refers to as
+    `{{ RUNPOD_SECRET_<name> }}`, so no secret value is ever plain template env."""
 
     plain: dict[str, str]
     secret: dict[str, str]

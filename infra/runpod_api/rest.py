@@ -125,6 +125,27 @@ class RestApi(RunpodApi):
     def delete_volume(self, volume_id: str) -> None:
         self._delete(f"/v2/network-volumes/{volume_id}", "deleteNetworkVolume")
 
+    # -- container registry credentials (private images); username and password are write-only
+
+    def create_registry(self, name: str, username: str, password: str) -> tuple[str, str]:
+        op = "createRegistry"
+        self.http.add_secrets([password])
+        body = {"name": name, "username": username, "password": password}
+        return self._post_once("/v2/registries", op, body, lambda d: (d["id"], d["name"]), lambda: self.find_registry(name))
+
+    def find_registry(self, name: str) -> Optional[tuple[str, str]]:
+        for d in self._list("/v2/registries", "registries", "listRegistries"):
+            if d.get("name") == name:
+                return d["id"], d["name"]
+        return None
+
+    def get_registry(self, registry_id: str) -> Optional[tuple[str, str]]:
+        data = self._get(f"/v2/registries/{registry_id}", "getRegistry")
+        return None if data is None else (data["id"], data["name"])
+
+    def delete_registry(self, registry_id: str) -> None:
+        self._delete(f"/v2/registries/{registry_id}", "deleteRegistry")
+
     # -- templates
 
     @staticmethod

@@ -26,6 +26,7 @@ class Registration:
     secret_inputs: set[str] = field(default_factory=set)
     protect: bool = False
     parent: str = ""
+    import_id: str = ""
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -45,6 +46,9 @@ class Mocks(pulumi.runtime.Mocks):
         elif t == "pulumi-python:dynamic/runpod:NetworkVolume":
             rid = "vol-mock"
             state["volume_id"] = rid
+        elif t == "pulumi-python:dynamic/runpod:RegistryCredential":
+            rid = "reg-mock"
+            state["registry_id"] = rid
         elif t == "pulumi-python:dynamic/runpod:Secret":
             rid = f"sec-{args.name}"
             state.update(secret_id=rid, runpod_name=f"{args.inputs['secret_name']}_a1b2c3")
@@ -73,7 +77,8 @@ class RecordingMonitor(MockMonitor):
             return response
         inputs = _plain(raw)
         self.registrations.append(
-            Registration(request.type, request.name, inputs, secret, bool(request.protect), request.parent)
+            Registration(request.type, request.name, inputs, secret, bool(request.protect), request.parent,
+                         request.importId)
         )
         return response
 

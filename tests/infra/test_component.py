@@ -236,6 +236,35 @@ def test_image_is_the_stacks_immutable_reference(monkeypatch):
         _run_main({**AWS_CONFIG, "infinitetalk:image": "ghcr.io/acme/worker"})
 
 
+def test_private_registry_and_import_of_existing_resources():
+    """A private image: the credential is a resource the template points at. `importXxxId` adopts
+    existing Runpod resources (what `pulumi import` does for dynamic providers)."""
+    config = {**AWS_CONFIG, "infinitetalk:registryUsername": "bot", "infinitetalk:registryPassword": "ghp_tok_123",
+              "infinitetalk:importVolumeId": "vol-old", "infinitetalk:importTemplateId": "tpl-old",
+              "infinitetalk:importEndpointId": "ep-old"}
+    run = run_program(lambda: _main_exports(), config, SECRETS + ["infinitetalk:registryPassword"])
+    reg = run.one("runpod:RegistryCredential")
+    assert reg.inputs["username"] == "bot" and "password" in reg.secret_inputs
+    assert run.one("runpod:Template").inputs["registry_id"] == "reg-mock"
+    assert "ghp_tok_123" not in json.dumps(run.one("runpod:Template").inputs)
+    imported = {r.type.rsplit(":", 1)[-1]: r.import_id for r in run.registrations if r.import_id}
+    assert imported == {"NetworkVolume": "vol-old", "Template": "tpl-old", "Endpoint": "ep-old"}
+    assert run.one("runpod:NetworkVolume").protect  # still protected once adopted
+
+
+def _main_exports():
+    import pulumi
+
+    exported: dict = {}
+    real_export = pulumi.export
+    pulumi.export = lambda k, v: exported.__setitem__(k, v)
+    try:
+        runpy.run_path(str(REPO / "infra" / "__main__.py"), run_name="__main__")
+    finally:
+        pulumi.export = real_export
+    return exported
+
+
 def test_image_agrees_with_the_cuda_floor():
     from infra.stack_config import IMAGE_MIN_CUDA
 

@@ -462,3 +462,51 @@ def test_gpu_pool_missing_from_catalogue_is_a_clear_error(rest_standin):
     with pytest.raises(Exception, match=r"not serverless pools in Runpod's catalogue.*gpu tier"):
         EndpointProvider().create(endpoint_props(rest_standin, tpl.id, None, gpu_pools=["BLACKWELL_999"]))
     assert rest_standin.endpoints == {}
+
+
+def test_private_registry_credential_is_a_resource_the_template_uses(rest_standin):
+    from infra.runpod_provider import RegistryCredentialProvider
+
+    rest_standin.mode = "rest"
+    rp = RegistryCredentialProvider()
+    props = {**api_props(rest_standin), "api_rest_url": None, "registry_name": "ghcr-acme", "username": "bot",
+             "password": "ghp_token_value_123"}
+    cred = rp.create(props)
+    assert rest_standin.registries[cred.id]["password"] == "ghp_token_value_123"
+    tpl = TemplateProvider().create(template_props(rest_standin, registry_id=cred.id))
+    assert rest_standin.templates[tpl.id]["registry"] == cred.id and tpl.outs["registry_id"] == cred.id
+    # a new token is a new credential (Runpod never returns the old one to compare)
+    assert rp.diff(cred.id, cred.outs, {**props, "password": "ghp_new"}).replaces == ["password"]
+    assert "ghp_token_value_123" not in json.dumps(rest_standin.templates)
+    TemplateProvider().delete(tpl.id, tpl.outs)
+    rp.delete(cred.id, cred.outs)
+    assert rest_standin.registries == {}
+
+
+@pytest.mark.parametrize("mode", ["rest", "graphql"])
+def test_import_reads_existing_resources_from_inputs_alone(mode, request, engine_stub):
+    """`pulumi import` / `import_=`: the engine calls Read with the declared inputs and no prior state."""
+    import asyncio
+
+    from pulumi.dynamic.dynamic import PROVIDER_KEY, serialize_provider
+    from pulumi.runtime import rpc
+    from pulumi.runtime.proto import provider_pb2 as proto
+
+    standin = request.getfixturevalue(f"{mode}_standin")
+    standin.mode = mode
+    from infra.runpod_api import TemplateSpec, VolumeSpec
+    from infra.runpod_provider import api_from
+
+    api = api_from(api_props(standin))  # resources made outside Pulumi, straight through the API
+
+    vol = api.create_volume(VolumeSpec("it-vol", 50, "EU-RO-1"))
+    tpl = api.create_template(TemplateSpec("it-tpl", "ghcr.io/x/worker:1", 40, {"S3_BUCKET": "b"}))
+    for provider, rid, inputs, key in (
+        (NetworkVolumeProvider(), vol.id, volume_props(standin), "size_gb"),
+        (TemplateProvider(), tpl.id, template_props(standin, env={"S3_BUCKET": "b"}), "image"),
+    ):
+        loop = asyncio.new_event_loop()
+        struct = loop.run_until_complete(rpc.serialize_properties({**inputs, PROVIDER_KEY: serialize_provider(provider)}, {}))
+        loop.close()
+        got = engine_stub.Read(proto.ReadRequest(id=rid, urn="urn:x", inputs=struct), timeout=60)
+        assert got.id == rid and got.properties[key] == inputs[key]

@@ -67,6 +67,7 @@ class RestStandIn(StandIn):
         self.templates: dict[str, dict[str, Any]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.openapi: Optional[OpenAPI] = None
+        self.registries: dict[str, dict[str, Any]] = {}
         # serverless pools the catalogue lists (GET /v2/catalog/gpus)
         self.catalog_pools = {"ADA_24": "NVIDIA GeForce RTX 4090", "ADA_80_PRO": "NVIDIA H100 80GB HBM3",
                               "AMPERE_80": "NVIDIA A100 80GB PCIe", "ADA_48_PRO": "NVIDIA L40S", "HOPPER_141": "NVIDIA H200"}
@@ -135,7 +136,7 @@ class RestStandIn(StandIn):
                      "community": False, "price": {"secure": 2.0, "community": 0.0},
                      "maxCount": {"secure": 8, "community": 0}} for pool, gid in self.catalog_pools.items()]
             return json_response(200, {"gpus": gpus})
-        m = re.fullmatch(r"/v2/(network-volumes|templates|serverless)(?:/([^/]+))?", path)
+        m = re.fullmatch(r"/v2/(network-volumes|templates|serverless|registries)(?:/([^/]+))?", path)
         if not m:
             return problem(404, "Not Found", "no such route")
         kind, rid = m.group(1), m.group(2)
@@ -202,6 +203,26 @@ class RestStandIn(StandIn):
             return problem(404, "Not Found", "template not found")
         tpl.update({k: v for k, v in body.items() if k != "mounts" or v})
         return json_response(200, tpl)
+
+    # registry credentials (username/password are write-only: kept, never returned)
+    def _registries_post(self, body):
+        rid = new_id("reg")
+        self.registries[rid] = {"id": rid, "name": body["name"], "username": body["username"], "password": body["password"]}
+        return json_response(201, {"id": rid, "name": body["name"]})
+
+    def _registries_get(self, _body=None):
+        return json_response(200, {"registries": [{"id": r["id"], "name": r["name"]} for r in self.registries.values()]})
+
+    def _registries_get_one(self, rid, _body=None):
+        r = self.registries.get(rid)
+        return json_response(200, {"id": r["id"], "name": r["name"]}) if r else problem(404, "Not Found", "registry not found")
+
+    def _registries_delete_one(self, rid, _body=None):
+        if any(t.get("registry") == rid for t in self.templates.values()):
+            return problem(400, "Bad Request", "registry credential is in use by a template")
+        if self.registries.pop(rid, None) is None:
+            return problem(404, "Not Found", "registry not found")
+        return Response(status=204)
 
     def _network_volumes_get(self, _body=None):
         return json_response(200, {"networkVolumes": list(self.volumes.values())})
