@@ -182,3 +182,25 @@ def test_examples_of_the_plain_words():
     e = err({**BASE, "mode": "stream"})
     assert e.message == "mode: must be one of clip or streaming (got 'stream')"
     assert "samplr" not in known_field_names() and "preset" in known_field_names()
+
+
+# ----------------------------------------------------------------------------- unencodable strings (issue 13)
+
+from hypothesis import HealthCheck, given, settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_any_text = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()), max_size=30)
+_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _any_text),
+                       lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(_any_text, kids, max_size=4)),
+                       max_leaves=15)
+
+
+@hsettings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(message=_any_text, hint=_any_text, details=_values)
+def test_any_error_serialises_to_utf8_json_with_its_code(message, hint, details):
+    from worker.errors import safe_preview
+
+    err = JobError(ErrorCode.E_INPUT_VALIDATION, message, hint=hint, details={"input": details, "preview": safe_preview(details)})
+    wire = err.to_error_string().encode("utf-8")  # raises if a lone surrogate got through
+    back = json.loads(wire)
+    assert back["code"] == "E_INPUT_VALIDATION" and JobError.from_error_string(wire.decode()).code is err.code

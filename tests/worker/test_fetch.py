@@ -367,6 +367,21 @@ def test_worker_policy_allows_the_results_buckets_inputs_prefix_only() -> None:
     assert fetch_policy(compose_config([])).s3_allowed_prefixes == ()
 
 
+def test_results_are_never_written_where_inputs_are_read() -> None:
+    from worker.config import ConfigError, apply_job_overrides, compose_config
+    from worker.schema import parse_job_input
+
+    with pytest.raises(ConfigError):
+        compose_config(["storage.s3.bucket=res", "storage.key_prefix=inputs/"])
+    cfg = compose_config(["storage.s3.bucket=res", "storage=s3"])
+    base = {"image": "/runpod-volume/a.png", "audio": "/runpod-volume/a.wav"}
+    for prefix in ("inputs", "inputs/x/", "/inputs/"):
+        with pytest.raises(JobError) as ei:
+            apply_job_overrides(cfg, parse_job_input({**base, "output": {"key_prefix": prefix}}))
+        assert ei.value.code == ErrorCode.E_INPUT_VALIDATION and "output.key_prefix" in ei.value.to_error_string()
+    assert apply_job_overrides(cfg, parse_job_input({**base, "output": {"key_prefix": "mine/"}})).key_prefix == "mine/"
+
+
 # ----------------------------------------------------------------------------- malformed hosts (issue 13)
 
 LDH = "abcdefghijklmnopqrstuvwxyz0123456789"

@@ -174,3 +174,40 @@ def test_transport_refuses_loopback_by_default(echo_server: int) -> None:
     with httpx.Client(transport=GuardedTransport(NetPolicy()), trust_env=False) as c:
         with pytest.raises(AddressRefused):
             c.get(f"http://127.0.0.1:{echo_server}/")
+
+
+# ----------------------------------------------------------------------------- URL form (issue 13)
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from worker.inputs.netguard import MalformedURL  # noqa: E402
+from worker.inputs.urlform import host_problem, url_problem  # noqa: E402
+
+_LDH = "abcdefghijklmnopqrstuvwxyz0123456789"
+_label = st.builds(lambda a, mid, b: a + mid + b, st.text(_LDH, min_size=1, max_size=1),
+                   st.text(_LDH + "-", max_size=40), st.text(_LDH, min_size=1, max_size=1))
+valid_hosts = st.lists(_label, min_size=2, max_size=4).map(".".join).filter(lambda h: len(h) <= 253)
+HYP = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+
+
+@settings(max_examples=300, **HYP)
+@given(host=valid_hosts, port=st.one_of(st.none(), st.integers(1, 65535)), path=st.text(_LDH + "/._-", max_size=30))
+def test_well_formed_urls_are_not_called_malformed(host, port, path):
+    url = f"https://{host}{'' if port is None else f':{port}'}/{path}"
+    assert url_problem(url) is None and host_problem(host) is None
+
+
+@settings(max_examples=300, **HYP)
+@given(label=st.text(_LDH, min_size=64, max_size=300), bad=st.sampled_from(["%00", "%2e", "\x00", " ", "..", "\\", "%"]))
+def test_malformed_hosts_are_refused_before_the_resolver(label, bad):
+    calls: list[str] = []
+
+    def resolver(name: str, port: int):
+        calls.append(name)
+        return []
+
+    for host in (f"x.{label}.com", f"a{bad}b.com"):
+        with pytest.raises(MalformedURL):
+            vet_url(f"https://{host}/a.png", NetPolicy(resolver=resolver), {"https"})
+    assert calls == []
