@@ -282,7 +282,16 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     def cancel() -> bool:
         return deadline.check()
 
+    store = make_store(
+        storage_settings(
+            cfg, resolved.output_target, key_prefix=resolved.key_prefix, presign_expiry_s=resolved.presign_expiry_s
+        )
+    )
+    key = f"{resolved.key_prefix.strip('/') + '/' if resolved.key_prefix.strip('/') else ''}{_safe_id(job_id)}.mp4"
+    preview = _open_preview(job_id, job, resolved, ctx, store, key, soundtrack, work, ckpt, resume, progress)
+
     def keep(chunk) -> None:  # on the background thread, in chunk order
+        preview.add_chunk(chunk.frames_uint8, last=chunk.is_last)  # first: the watcher's latency
         writer.write_frames(chunk.frames_uint8)
         if ckpt is not None and chunk.state is not None:
             ckpt.save(chunk.index, chunk.frames_uint8, chunk.state.to_bytes(), seed=chunk.seed)
@@ -290,37 +299,32 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     timer.enter("sampling")
     frames_written = 0
     # The encoder and the checkpoint store work on chunk n while the GPU samples chunk n+1.
-    with Mp4Writer(out_path, soundtrack, fps=FPS, audio_rate=SAMPLE_RATE) as writer, SerialBackground() as host:
-        if resume is not None:
-            for done in ckpt.frames():
-                host.submit(writer.write_frames, done)
-                frames_written += int(done.shape[0])
-        for chunk in engine.generate(
-            request, on_step=on_step, should_cancel=cancel, **({"resume": resume.state} if resume else {})
-        ):
-            host.submit(keep, chunk)
-            frames_written += int(chunk.frames_uint8.shape[0])
-            if chunk.is_last:
-                timer.enter("decode")
-                progress.stage(Stage.DECODE, f"decoded {frames_written} frames")
-        timer.enter("mux")
-        progress.stage(Stage.MUX)
-        host.drain()
-    probe = probe_mp4(out_path)
+    try:  # a job stopped after some chunks names the video made so far (worker/preview/session.py)
+        with Mp4Writer(out_path, soundtrack, fps=FPS, audio_rate=SAMPLE_RATE) as writer, SerialBackground() as host:
+            if resume is not None:
+                for i, done in enumerate(ckpt.frames()):
+                    host.submit(preview.add_resumed, i, done)
+                    host.submit(writer.write_frames, done)
+                    frames_written += int(done.shape[0])
+            for chunk in engine.generate(
+                request, on_step=on_step, should_cancel=cancel, **({"resume": resume.state} if resume else {})
+            ):
+                host.submit(keep, chunk)
+                frames_written += int(chunk.frames_uint8.shape[0])
+                if chunk.is_last:
+                    timer.enter("decode")
+                    progress.stage(Stage.DECODE, f"decoded {frames_written} frames")
+            timer.enter("mux")
+            progress.stage(Stage.MUX)
+            host.drain()
+        probe = probe_mp4(out_path)
 
-    timer.enter("upload")
-    progress.stage(Stage.UPLOAD)
-    store = make_store(
-        storage_settings(
-            cfg, resolved.output_target, key_prefix=resolved.key_prefix, presign_expiry_s=resolved.presign_expiry_s
-        )
-    )
-    key = f"{resolved.key_prefix.strip('/') + '/' if resolved.key_prefix.strip('/') else ''}{_safe_id(job_id)}.mp4"
-    stored = store.put(out_path, key)
-    if ckpt is not None:
-        ckpt.clear()
+        timer.enter("upload")
+        progress.stage(Stage.UPLOAD)
+        stored = store.put(out_path, key)
+    except BaseException as exc:
+        raise preview.stopped(_engine_error(exc)) from exc
     timings = timer.close()
-    progress.done()
     output = JobOutput(
         video_url=stored.url,
         video_path=stored.path,
@@ -339,8 +343,26 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
         config=resolved.to_dict(),
         timings_s=timings,
     )
+    result = output.model_dump(exclude_none=True)
+    preview.completed(result)
+    result.update(preview.result_fields())
+    if ckpt is not None:
+        ckpt.clear()
+    progress.done()
     log.info("job done", duration_s=output.duration_s, frames=output.num_frames, timings=timings)
-    return output.model_dump(exclude_none=True)
+    return result
+
+
+def _open_preview(job_id, job, resolved, ctx: JobContext, store, key, soundtrack, work: Path, ckpt, resume, progress):
+    """The job's preview (HLS segments while it renders; worker/preview/), kept beside the chunk
+    checkpoint when there is one so that a retry reuses the segments of the chunks it resumes after."""
+    from worker.preview.session import open_preview
+
+    return open_preview(
+        job_id=job_id, job=job, resolved=resolved, store=store, key=key, soundtrack=soundtrack, fps=FPS,
+        audio_rate=SAMPLE_RATE, folder=(ckpt.dir / "preview") if ckpt is not None else work / "preview",
+        reuse=resume.chunks if resume is not None else 0, progress=progress, net=fetch_policy(ctx.cfg).net,
+    )
 
 
 def _open_checkpoint(cfg: AppConfig, job_id: str, payload: Any, resolved: ResolvedJobConfig):

@@ -10,6 +10,7 @@ payloads in order), so this module stays importable anywhere.
 """
 from __future__ import annotations
 
+import threading
 import time
 from enum import Enum
 from typing import Any, Callable, Mapping
@@ -96,6 +97,9 @@ class ProgressReporter:
         self._steps: int | None = None
         self.sink_errors = 0
         self.last: dict[str, Any] | None = None
+        self._extra: dict[str, Any] = {}
+        # The preview reports from the job's background thread while sampling reports from the job's.
+        self._lock = threading.RLock()
 
     @property
     def percent(self) -> float:
@@ -137,6 +141,14 @@ class ProgressReporter:
         msg = message or f"chunk {chunk}/{chunks}, step {step}/{steps}"
         return self._emit(Stage.SAMPLING, fraction, msg, force=changed or (step == steps and chunk == chunks))
 
+    def set_extra(self, key: str, value: Any) -> dict[str, Any] | None:
+        """Carry `key: value` in this and every later payload (the preview's state); sent at once."""
+        with self._lock:
+            self._extra[key] = value
+            if self._stage is None:
+                return None
+            return self._emit(self._stage, 0.0, self.last.get("message") if self.last else None, force=True)
+
     def done(self, message: str | None = None) -> dict[str, Any] | None:
         self._stage = Stage.DONE
         return self._emit(Stage.DONE, 1.0, message, force=True)
@@ -152,6 +164,10 @@ class ProgressReporter:
         return round(elapsed * (1.0 - fraction) / fraction, 1)
 
     def _emit(self, stage: Stage, fraction: float, message: str | None, *, force: bool) -> dict[str, Any] | None:
+        with self._lock:
+            return self._emit_locked(stage, fraction, message, force=force)
+
+    def _emit_locked(self, stage: Stage, fraction: float, message: str | None, *, force: bool) -> dict[str, Any] | None:
         fraction = min(1.0, max(0.0, float(fraction)))
         lo, hi = stage.band
         percent = max(self._percent, round(lo + (hi - lo) * fraction, 1))
@@ -171,6 +187,7 @@ class ProgressReporter:
         eta = self._eta(fraction)
         if eta is not None:
             payload["eta_s"] = eta
+        payload.update(self._extra)
         self._last_emit = now
         self.last = payload
         try:

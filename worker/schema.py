@@ -409,6 +409,24 @@ class JobInput(BaseModel):
     output: OutputSpec | None = Field(
         default=None, description='Where the result goes: {"target", "key_prefix", "presign_expiry_s"}.'
     )
+    preview: bool | None = Field(
+        default=None,
+        description="Watch while it renders: each finished chunk becomes an HLS segment next to a growing "
+        "playlist on the result's storage (progress and result name it); false turns it off. Default: on in "
+        "streaming mode; not available with output inline.",
+        json_schema_extra={"default": True},
+    )
+    webhook_url: str | None = Field(
+        default=None, max_length=2048,
+        description="An http(s) address the worker posts webhook_events to (Runpod's own `webhook`, beside "
+        "`input`, still gets the final status). Private and loopback addresses are refused.",
+    )
+    webhook_events: list[Literal["segment", "done"]] | None = Field(
+        default=None, max_length=2,
+        description='Which events the worker posts to webhook_url: "segment" (each preview segment as it is '
+        'stored) and "done" (the result or the error, with the partial video if any).',
+        json_schema_extra={"default": []},
+    )
 
     # -- field checks -------------------------------------------------------------------
 
@@ -489,6 +507,12 @@ class JobInput(BaseModel):
         if self.frame_num is not None and self.motion_frame is not None and self.motion_frame >= self.frame_num:
             raise InputProblem("motion_frame", f"motion_frame ({self.motion_frame}) must be smaller than frame_num ({self.frame_num})",
                                hint="Use a motion_frame below frame_num, e.g. 9 with frame_num 81.")
+        if self.webhook_events and not self.webhook_url:
+            raise InputProblem("webhook_url", "webhook_events is given but webhook_url is not: the worker has nowhere to post",
+                               hint="Add webhook_url (an https:// address), or leave webhook_events out.")
+        if self.webhook_url is not None and not re.match(r"^https?://[^\s/?#]+", self.webhook_url):
+            raise InputProblem("webhook_url", "webhook_url must be an http:// or https:// address",
+                               hint="Give webhook_url as https://host/path.")
         return self
 
     # -- derived ------------------------------------------------------------------------
@@ -615,6 +639,13 @@ class JobOutput(BaseModel):
     truncated_s: float = Field(default=0.0, ge=0, description="Seconds of audio left out of the video.")
     config: dict[str, Any] = Field(default_factory=dict)
     timings_s: dict[str, float] = Field(default_factory=dict)
+    preview_url: str | None = Field(
+        default=None, description="The preview's HLS playlist (s3), for players that want the stream."
+    )
+    preview: dict[str, Any] | None = Field(
+        default=None, description="The preview: playlist_url or playlist_path, segments, seconds, ended; or "
+        "available false with the reason."
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> "JobOutput":

@@ -137,11 +137,15 @@ class S3Store:
             use_threads=settings.max_concurrency > 1,
         )
 
-    def put(self, local_path: Path, key: str) -> StoredVideo:
+    def put(
+        self, local_path: Path, key: str, *, content_type: str | None = None, cache_control: str | None = None
+    ) -> StoredVideo:
+        """Upload; `cache_control` is for objects rewritten in place (the preview's playlist)."""
         key = check_key(key)
         bucket = self.settings.bucket
         size = Path(local_path).stat().st_size
-        content_type = mimetypes.guess_type(str(key))[0] or "video/mp4"
+        content_type = content_type or mimetypes.guess_type(str(key))[0] or "video/mp4"
+        extra = {"ContentType": content_type, **({"CacheControl": cache_control} if cache_control else {})}
         try:
             for attempt in Retrying(
                 stop=stop_after_attempt(self.settings.attempts),
@@ -155,7 +159,7 @@ class S3Store:
                             str(local_path),
                             bucket,
                             key,
-                            ExtraArgs={"ContentType": content_type},
+                            ExtraArgs=extra,
                             Config=self.transfer,
                         )
                     except BaseException:
@@ -176,6 +180,13 @@ class S3Store:
             content_type=content_type,
             expires_in_s=None if self.settings.public_base_url else self.settings.presign_expiry_s,
         )
+
+    def discard(self, key: str) -> None:
+        """Remove an object (best effort: a leftover costs storage, never the job)."""
+        try:
+            self.client.delete_object(Bucket=self.settings.bucket, Key=check_key(key))
+        except Exception:  # noqa: BLE001
+            pass
 
     def url_for(self, key: str) -> str:
         """Public URL when a public base is configured (CDN, R2 public bucket), else presigned GET."""

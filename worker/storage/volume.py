@@ -20,7 +20,8 @@ class FolderStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def put(self, local_path: Path, key: str) -> StoredVideo:
+    def put(self, local_path: Path, key: str, **_: object) -> StoredVideo:
+        """Copy in place (content type and caching are an HTTP store's concern: ignored here)."""
         key = check_key(key)
         dest = self.root / key
         try:
@@ -32,6 +33,14 @@ class FolderStore:
                 hint="Check that the folder exists, is writable and has free space.",
             ) from None
         return StoredVideo(location=self.location, key=key, bytes=size, path=str(dest))  # type: ignore[arg-type]
+
+
+    def discard(self, key: str) -> None:
+        """Remove a file this store wrote (best effort)."""
+        try:
+            (self.root / check_key(key)).unlink(missing_ok=True)
+        except (OSError, ValueError):
+            pass
 
 
 class VolumeStore(FolderStore):
