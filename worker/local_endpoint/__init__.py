@@ -8,7 +8,10 @@ Choices where Runpod's documentation leaves room: a job whose ttl passes while q
 TIMED_OUT (Runpod's job-state docs: "expired before it was picked up"); purged jobs become
 CANCELLED; webhooks fire for every final state; /health counts TIMED_OUT under `failed`; the
 policy minimums Runpod enforces (executionTimeout > 5 s, ttl >= 10 s) are not enforced so tests
-can use short ones; `lowPriority` and `s3Config` are accepted and ignored.
+can use short ones; `lowPriority` and `s3Config` are accepted and ignored; `/retry` takes FAILED and
+TIMED_OUT jobs only, as Runpod documents. Hostile requests: bodies are capped (10 MB `/run`, 20 MB
+`/runsync`, Runpod's figures) and so is JSON nesting (32 levels); webhook URLs pass the media SSRF guard;
+a non-loopback bind needs `--api-key` (or `--allow-unauthenticated`).
 
 Exports resolve lazily: spawned worker processes import this package to reach
 `worker_process`, and should not pay for FastAPI/uvicorn they never use.
