@@ -65,13 +65,13 @@ class EventPoster:
                     if 200 <= status < 300:
                         self.delivered += 1
                         break
-                    log.warning("webhook event rejected", event=body["event"], status=status, attempt=attempt + 1)
+                    log.warning("webhook event rejected", kind=body["event"], status=status, attempt=attempt + 1)
                 except AddressRefused as exc:
-                    log.warning("webhook event refused", event=body["event"], reason=exc.reason)
+                    log.warning("webhook event refused", kind=body["event"], reason=exc.reason)
                     self.failed += 1
                     break
-                except (httpx.HTTPError, OSError, ValueError) as exc:
-                    log.warning("webhook event failed", event=body["event"], error=type(exc).__name__,
+                except Exception as exc:  # noqa: BLE001 - a receiver's failure never ends the thread
+                    log.warning("webhook event failed", kind=body["event"], error=type(exc).__name__,
                                 attempt=attempt + 1)
             else:
                 self.failed += 1
