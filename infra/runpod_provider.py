@@ -115,6 +115,17 @@ def graphql_from(props: Mapping[str, Any], extra_secrets: Sequence[str] = ()) ->
     )
 
 
+def _as_int(value: Any) -> Optional[int]:
+    """Numbers cross the engine's wire as protobuf doubles (200 arrives as 200.0)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def _api_props(props: Mapping[str, Any]) -> dict[str, Any]:
     return {k: props.get(k) for k in API_FIELDS}
 
@@ -162,9 +173,11 @@ class NetworkVolumeProvider(_Base):
         failures = []
         size, dc = news.get("size_gb"), news.get("datacenter")
         if not is_unknown(size):
-            if not isinstance(size, int) or isinstance(size, bool) or not 10 <= size <= 4096:
-                failures.append(CheckFailure("size_gb", f"size_gb must be an integer in 10..4096, got {size!r}"))
-            elif olds and isinstance(olds.get("size_gb"), int) and size < olds["size_gb"]:
+            size = _as_int(size)
+            old_size = _as_int(olds.get("size_gb")) if olds else None
+            if size is None or not 10 <= size <= 4096:
+                failures.append(CheckFailure("size_gb", f"size_gb must be an integer in 10..4096, got {news.get('size_gb')!r}"))
+            elif old_size is not None and size < old_size:
                 failures.append(
                     CheckFailure("size_gb", f"a network volume can only grow: {olds['size_gb']} GB -> {size} GB refused")
                 )
@@ -537,8 +550,8 @@ class EndpointProvider(_Base):
         pools = news.get("gpu_pools")
         if not is_unknown(pools) and not pools:
             failures.append(CheckFailure("gpu_pools", "at least one Runpod GPU pool is required"))
-        wmin, wmax = news.get("workers_min"), news.get("workers_max")
-        if isinstance(wmin, int) and isinstance(wmax, int) and wmin > wmax:
+        wmin, wmax = _as_int(news.get("workers_min")), _as_int(news.get("workers_max"))
+        if wmin is not None and wmax is not None and wmin > wmax:
             failures.append(CheckFailure("workers_min", f"workers_min ({wmin}) exceeds workers_max ({wmax})"))
         stype = news.get("scaler_type")
         if not is_unknown(stype) and stype not in ("QUEUE_DELAY", "REQUEST_COUNT"):

@@ -289,3 +289,16 @@ def test_infra_does_not_import_torch():
     code = "import infra.component, infra.runpod_provider, infra.bucket, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("which", ["aws", "external"])
+def test_providers_accept_what_the_program_declares(which, aws_run, external_run):
+    """The inputs the program registers pass each provider's own check (no secret-looking plain env)."""
+    from infra.runpod_provider import EndpointProvider, NetworkVolumeProvider, RunpodSecretProvider, TemplateProvider
+
+    run = aws_run if which == "aws" else external_run
+    for suffix, provider in (("runpod:Template", TemplateProvider()), ("runpod:Endpoint", EndpointProvider()),
+                             ("runpod:NetworkVolume", NetworkVolumeProvider())):
+        assert not provider.check({}, run.one(suffix).inputs).failures, suffix
+    for secret in _secrets(run):
+        assert not RunpodSecretProvider().check({}, secret.inputs).failures

@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pulumi.output import Unknown
 
 from infra.runpod_api.errors import RunpodApiError, RunpodAuthError, RunpodServerError
 from infra.runpod_api.graphql import GraphqlApi
@@ -309,6 +312,11 @@ def test_preview_with_unknowns_check_and_diff(mode, request, engine_stub):
     enews = endpoint_props(standin, U, U, template_revision=U, template_image=U, template_env=U)
     assert not _engine(engine_stub, "Check", EndpointProvider(), news=enews).failures
     assert not _engine(engine_stub, "Check", NetworkVolumeProvider(), news=volume_props(standin, size_gb=U)).failures
+    # numbers cross the wire as doubles (50 -> 50.0): a known size must still pass
+    assert not _engine(engine_stub, "Check", NetworkVolumeProvider(), news=volume_props(standin)).failures
+    shrink = _engine(engine_stub, "Check", NetworkVolumeProvider(), olds=volume_props(standin, size_gb=60),
+                     news=volume_props(standin))
+    assert "only grow" in shrink.failures[0].reason
     # known bad input next to unknowns is still reported
     bad = _engine(engine_stub, "Check", TemplateProvider(), news=template_props(standin, env={"S3_SECRET_KEY": "plain!", "X": U}))
     assert bad.failures and "S3_SECRET_KEY" in bad.failures[0].reason
@@ -510,3 +518,47 @@ def test_import_reads_existing_resources_from_inputs_alone(mode, request, engine
         loop.close()
         got = engine_stub.Read(proto.ReadRequest(id=rid, urn="urn:x", inputs=struct), timeout=60)
         assert got.id == rid and got.properties[key] == inputs[key]
+
+
+def _with_unknowns(draw_bools, value):
+    from pulumi.output import Unknown
+
+    if isinstance(value, dict):
+        return {k: _with_unknowns(draw_bools, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_unknowns(draw_bools, v) for v in value]
+    return Unknown() if next(draw_bools) else value
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=64, max_size=64))
+def test_check_and_diff_never_fail_on_unknowns_anywhere(flags):
+    """Any subset of inputs unknown (the class of first-preview inputs): check and diff answer."""
+    from infra.runpod_provider import RunpodSecretProvider
+
+    class S:  # no server is called by check/diff
+        mode, base_url = "rest", "http://127.0.0.1:9"
+
+    olds = {"template": template_props(S), "endpoint": endpoint_props(S, "t", "v"), "volume": volume_props(S),
+            "secret": {**api_props(S), "secret_name": "n", "value": "v", "description": ""}}
+    it = iter(flags * 4)
+    for kind, provider in (("template", TemplateProvider()), ("endpoint", EndpointProvider()),
+                           ("volume", NetworkVolumeProvider()), ("secret", RunpodSecretProvider())):
+        news = _with_unknowns(it, olds[kind])
+        provider.check(olds[kind], news)
+        d = provider.diff("id", olds[kind], news)
+        if any(isinstance(v, Unknown) for v in _leaves(news)):
+            assert d.changes  # an unknown is always a change
+        else:
+            assert not d.changes
+
+
+def _leaves(v):
+    if isinstance(v, dict):
+        for x in v.values():
+            yield from _leaves(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _leaves(x)
+    else:
+        yield v
