@@ -302,3 +302,16 @@ def test_providers_accept_what_the_program_declares(which, aws_run, external_run
         assert not provider.check({}, run.one(suffix).inputs).failures, suffix
     for secret in _secrets(run):
         assert not RunpodSecretProvider().check({}, secret.inputs).failures
+
+
+def test_protected_resources_never_ask_for_replacement(aws_run):
+    """The engine refuses to replace a protected resource; so its provider must never ask to."""
+    import infra.runpod_provider as rp
+
+    providers = {"NetworkVolume": rp.NetworkVolumeProvider, "Template": rp.TemplateProvider,
+                 "Endpoint": rp.EndpointProvider, "Secret": rp.RunpodSecretProvider,
+                 "RegistryCredential": rp.RegistryCredentialProvider}
+    protected = [r for r in aws_run.registrations if r.protect]
+    assert protected
+    for r in protected:
+        assert providers[r.type.rsplit(":", 1)[-1]].REPLACES == (), r.type
