@@ -71,6 +71,7 @@ class Progress(BaseModel):
     step: int | None = None
     steps: int | None = None
     eta_s: float | None = None
+    preview: dict[str, Any] | None = None  # the playlist while the job renders (worker/preview/)
 
     def describe(self) -> str:
         """`stage: message`, with chunk/step counters when the message does not already say them."""
@@ -96,6 +97,12 @@ class JobErrorInfo(BaseModel):
     message: str = ""
     hint: str | None = None
     details: Any = None
+
+    @property
+    def partial_video(self) -> str | None:
+        """Where the video made before the job stopped lies (URL or worker path), if it kept one."""
+        d = self.details if isinstance(self.details, dict) else {}
+        return d.get("partial_video_url") or d.get("partial_video_path")
 
     @classmethod
     def parse(cls, raw: Any) -> "JobErrorInfo":

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import httpx
 
 from client.api import ApiError, JobErrorInfo, JobStatus, PollPolicy, RunpodEndpointClient
+from client.preview import PreviewFollower, preview_location
 from client.results import save_result
 from client.payload import (
     MODES,
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-download", action="store_true")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the final status JSON on stdout")
+    run.add_argument("--follow", type=Path, metavar="FILE",
+                     help="while the job renders, append each preview segment to FILE (MPEG-TS: playable as it grows)")
     s.set_defaults(func=cmd_submit)
 
     st = sub.add_parser("status", help="show a job's status (or follow it with --wait)")
@@ -280,10 +283,12 @@ def _follow(client: RunpodEndpointClient, job_id: str, args: argparse.Namespace,
         if last is None or not last.final:
             if bar and last:
                 bar.update(last)
+            watch = PreviewWatch(getattr(args, "follow", None), job_id)
             for last in client.poll(job_id, policy=PollPolicy(initial_s=args.poll_interval),
                                     timeout_s=getattr(args, "job_timeout", None)):
                 if bar:
                     bar.update(last)
+                watch.see(last)
         elif bar:
             bar.update(last)
     except KeyboardInterrupt:
@@ -307,10 +312,40 @@ def _follow(client: RunpodEndpointClient, job_id: str, args: argparse.Namespace,
     return _finish(last, args)
 
 
+class PreviewWatch:
+    """Prints the preview's playlist once its first segment exists; with --follow, mirrors the
+    segments into a file as they appear (client/preview.py)."""
+
+    def __init__(self, follow: Path | None, job_id: str, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.printed = False
+        self.follower = None
+        self.follow = follow
+        if follow is not None:
+            if follow.exists():
+                follow.unlink()  # a new job's file starts empty
+            self.follower = PreviewFollower(follow.parent / f".{follow.name}.segments", follow_file=follow)
+
+    def see(self, st: JobStatus) -> None:
+        prog = st.progress
+        preview = prog.preview if prog is not None else None
+        if st.status == "COMPLETED" and isinstance(st.output, dict):
+            preview = st.output.get("preview")  # the last segments may arrive with the result
+        where = preview_location(preview)
+        if where is not None and not self.printed:
+            self.printed = True
+            print(f"\npreview (HLS, grows while the job renders): {where}", file=self.stream)
+        if self.follower is not None and where is not None and self.follower.update(preview):
+            print(f"\nfollowing into {self.follow}: {self.follower.fetched} segments, {self.follower.seconds:.1f} s",
+                  file=self.stream)
+
+
 def _finish(last: JobStatus, args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps(last.model_dump(exclude_none=True), default=str))
     err = last.error_info
+    if err is not None and err.partial_video:
+        print(f"partial video (what was made before it stopped): {err.partial_video}", file=sys.stderr)
     if last.status == "CANCELLED" or (err is not None and err.code == "E_CANCELLED"):
         print(f"job {last.id} CANCELLED: stopped before it finished, so there is no video", file=sys.stderr)
         return EXIT_JOB_FAILED

@@ -224,3 +224,27 @@ def test_the_client_environment_offers_only_what_it_can_run() -> None:
         assert len(got.stderr.strip().splitlines()) == 1 and "needs the worker environment" in got.stderr
     schema = subprocess.run([str(entry), "schema"], capture_output=True, text=True, timeout=60)
     assert schema.returncode == 0 and json.loads(schema.stdout)["title"] == "InfiniteTalk job input"
+
+
+def test_submit_prints_the_preview_and_follows_into_a_playable_file(tiny_endpoint, tmp_path: Path, capsys) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    wave, rate = sf.read(MEDIA / "speech_person1.wav", dtype="float32")
+    sf.write(tmp_path / "long.wav", np.tile(wave, 4)[: 12 * rate], rate)  # 12 s: 4 chunks
+    follow = tmp_path / "watch.ts"
+    rc = main(["submit", "--base-url", tiny_endpoint.url, "--endpoint-id", ENDPOINT_ID, "--image",
+               str(MEDIA / "portrait.png"), "--audio", str(tmp_path / "long.wav"), "--preset", "turbo",
+               "--output-target", "local", "--follow", str(follow), "--poll-interval", "0.2",
+               "--output-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "preview (HLS, grows while the job renders): " in err
+    counts = [int(n) for n in re.findall(r"following into \S+: (\d+) segments", err)]
+    assert counts and counts[0] < counts[-1] >= 4 and counts == sorted(counts)  # segment by segment
+    assert err.index("preview (HLS") < err.index("COMPLETED")  # known before the job ended
+    with av.open(str(follow)) as f:
+        followed = sum(1 for _ in f.decode(video=0))
+    with av.open(out.strip().splitlines()[-1]) as f:
+        final = sum(1 for _ in f.decode(video=0))
+    assert followed == final == 300
