@@ -80,14 +80,20 @@ class EngineHolder:
 
                     ensure_tiny_checkpoint(layout.ckpt_dir.parent)
                 options = EngineOptions(**engine_options(self.cfg))
-                engine = Engine.load(layout, options)
                 par = self.cfg.gpu.parallel
-                if par.ranks > 1:  # one process per GPU: this one is rank 0 (worker/engine/parallel/leader.py)
-                    from worker.engine.parallel.leader import ParallelEngine
+                if par.ranks == 1:
+                    self._engine = Engine.load(layout, options)
+                else:  # one process per GPU, this one is rank 0; the followers load beside it
+                    from worker.engine.parallel.leader import ParallelEngine, RankGroup
 
-                    engine = ParallelEngine.start(engine, par.ranks, par.method, layout, options,
-                                                  timeout_s=par.timeout_s)
-                self._engine = engine
+                    group = RankGroup(par.ranks, par.method, layout, options, timeout_s=par.timeout_s)
+                    group.start(wait=False)
+                    try:
+                        engine = Engine.load(layout, options)
+                    except BaseException:
+                        group.stop()
+                        raise
+                    self._engine = ParallelEngine.attach(engine, group)
                 self.load_seconds = round(time.perf_counter() - start, 3)
             return self._engine
 

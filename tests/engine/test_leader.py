@@ -86,6 +86,20 @@ def test_two_ranks_render_the_single_process_frames(parallel, reference):
     assert frames(parallel.generate(request(seed=-1))).shape == reference.shape
 
 
+def _source_frames(n: int = 40) -> list[Image.Image]:
+    rng = np.random.default_rng(4)
+    return [Image.fromarray(rng.integers(0, 256, (160, 120, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_dubbing_frames_reach_the_followers_as_the_leader_reads_them(parallel, layout):
+    """A one-pass frame iterator (a source video) exists on the leader only; the followers get each frame
+    when the loop pulls it and render what one process renders from the same frames."""
+    single = frames(Engine.load(layout).generate(replace(request(), cond=_source_frames())))
+    got = frames(parallel.generate(replace(request(), cond=iter(_source_frames()))))
+    _same_video(got, single)
+    assert np.abs(got.astype(int) - frames(parallel.generate(request())).astype(int)).max() > 10  # frames mattered
+
+
 def test_cancel_stops_every_rank_at_the_same_step(parallel, reference):
     pids = [p.pid for p in parallel.group.procs]
     calls = []

@@ -76,7 +76,9 @@ class RankGroup:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Spawn the followers, join the process group and send them the engine to load; `wait=False`
+        returns while they load (the caller loads rank 0's engine meanwhile, then calls `wait_ready`)."""
         self._tmp = tempfile.TemporaryDirectory(prefix="ranks-")
         store = Path(self._tmp.name) / "store"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -95,6 +97,10 @@ class RankGroup:
         for rank, proc in enumerate(self.procs, start=1):
             options = replace(self.options, device=self._device(rank), fault="")
             write_message(proc.stdin, ("init", self.layout, options, self.method))
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
         self._wait_lines("ready", self.load_timeout_s)
 
     def _device(self, rank: int) -> str:
@@ -173,8 +179,18 @@ class ParallelEngine:
     @classmethod
     def start(cls, engine: Any, world: int, method: str, layout: Any, options: Any, **kw) -> "ParallelEngine":
         group = RankGroup(world, method, layout, options, **kw)
-        group.start()
-        make_parallel(engine, ParallelContext.from_process_group(method))
+        group.start(wait=False)
+        return cls.attach(engine, group)
+
+    @classmethod
+    def attach(cls, engine: Any, group: RankGroup) -> "ParallelEngine":
+        """Rank 0's loaded engine joined to a started group (whose followers may still be loading)."""
+        try:
+            group.wait_ready()
+            make_parallel(engine, ParallelContext.from_process_group(group.method))
+        except BaseException:
+            group.stop()
+            raise
         return cls(engine, group)
 
     def __getattr__(self, name: str) -> Any:
