@@ -95,9 +95,10 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     own: Path | None = None
     try:
         ctx = context()
-        own = Path(ctx.cfg.server.work_dir)
-        for gone in sweep_dead_work_dirs(own.parent):
-            log.info("removed a killed job's work folder", folder=str(gone))
+        if Path(ctx.cfg.server.work_dir).name == f"w-{os.getpid()}":  # the layout context() sets up
+            own = Path(ctx.cfg.server.work_dir)
+            for gone in sweep_dead_work_dirs(own.parent):
+                log.info("removed a killed job's work folder", folder=str(gone))
         return jsonable(run_job(job_id, job.get("input"), ctx, sender))
     except JobError as exc:
         return _error_result(exc)
