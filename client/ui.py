@@ -32,7 +32,9 @@ from client.api import JobErrorInfo, JobStatus, PollPolicy, RunpodEndpointClient
 from client.results import save_result
 from client.ui_checks import check_upload
 from client.ui_history import choices, find, render_html, upsert
+from client.ui_preview import PLAYER_HTML, STATIC_DIR, file_url, head_html
 from client.ui_progress import StageTracker, queue_note
+from client.preview import PreviewFollower
 from client.ui_setup import (
     DEFAULT_VOICES,
     EXAMPLES_DIR,
@@ -177,11 +179,15 @@ class UiUpdate:
     stages: StageTracker = field(default_factory=StageTracker)
     output: dict[str, Any] = field(default_factory=dict)
     execution_ms: int | None = None
+    preview_playlist: str | None = None  # the local mirror of the job's HLS preview (client/ui_preview.py)
+    preview_note: str = ""
 
     def progress_html(self) -> str:
         pct = max(0.0, min(100.0, self.percent))
         return (
-            f'<div id="job-progress-box" data-status="{html.escape(self.status)}" data-percent="{pct:.1f}">'
+            f'<div id="job-progress-box" data-status="{html.escape(self.status)}" data-percent="{pct:.1f}"'
+            f' data-preview="{html.escape(file_url(self.preview_playlist)) if self.preview_playlist else ""}"'
+            f' data-final="{1 if self.video else 0}">'
             f'<progress id="job-progress" max="100" value="{pct:.1f}" style="width:100%;height:18px"></progress>'
             f'<div id="job-progress-label">{pct:.0f}% · {html.escape(self.status or "idle")}'
             f'{" · " + html.escape(self.label) if self.label else ""}</div></div>'
@@ -219,6 +225,8 @@ class UiUpdate:
                          + '; choose mode "streaming" to render it all.')
         if self.video_url:
             lines.append(f"[Download from S3]({self.video_url}) (presigned URL; it expires)")
+        if self.preview_note:
+            lines.append(self.preview_note)
         return "\n\n".join(lines)
 
 
@@ -247,6 +255,7 @@ def follow_job(
     yield up
     last: JobStatus = first
     health_at = 0.0
+    preview = PreviewFollower(out_dir / "preview" / _safe_name(first.id))
     polls = client.poll(first.id, policy=poll, should_stop=should_stop) if not first.final else iter([first])
     for last in polls:
         up.status = last.status
@@ -258,6 +267,7 @@ def follow_job(
             line = f"{prog.stage}: {prog.message}" if prog.message else str(prog.stage)
             if not up.log or up.log[-1] != line:
                 up.log.append(line)
+        _see_preview(up, preview, prog.preview if prog is not None else None)
         up.stages.see(last.status, prog.stage if prog else None, eta_s=prog.eta_s if prog else None,
                       detail=(prog.message or "") if prog else "")
         if last.status == "IN_QUEUE" and time.monotonic() - health_at > 5:
@@ -276,6 +286,7 @@ def follow_job(
         out = last.output if isinstance(last.output, dict) else {}
         up.output = {k: v for k, v in out.items() if k != "video_base64"}
         up.video_url = out.get("video_url")
+        _see_preview(up, preview, out.get("preview"))
         path = save_result(out, out_dir, last.id)
         if path is None:
             up.error = JobErrorInfo(code="E_RESULT_UNREACHABLE",
@@ -290,12 +301,31 @@ def follow_job(
         up.log.append("CANCELLED by request")
     elif last.final:
         up.error = err or JobErrorInfo(code=f"E_{last.status}", message=f"job ended {last.status}")
+        if up.error.partial_video:
+            up.preview_note = f"**Partial video** (made before it stopped): `{up.error.partial_video}`"
         up.label = up.error.code
         up.log.append(f"{last.status}: {up.error.code}")
     else:
         up.status, up.label = "STOPPED", "stopped following (the job may still run)"
     up.stages.finish(last.status)
     yield up
+
+
+def _safe_name(job_id: str) -> str:
+    return "".join(ch for ch in job_id if ch.isalnum() or ch in "-_")[:96] or "job"
+
+
+def _see_preview(up: UiUpdate, follower: PreviewFollower, preview: Any) -> None:
+    """Mirror new segments; the page's player (client/ui_preview.py) picks the playlist up."""
+    if isinstance(preview, dict) and preview.get("available") is False:
+        up.preview_note = f"Preview not available: {preview.get('reason', 'off')}"
+        return
+    try:
+        follower.update(preview)
+    except OSError:
+        return  # the UI's folder is full or gone: the job's final video still comes
+    if follower.fetched:
+        up.preview_playlist = str(follower.local_playlist)
 
 
 # ---------------------------------------------------------------------------------------
@@ -484,6 +514,7 @@ def build_app(base_url: str | None = None) -> Any:
                 error = gr.Markdown("", elem_id="job-error")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2, min_width=300):
+                        gr.HTML(PLAYER_HTML, elem_id="preview-box")
                         result = gr.Video(label="Result", interactive=False, elem_id="result-video", height=360)
                     with gr.Column(scale=1, min_width=220):
                         download = gr.File(label="Download", interactive=False, elem_id="result-file", height=90)
@@ -749,5 +780,5 @@ def _plain(exc: BaseException) -> str:
 def launch(host: str = "127.0.0.1", port: int = 7860, *, base_url: str | None = None) -> None:
     app = build_app(base_url=base_url)
     app.queue(default_concurrency_limit=4)
-    app.launch(server_name=host, server_port=port, allowed_paths=[str(_out_dir()), str(EXAMPLES_DIR)],
-               show_error=False, css=UI_CSS)
+    app.launch(server_name=host, server_port=port, allowed_paths=[str(_out_dir()), str(EXAMPLES_DIR), str(STATIC_DIR)],
+               show_error=False, css=UI_CSS, head=head_html())

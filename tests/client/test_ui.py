@@ -416,3 +416,33 @@ def test_browser_worker_error_shows_code_and_hint(page, artifacts_dir: Path) -> 
     text = page.locator("#job-error").inner_text()
     assert "xx_nobody" in text and "Hint:" in text and "af_heart" in text
     page.screenshot(path=str(artifacts_dir / "ui-error.png"), full_page=True)
+
+
+def test_browser_plays_the_preview_while_the_job_renders(page, tmp_path: Path, artifacts_dir: Path) -> None:
+    """hls.js in the page plays the job's HLS preview (mirrored by the UI) before the job completes, then
+    gives way to the final MP4."""
+    page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "portrait.png"))
+    page.locator("#input-audio1 input[type=file]").set_input_files(str(_ten_second_wav(tmp_path / "ten.wav")))
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('10.0 s of audio')")
+    page.get_by_text("Overrides (empty").click()
+    page.locator("#steps textarea, #steps input").first.fill("12")  # slow enough to watch
+    page.locator("#output-target input").fill("local")  # a preview needs storage (inline has none)
+    page.locator("#output-target input").press("Enter")
+    page.locator("#submit").click()
+    page.wait_for_function("document.querySelector('#job-progress-box').dataset.preview", timeout=180_000)
+    # frames of the preview on screen while /status still says IN_PROGRESS
+    page.wait_for_function("""(() => { const v = document.getElementById('preview-video');
+        return v && v.readyState >= 2 && v.currentTime > 0.2; })()""", timeout=60_000)
+    shot = page.evaluate("""(() => { const v = document.getElementById('preview-video');
+        const c = document.createElement('canvas'); c.width = v.videoWidth; c.height = v.videoHeight;
+        const g = c.getContext('2d'); g.drawImage(v, 0, 0); const d = g.getImageData(0, 0, c.width, c.height).data;
+        let sum = 0, sq = 0, n = 0; for (let i = 0; i < d.length; i += 4) { const y = (d[i] + d[i+1] + d[i+2]) / 3; sum += y; sq += y * y; n++; }
+        const m = sum / n; return {w: c.width, h: c.height, mean: m, var: sq / n - m * m,
+          status: document.getElementById('job-progress-box').dataset.status, t: v.currentTime}; })()""")
+    page.screenshot(path=str(artifacts_dir / "ui-preview-playing.png"), full_page=True)
+    assert shot["status"] == "IN_PROGRESS", shot
+    assert (shot["w"], shot["h"]) == (32, 48) and shot["var"] > 20 and 5 < shot["mean"] < 250, shot
+    assert page.evaluate("window.__previewHls && window.__previewHls.media === document.getElementById('preview-video')")
+    _watch_progress(page, "COMPLETED", timeout_s=600)
+    assert _video_duration(page) == pytest.approx(10.0, abs=0.08)
+    page.wait_for_function("document.getElementById('preview-wrap').style.display === 'none'")  # the MP4 took over
