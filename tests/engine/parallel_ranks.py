@@ -59,8 +59,13 @@ def dit_inputs(speakers: int, batch: int = 2) -> dict:
     )
 
 
-def run_dit(ctx: ParallelContext, speakers: int) -> torch.Tensor:
-    dit = attach_parallel(tiny_dit(), ctx)
+def run_dit(ctx: ParallelContext, speakers: int, fp8: bool = False) -> torch.Tensor:
+    dit = tiny_dit()
+    if fp8:  # fp8 block linears (the fp8 model variant) under the split
+        from worker.engine.fp8 import convert_linears
+
+        convert_linears(dit)
+    dit = attach_parallel(dit, ctx)
     with torch.no_grad():
         return dit(**dit_inputs(speakers))
 
@@ -77,19 +82,24 @@ def gen_inputs(speakers: int) -> GenerationInputs:
     )
 
 
-def gen_settings(mode: str) -> GenerationSettings:
+def gen_settings(mode: str, features: bool = False) -> GenerationSettings:
+    """`features`: APG, guidance reuse and TeaCache on (7 steps, so that TeaCache may skip after its 5
+    always-computed steps; a huge threshold makes it skip whenever allowed)."""
+    extra = dict(steps=7, use_apg=True, guidance_every=2, use_teacache=True, teacache_thresh=1e9) if features else {}
     return GenerationSettings(
-        steps=2, seed=5, frame_num=9, motion_frame=5, max_frames=17, mode=mode, bucket=BUCKET
+        **{"steps": 2, "seed": 5, "frame_num": 9, "motion_frame": 5, "max_frames": 17, "mode": mode,
+           "bucket": BUCKET, **extra}
     )
 
 
-def run_generation(ctx: ParallelContext, mode: str, speakers: int, split_vae: bool = False) -> dict:
+def run_generation(ctx: ParallelContext, mode: str, speakers: int, split_vae: bool = False,
+                   features: bool = False) -> dict:
     """The whole video: float frames [3, n, H, W], uint8 frames and the chunk count. `split_vae`: the VAE
     decode is split across the ranks too (else every rank decodes whole, as one process does)."""
     dit = attach_parallel(tiny_dit(), ctx)
     vae = ParallelVAE(tiny_vae(), ctx) if split_vae else tiny_vae()
     clip = torch.randn(1, 257, TINY_DIT.clip_dim, generator=torch.Generator().manual_seed(3))
-    chunks = list(generate(dit, vae, lambda image: clip, gen_inputs(speakers), gen_settings(mode)))
+    chunks = list(generate(dit, vae, lambda image: clip, gen_inputs(speakers), gen_settings(mode, features)))
     return {
         "frames": torch.cat([c.frames for c in chunks], dim=1),
         "uint8": np.concatenate([c.frames_uint8 for c in chunks]),
@@ -98,12 +108,14 @@ def run_generation(ctx: ParallelContext, mode: str, speakers: int, split_vae: bo
 
 
 def scenario(ctx: ParallelContext, name: str):
-    """`dit.<speakers>`, `gen.<mode>.<speakers>[.vae]` or `vae.<latent rows>`; the context's method applies."""
+    """`dit.<speakers>[.fp8]`, `gen.<mode>.<speakers>[.vae][.features]` or `vae.<latent rows>`; the context's
+    method applies."""
     parts = name.split(".")
     if parts[0] == "dit":
-        return run_dit(ctx, int(parts[1]))
+        return run_dit(ctx, int(parts[1]), fp8="fp8" in parts[2:])
     if parts[0] == "gen":
-        return run_generation(ctx, parts[1], int(parts[2]), split_vae=parts[3:] == ["vae"])
+        return run_generation(ctx, parts[1], int(parts[2]), split_vae="vae" in parts[3:],
+                              features="features" in parts[3:])
     if parts[0] == "vae":
         return run_vae_decode(ctx, int(parts[1]))
     raise ValueError(f"unknown scenario {name!r}")

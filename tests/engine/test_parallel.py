@@ -26,7 +26,8 @@ DIT_JOBS = [(m, f"dit.{s}") for m in ("ulysses", "ring") for s in (1, 2)]
 JOBS = {
     2: DIT_JOBS
     + [("auto", f"gen.{mode}.{s}") for mode in ("clip", "streaming") for s in (1, 2)]
-    + [("ring", "gen.streaming.2"), ("auto", "vae.5"), ("auto", "gen.streaming.2.vae")],
+    + [("ring", "gen.streaming.2"), ("auto", "vae.5"), ("auto", "gen.streaming.2.vae")]
+    + [("auto", "dit.2.fp8"), ("auto", "gen.streaming.1.features")],  # fp8 linears; APG + reuse + TeaCache
     # 4 heads over 3 ranks: ring; 7 latent rows over 3 ranks: bands of 3, 2, 2
     3: [("auto", "dit.1"), ("auto", "dit.2"), ("auto", "gen.clip.2"), ("auto", "vae.7")],
     4: DIT_JOBS + [("auto", "gen.streaming.2"), ("auto", "gen.clip.1")],
@@ -173,3 +174,22 @@ def test_vae_band_sizes(rows, world):
 
     sizes = band_sizes(rows, world)
     assert sum(sizes) == rows and len(sizes) == world and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_features_scenario_really_skips_blocks(monkeypatch):
+    """The `.features` generation compared above exercises TeaCache's skip path (and guidance reuse):
+    fewer block runs than DiT calls."""
+    import tests.engine.parallel_ranks as ranks
+
+    counts = {"forward": 0, "blocks": 0}
+    build = ranks.tiny_dit
+
+    def counted():
+        dit = build()
+        dit.register_forward_pre_hook(lambda *_: counts.__setitem__("forward", counts["forward"] + 1))
+        dit.blocks[0].register_forward_pre_hook(lambda *_: counts.__setitem__("blocks", counts["blocks"] + 1))
+        return dit
+
+    monkeypatch.setattr(ranks, "tiny_dit", counted)
+    ranks.run_generation(ParallelContext(), "streaming", 1, features=True)
+    assert 0 < counts["blocks"] < counts["forward"]
