@@ -118,5 +118,7 @@ def test_schema_describes_every_field_with_the_stock_workers_default():
     assert (tts["voice"]["default"], tts["voice2"]["default"]) == DEFAULT_VOICES
 
 
-# Fields that have no default value: the media, what only two speakers need, the per-job seed, the tts text.
-NO_DEFAULT = {"image", "video", "audio", "audio_type", "tts", "bbox", "seed", "output", "person1", "person2", "text"}
+# Fields that have no default value: the media, what only two speakers need, the per-job seed, the tts text,
+# the webhook address.
+NO_DEFAULT = {"image", "video", "audio", "audio_type", "tts", "bbox", "seed", "output", "person1", "person2", "text",
+              "webhook_url"}
