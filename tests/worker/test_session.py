@@ -23,7 +23,7 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("session")
     wave, rate = sf.read(EXAMPLES / "media" / "speech_person1.wav", dtype="float32")
     sf.write(tmp / "long.wav", np.tile(wave, 4)[: 10 * rate], rate)  # 10 s: 4 chunks
-    ctx = make_ctx(tmp, tmp_path_factory.mktemp("cache"), f"server.allowed_roots=[{tmp}]",
+    ctx = make_ctx(tmp, tmp / "cache", f"server.allowed_roots=[{tmp}]",
                    f"server.checkpoint_dir={tmp / 'ckpt'}")
     return ctx, tmp
 
@@ -78,3 +78,18 @@ def test_preview_false_turns_it_off(env):
     out = run_job("off1", job(tmp, preview=False, max_duration_s=3.0), ctx, lambda p: None)
     assert "preview" not in out
     assert not preview_dir(tmp, "off1").exists()
+
+
+def test_timed_out_job_names_its_partial_video(env, tmp_path):
+    """server.job_timeout_s (E_TIMEOUT) between sampling steps: the error names the MP4 made so far."""
+    _, tmp = env
+    wave, rate = sf.read(EXAMPLES / "media" / "speech_person1.wav", dtype="float32")
+    sf.write(tmp / "very_long.wav", np.tile(wave, 12)[: 40 * rate], rate)  # 40 s: far more than the deadline allows
+    ctx = make_ctx(tmp_path, tmp / "cache", f"server.allowed_roots=[{tmp}]", "server.job_timeout_s=14")
+    ctx.engine.get()  # warm: the deadline is spent on sampling
+    with pytest.raises(JobError) as err:
+        run_job("late1", job(tmp, audio=str(tmp / "very_long.wav")), ctx, lambda p: None)
+    e = err.value
+    assert e.code is ErrorCode.E_TIMEOUT and e.details["job_timeout_s"] == 14
+    probe = probe_mp4(Path(e.details["partial_video_path"]))
+    assert probe.faststart and probe.num_frames >= 81 and probe.duration_s < 40
