@@ -163,7 +163,7 @@ def _engine_error(exc: BaseException) -> JobError:
     if isinstance(exc, EngineOOMError):
         return JobError(ErrorCode.E_OOM, str(exc), refresh_worker=True)
     if isinstance(exc, RankFailedError):
-        return JobError(ErrorCode.E_RANK_FAILED, str(exc))
+        return JobError(ErrorCode.E_RANK_FAILED, str(exc), refresh_worker=exc.refresh_worker)
     if isinstance(exc, GenerationCancelled):
         return JobError(ErrorCode.E_CANCELLED, str(exc) or "cancelled")
     if isinstance(exc, EngineError):

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +28,13 @@ TIMEOUT_S = 15.0
 
 
 @pytest.fixture(scope="module")
-def layout(tmp_path_factory):
-    return ensure_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny")
+def tiny_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny") / "tiny"
+
+
+@pytest.fixture(scope="module")
+def layout(tiny_root):
+    return ensure_tiny_checkpoint(tiny_root)
 
 
 def request(**settings) -> EngineRequest:
@@ -65,12 +73,12 @@ def parallel(layout):
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie whose parent is gone counts as exited: only its table entry is left)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
         return False
-    # a zombie is gone for our purposes only once reaped; stop() waits on every child
-    return True
+    return "\nState:\tZ" not in state
 
 
 def _same_video(got: np.ndarray, ref: np.ndarray) -> None:
@@ -134,3 +142,57 @@ def test_a_lost_rank_fails_the_job_and_the_next_job_runs(parallel, reference, si
     _same_video(frames(parallel.generate(request())), reference)
     assert victim.poll() is not None
     assert parallel.group.procs[0].pid != victim.pid
+
+
+def test_a_group_that_cannot_restart_asks_for_a_fresh_worker(tmp_path, parallel):
+    """The restart after a lost rank fails (here: a weight file vanished, so the new follower cannot load):
+    the job fails with a RankFailedError that asks Runpod to replace the worker, and nothing is left running.
+    (A process has one default process group: the module's engine is closed meanwhile and restarts on use.)"""
+    parallel.close()
+    layout = ensure_tiny_checkpoint(tmp_path / "tiny")
+    options = EngineOptions()
+    engine = ParallelEngine.start(Engine.load(layout, options), 2, "auto", layout, options, timeout_s=TIMEOUT_S)
+    try:
+        victim = engine.group.procs[0]
+        with pytest.raises(RankFailedError) as first:
+            list(engine.generate(request(), on_step=lambda info: os.kill(victim.pid, signal.SIGKILL)))
+        assert not first.value.refresh_worker  # a restart is tried first
+        layout.dit_files[0].unlink()
+        with pytest.raises(RankFailedError) as second:
+            list(engine.generate(request()))
+        assert second.value.refresh_worker and "could not be restarted" in str(second.value)
+        assert engine.group.procs == [] and not dist.is_initialized()
+        assert victim.poll() is not None
+    finally:
+        engine.close()
+
+
+_LEADER = """
+import sys, time
+from pathlib import Path
+from worker.engine.parallel.leader import RankGroup
+from worker.engine.runtime import EngineOptions
+from worker.engine.tiny import ensure_tiny_checkpoint
+group = RankGroup(2, "auto", ensure_tiny_checkpoint(Path(sys.argv[1])), EngineOptions(), timeout_s=15)
+group.start(wait=False)
+print(group.procs[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_followers_exit_when_the_worker_dies(tiny_root, layout):
+    """The worker process is killed while its follower is still loading (not reading its pipe): the follower
+    sees its parent gone and exits within seconds."""
+    repo = Path(__file__).resolve().parents[2]
+    leader = subprocess.Popen([sys.executable, "-c", _LEADER, str(tiny_root)], stdout=subprocess.PIPE, cwd=repo)
+    try:
+        follower = int(leader.stdout.readline())
+        assert _alive(follower)
+    finally:
+        leader.kill()
+        leader.wait()
+        leader.stdout.close()
+    deadline = time.monotonic() + 20
+    while _alive(follower) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(follower)

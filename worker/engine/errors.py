@@ -40,7 +40,12 @@ class GenerationCancelled(EngineError):
 
 class RankFailedError(EngineError):
     """A multi-GPU worker's follower rank died, hung past the timeout or failed (worker/engine/parallel/):
-    the job cannot finish on this process group, which is restarted before the next job."""
+    the job cannot finish on this process group, which is restarted before the next job. `refresh_worker`:
+    the restart itself failed, so this worker should be replaced."""
+
+    def __init__(self, message: str, refresh_worker: bool = False) -> None:
+        self.refresh_worker = refresh_worker
+        super().__init__(message)
 
 
 class TtsInputError(EngineError):

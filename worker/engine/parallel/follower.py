@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+import time
 import traceback
 from datetime import timedelta
 
@@ -39,7 +41,17 @@ def _on_step(_info) -> None:
         raise LeaderAbort("the leader stopped the job")
 
 
+def _exit_with_leader(leader: int) -> None:
+    """Exit when the leader process is gone, even while blocked in a collective or the rendezvous (where
+    stdin's end-of-file is never read): no follower outlives its worker."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != leader:
+            os._exit(3)
+
+
 def main() -> int:
+    threading.Thread(target=_exit_with_leader, args=(os.getppid(),), daemon=True, name="leader-watch").start()
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, required=True)
     ap.add_argument("--world", type=int, required=True)

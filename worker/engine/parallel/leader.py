@@ -79,6 +79,13 @@ class RankGroup:
     def start(self, wait: bool = True) -> None:
         """Spawn the followers, join the process group and send them the engine to load; `wait=False`
         returns while they load (the caller loads rank 0's engine meanwhile, then calls `wait_ready`)."""
+        try:
+            self._start(wait)
+        except BaseException:
+            self.stop()  # no follower outlives a failed start
+            raise
+
+    def _start(self, wait: bool) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="ranks-")
         store = Path(self._tmp.name) / "store"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -197,16 +204,24 @@ class ParallelEngine:
         return getattr(self.engine, name)
 
     def close(self) -> None:
+        """Stop the followers and leave the process group; a later job starts them again."""
         self.group.stop()
+        self._healthy = False
         attach_parallel(self.engine.dit, ParallelContext())
         if isinstance(self.engine.vae, ParallelVAE):
             self.engine.vae = self.engine.vae.vae
 
     def _restart(self) -> None:
+        """Kill and restart the followers; a restart that fails asks for a fresh worker."""
         _log.warning("restarting the follower ranks")
         self.group.stop()
-        self.group.start()
-        make_parallel(self.engine, ParallelContext.from_process_group(self.group.method))
+        try:
+            self.group.start()
+            make_parallel(self.engine, ParallelContext.from_process_group(self.group.method))
+        except BaseException as exc:
+            self.group.stop()
+            raise RankFailedError(f"the {self.group.world}-rank group could not be restarted: {exc}",
+                                  refresh_worker=True) from exc
         self._healthy = True
 
     def generate(self, request: Any, *, on_step: Callable | None = None, should_cancel: Callable[[], bool] | None = None,
