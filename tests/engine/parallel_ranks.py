@@ -108,8 +108,8 @@ def run_generation(ctx: ParallelContext, mode: str, speakers: int, split_vae: bo
 
 
 def scenario(ctx: ParallelContext, name: str):
-    """`dit.<speakers>[.fp8]`, `gen.<mode>.<speakers>[.vae][.features]` or `vae.<latent rows>`; the context's
-    method applies."""
+    """`dit.<speakers>[.fp8]`, `gen.<mode>.<speakers>[.vae][.features]`, `vae.<latent rows>` (decode) or
+    `enc.<latent rows>` (encode); the context's method applies."""
     parts = name.split(".")
     if parts[0] == "dit":
         return run_dit(ctx, int(parts[1]), fp8="fp8" in parts[2:])
@@ -118,6 +118,8 @@ def scenario(ctx: ParallelContext, name: str):
                               features="features" in parts[3:])
     if parts[0] == "vae":
         return run_vae_decode(ctx, int(parts[1]))
+    if parts[0] == "enc":
+        return run_vae_encode(ctx, int(parts[1]))
     raise ValueError(f"unknown scenario {name!r}")
 
 
@@ -150,3 +152,9 @@ def run_vae_decode(ctx: ParallelContext, rows: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(rows)
     latent = torch.randn(1, 16, 3, rows, 5, generator=g)
     return ParallelVAE(tiny_vae(), ctx).decode(latent)
+
+
+def run_vae_encode(ctx: ParallelContext, rows: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(rows)
+    video = torch.rand(1, 3, 9, 8 * rows, 40, generator=g) * 2 - 1
+    return ParallelVAE(tiny_vae(), ctx).encode(video)

@@ -2,8 +2,8 @@
 
 The tiny model runs on 2, 3 and 4 gloo ranks in CPU processes: every rank must end with the single-process
 DiT output (Ulysses: the same bits; ring: float rounding, within 1e-5 relative), whole clip and
-streaming generations, one and two speakers, must give the single-process frames, and the VAE decode
-split into row bands must give the whole-frame decode. The pieces that need no
+streaming generations, one and two speakers, must give the single-process frames, and the VAE decode and
+encode split into row bands must give the whole-frame results. The pieces that need no
 process group (token split arithmetic, online-softmax merge, audio routing) are property-tested directly.
 """
 from __future__ import annotations
@@ -26,10 +26,10 @@ DIT_JOBS = [(m, f"dit.{s}") for m in ("ulysses", "ring") for s in (1, 2)]
 JOBS = {
     2: DIT_JOBS
     + [("auto", f"gen.{mode}.{s}") for mode in ("clip", "streaming") for s in (1, 2)]
-    + [("ring", "gen.streaming.2"), ("auto", "vae.5"), ("auto", "gen.streaming.2.vae")]
+    + [("ring", "gen.streaming.2"), ("auto", "vae.5"), ("auto", "enc.5"), ("auto", "gen.streaming.2.vae")]
     + [("auto", "dit.2.fp8"), ("auto", "gen.streaming.1.features")],  # fp8 linears; APG + reuse + TeaCache
     # 4 heads over 3 ranks: ring; 7 latent rows over 3 ranks: bands of 3, 2, 2
-    3: [("auto", "dit.1"), ("auto", "dit.2"), ("auto", "gen.clip.2"), ("auto", "vae.7")],
+    3: [("auto", "dit.1"), ("auto", "dit.2"), ("auto", "gen.clip.2"), ("auto", "vae.7"), ("auto", "enc.7")],
     4: DIT_JOBS + [("auto", "gen.streaming.2"), ("auto", "gen.clip.1")],
 }
 CASES = [(w, m, n) for w, jobs in JOBS.items() for m, n in jobs]
@@ -58,7 +58,7 @@ def test_ranks_match_single_process(rank_results, world, method, name):
     exact = choose_method(method, tiny_dit().config.num_heads, world) == "ulysses" and not name.endswith(".vae")
     for rank, results in enumerate(rank_results(world)):
         got = results[(method, name)]
-        if name.startswith("vae"):  # banded decode: the convolutions' own rounding only
+        if name.startswith(("vae", "enc")):  # banded decode / encode: the convolutions' own rounding only
             assert got.shape == ref.shape
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
         elif name.startswith("dit"):

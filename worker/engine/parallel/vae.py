@@ -1,4 +1,4 @@
-"""VAE decode split across ranks by horizontal bands of rows, exact by halo exchange.
+"""VAE decode and encode split across ranks by horizontal bands of rows, exact by halo exchange.
 
 The Wan decoder is causal in time (each latent frame needs the cache of the previous one), so frame groups
 cannot be decoded apart; in space, though, everything is local except the per-frame attention of the
@@ -6,7 +6,9 @@ middle block. Each rank therefore decodes a band of latent rows: before every 3x
 one edge row with each neighbour (its input and its temporal history alike), so the convolution sees the
 rows a whole-frame run would see, and the extra output rows are cropped; the attention block gathers the
 (low-resolution) frame from all bands. The result is the one-GPU decode up to float rounding of the
-convolution kernels, at 1/world of the decoder's work per rank. Encode runs whole on every rank.
+convolution kernels, at 1/world of the decoder's work per rank. The encoder is banded the same way (bands
+are whole latent rows, so 8, 4 and 2 pixel rows at its three downsamplings: always even); its stride-2
+convolutions pad only at the bottom, so a band needs just the next band's first row there.
 """
 from __future__ import annotations
 
@@ -56,6 +58,19 @@ class _Bands:
             req.wait()
         return torch.cat([p for p in (top, x, bottom) if p is not None], dim=dim)
 
+    def halo_below(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """x with the next band's first row appended (what a bottom-padded stride-2 convolution reads)."""
+        rank, group = self.ctx.rank, self.ctx.group
+        ops, bottom = [], None
+        if self.has_top:
+            ops.append(dist.P2POp(dist.isend, x.narrow(dim, 0, 1).contiguous(), self._peer(rank - 1), group=group))
+        if self.has_bottom:
+            bottom = torch.empty_like(x.narrow(dim, 0, 1)).contiguous()
+            ops.append(dist.P2POp(dist.irecv, bottom, self._peer(rank + 1), group=group))
+        for req in dist.batch_isend_irecv(ops) if ops else []:
+            req.wait()
+        return x if bottom is None else torch.cat([x, bottom], dim=dim)
+
     def crop(self, y: torch.Tensor, dim: int) -> torch.Tensor:
         lo = 1 if self.has_top else 0
         hi = y.shape[dim] - (1 if self.has_bottom else 0)
@@ -84,8 +99,8 @@ def _spatial_kernel(module: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def _banded(decoder: nn.Module, bands: _Bands):
-    """Hooks that make `decoder` compute on a band as if it saw the whole frame."""
+def _banded(network: nn.Module, bands: _Bands):
+    """Hooks that make `network` (the decoder or the encoder) compute on a band as if it saw the whole frame."""
     handles = []
 
     def conv3d_pre(module, args):
@@ -103,10 +118,15 @@ def _banded(decoder: nn.Module, bands: _Bands):
     def attn_pre(module, args):
         return (bands.gather_rows(args[0], 3), *args[1:])
 
-    for module in decoder.modules():
+    def down_pre(module, args):
+        return (bands.halo_below(args[0], 2),)
+
+    for module in network.modules():
         if isinstance(module, CausalConv3d) and _spatial_kernel(module):
             handles.append(module.register_forward_pre_hook(conv3d_pre))
             handles.append(module.register_forward_hook(lambda m, a, y: bands.crop(y, 3)))
+        elif isinstance(module, Resample) and module.mode.startswith("downsample"):
+            handles.append(module.resample.register_forward_pre_hook(down_pre))
         elif isinstance(module, Resample):
             for conv in module.resample:
                 if _spatial_kernel(conv):
@@ -132,6 +152,15 @@ class ParallelVAE:
 
     def __getattr__(self, name: str) -> Any:  # encode, device, dtype, ...: the wrapped VAE's
         return getattr(self.vae, name)
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        rows = video.shape[3] // 8
+        if not self.ctx.is_parallel or rows < self.ctx.world or video.shape[3] % 8:
+            return self.vae.encode(video)
+        bands = _Bands(self.ctx, rows)
+        with _banded(self.vae.model.encoder, bands):
+            latent = self.vae.encode(bands.band(video, 3))
+        return bands.gather_rows(latent, 3)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         rows = latent.shape[3]
