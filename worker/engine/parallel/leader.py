@@ -89,6 +89,12 @@ class RankGroup:
         self._tmp = tempfile.TemporaryDirectory(prefix="ranks-")
         store = Path(self._tmp.name) / "store"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.backend == "nccl":
+            # A collective past the timeout: a follower tears itself down (1) and the leader, the worker
+            # process, only aborts its communicators and raises (2), so the job ends with E_RANK_FAILED
+            # instead of the worker dying. (Not yet exercised on GPUs: see docs/DESIGN.md.)
+            env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
         for rank in range(1, self.world):
             cmd = [sys.executable, "-m", "worker.engine.parallel.follower", "--rank", str(rank), "--world",
                    str(self.world), "--store", str(store), "--backend", self.backend, "--timeout", str(self.timeout_s)]
