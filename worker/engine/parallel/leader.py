@@ -136,6 +136,28 @@ class RankGroup:
                 raise RankFailedError(f"follower ranks did not report {prefix!r} within {timeout:.0f} s")
             time.sleep(0.05)
 
+    def watch(self) -> threading.Event:
+        """Under NCCL a collective with a dead peer blocks until the process-group timeout; this watcher
+        aborts the group as soon as a follower has exited, so the blocked call fails at once. Set the
+        returned event to stop watching. (gloo fails such a call by itself.) Not yet exercised on GPUs."""
+        done = threading.Event()
+        if self.backend != "nccl":
+            return done
+
+        def run() -> None:
+            while not done.wait(0.5):
+                if any(p.poll() is not None for p in self.procs):
+                    from torch.distributed import distributed_c10d
+
+                    abort = getattr(distributed_c10d, "_abort_process_group", None)
+                    if abort is not None:
+                        _log.error("a follower rank exited mid-job: aborting the process group")
+                        abort()
+                    return
+
+        threading.Thread(target=run, daemon=True, name="rank-watch").start()
+        return done
+
     def check_alive(self) -> None:
         for rank, proc in enumerate(self.procs, start=1):
             code = proc.poll()
@@ -267,6 +289,7 @@ class ParallelEngine:
                 raise pending[-1]
 
         in_step = False  # True: every rank stopped at the same step boundary, the group is still usable
+        watching = self.group.watch()
         try:
             for chunk in self.engine.generate(mine, on_step=step_done, should_cancel=step_cancel, resume=resume):
                 yield chunk
@@ -283,6 +306,7 @@ class ParallelEngine:
                 raise failed from exc
             raise
         finally:
+            watching.set()
             if not in_step:
                 self._healthy = False  # followers may sit in a collective: restart before the next job
             else:
