@@ -34,6 +34,8 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.choices import VIDEO_FPS
+
 __all__ = [
     "GPU_TIERS",
     "PRESETS",
@@ -45,7 +47,6 @@ __all__ = [
     "format_estimate",
 ]
 
-FPS = 25.0
 FIRST_CHUNK_FRAMES = 81
 MOTION_FRAMES = 9
 
@@ -107,7 +108,7 @@ def count_chunks(duration_s: float, mode: str = "streaming", frame_num: int = FI
                  motion_frame: int = MOTION_FRAMES) -> int:
     if mode == "clip":
         return 1
-    frames = max(1, math.ceil(duration_s * FPS))
+    frames = max(1, math.ceil(duration_s * VIDEO_FPS))
     if frames <= frame_num:
         return 1
     return 1 + math.ceil((frames - frame_num) / (frame_num - motion_frame))
@@ -187,7 +188,7 @@ def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "fast",
     per_chunk = shape.forwards_per_chunk * forward + CHUNK_OVERHEAD_S[size]
     warm = (chunks * per_chunk + JOB_OVERHEAD_S) / speed
     cold = warm + COLD_START_S[tier]
-    video_s = min(fn / FPS, audio_s) if mode == "clip" else audio_s
+    video_s = min(fn / VIDEO_FPS, audio_s) if mode == "clip" else audio_s
     warning = None
     if SIZE_FACTOR[size] > SIZE_FACTOR[max_size]:
         warning = f"{tier} serves up to {max_size}; the worker will refuse {size}"

@@ -6,9 +6,9 @@ become base64 `data:` URIs while the whole request body stays under the limit of
 by one until the body fits, and passed as a presigned GET URL (or as `s3://bucket/key` when
 the worker reads the same bucket with its own credentials: `ref_style="s3"`).
 
-Field names are the job contract's canonical names (worker/schema.py). The payload is
-checked against `worker.schema.JobInput` when that module is importable; it depends on
-pydantic only, so the client keeps its no-runpod, no-torch promise.
+Field names are the job contract's canonical names (contract/job.py). The payload is
+checked against `contract.job.JobInput`; the contract depends on pydantic only, so the
+client keeps its no-runpod, no-torch promise.
 """
 from __future__ import annotations
 
@@ -51,13 +51,9 @@ BODY_MARGIN_BYTES = 64 * 1024
 
 _REMOTE_PREFIXES = ("https://", "http://", "s3://", "data:")
 
-try:  # the contract's own names when the worker package is installed beside the client
-    from worker.schema import MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
-except ImportError:  # pragma: no cover - a client-only install
-    SIZES = ("infinitetalk-480", "infinitetalk-720")
-    MODES = ("clip", "streaming")
-    SAMPLER_PRESETS = ("quality", "fast", "turbo")
-    OUTPUT_TARGETS = ("s3", "volume", "local", "inline")
+from contract.choices import MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
+from contract.errors import JobError
+from contract.job import parse_job_input
 
 
 class PayloadTooLarge(ValueError):
@@ -345,11 +341,6 @@ def _body_size(job: dict[str, Any]) -> int:
 def validate_job_input(job: dict[str, Any]) -> None:
     """Check against the job contract before spending a request: InvalidJobInput with the worker's
     own message and hint (the same words the worker would answer with)."""
-    try:
-        from worker.errors import JobError
-        from worker.schema import parse_job_input  # pydantic only
-    except ImportError:  # a client installed without the worker package
-        return
     try:
         parse_job_input(job, allow_http=True)
     except JobError as exc:

@@ -421,7 +421,7 @@ class TemplateProvider(_Base):
         )
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        from worker.errors import is_secret_name
+        from contract.errors import is_secret_name
 
         failures = []
         env = news.get("env")

@@ -40,7 +40,7 @@ def _not_here(command: str) -> int:
 
 
 def _resolve_paths(payload: dict[str, Any], base: Path) -> dict[str, Any]:
-    from worker.schema import media_ref_kind
+    from contract.job import media_ref_kind
 
     def fix(ref: Any) -> Any:
         if isinstance(ref, str) and media_ref_kind(ref) == "path" and not Path(ref).is_absolute():
@@ -128,7 +128,7 @@ class RunProgress:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from worker.config import ConfigError, compose_config, secret_values
-    from worker.errors import ErrorCode, JobError
+    from contract.errors import ErrorCode, JobError
     from worker.job import JobContext, run_job
     from worker.logging_setup import configure_logging
 
@@ -189,7 +189,7 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
     """Defaults beside each flag, except a credential's (its default may come from the environment)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        from worker.errors import is_secret_name
+        from contract.errors import is_secret_name
 
         if is_secret_name(action.dest):
             return action.help
@@ -217,7 +217,7 @@ def cmd_serve(argv: list[str]) -> int:
 
 
 def cmd_schema(_: argparse.Namespace) -> int:
-    from worker.schema import job_input_json_schema
+    from contract.job import job_input_json_schema
 
     print(json.dumps(job_input_json_schema(), indent=2))
     return 0

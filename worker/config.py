@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Se
 
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from worker.errors import ErrorCode, JobError, is_secret_name
+from contract.choices import CONF_DIR_ENV_VAR, SIZE_RANK, conf_dir
+from contract.errors import ErrorCode, JobError, is_secret_name
 
 if TYPE_CHECKING:
-    from worker.schema import JobInput
+    from contract.job import JobInput
 
 __all__ = [
     "HfSource",
@@ -80,9 +81,6 @@ GROUP_ENV_VARS: Mapping[str, str] = {
 }
 OVERRIDES_ENV_VAR = "INFINITETALK_OVERRIDES"
 SECRET_OVERRIDES_ENV_VAR = "INFINITETALK_SECRET_OVERRIDES"
-CONF_DIR_ENV_VAR = "INFINITETALK_CONF_DIR"
-
-SIZE_RANK = {"infinitetalk-480": 480, "infinitetalk-720": 720}
 
 
 class ConfigError(ValueError):
@@ -421,10 +419,7 @@ _lock = threading.RLock()
 
 
 def default_conf_dir() -> Path:
-    env = os.environ.get(CONF_DIR_ENV_VAR)
-    if env:
-        return Path(env).resolve()
-    return (Path(__file__).resolve().parents[1] / "conf").resolve()
+    return conf_dir()
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.config import compose_config, secret_values
-from worker.errors import ErrorCode, JobError, jsonable
+from contract.errors import ErrorCode, JobError, jsonable
 from worker.job import JobContext, run_job
 from worker.logging_setup import configure_logging, get_logger
 from worker.progress_sender import OrderedSender, progress_delivery

@@ -32,19 +32,19 @@ from worker.engine.errors import (
     TtsInputError,
     WeightLoadError,
 )
-from worker.errors import ErrorCode, JobError
+from contract.choices import AUDIO_SAMPLE_RATE as SAMPLE_RATE
+from contract.choices import VIDEO_FPS as FPS
+from contract.errors import ErrorCode, JobError
 from worker.inputs.fetch import fetch_media
 from worker.inputs.media_guard import check_audio, check_image, check_video
 from worker.logging_setup import bind_job, get_logger
 from worker.media_frames import iter_video_frames
 from worker.mux import Mp4Writer, probe_mp4
 from worker.progress import ProgressReporter, Stage
-from worker.schema import DEFAULT_NEGATIVE_PROMPT, JobInput, JobOutput, parse_job_input
+from contract.job import DEFAULT_NEGATIVE_PROMPT, JobInput, JobOutput, parse_job_input
 from worker.storage import make_store
 from worker.wiring import checkpoint_layout, engine_options, fetch_policy, media_limits, storage_settings
 
-FPS = 25
-SAMPLE_RATE = 16000
 
 # Kokoro voice packs used when a tts job names none (speaker 1, speaker 2).
 DEFAULT_VOICES = ("af_heart", "am_michael")

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, MutableMapping, TextIO
 
 import structlog
 
-from worker.errors import is_secret_name
+from contract.errors import is_secret_name
 
 __all__ = [
     "REDACTED",

@@ -11,10 +11,11 @@ from pathlib import Path
 import av
 from PIL import Image
 
-from worker.errors import ErrorCode, JobError
+from contract.choices import VIDEO_FPS
+from contract.errors import ErrorCode, JobError
 
 
-def iter_video_frames(path: Path | str, fps: float = 25.0) -> Iterator[Image.Image]:
+def iter_video_frames(path: Path | str, fps: float = VIDEO_FPS) -> Iterator[Image.Image]:
     """Frames resampled to `fps` by timestamp (the latest source frame at or before each tick)."""
     try:
         container = av.open(str(path), metadata_errors="ignore")  # corrupt tags must not stop the frames

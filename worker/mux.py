@@ -32,9 +32,9 @@ import numpy as np
 from av.audio.fifo import AudioFifo
 from av.audio.resampler import AudioResampler
 
-from worker.errors import ErrorCode, JobError
+from contract.choices import AUDIO_SAMPLE_RATE, VIDEO_FPS
+from contract.errors import ErrorCode, JobError
 
-AUDIO_RATE_IN = 16000
 AUDIO_RATE_OUT = 48000
 
 
@@ -72,8 +72,8 @@ class Mp4Writer:
         path: Path | str,
         audio: np.ndarray,
         *,
-        fps: int = 25,
-        audio_rate: int = AUDIO_RATE_IN,
+        fps: int = VIDEO_FPS,
+        audio_rate: int = AUDIO_SAMPLE_RATE,
         crf: int = 18,
         preset: str = "veryfast",
         audio_bitrate: int = 128_000,

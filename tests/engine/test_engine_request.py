@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from worker.config import apply_job_overrides, compose_config
 from worker.engine.engine_request import generation_settings
-from worker.schema import parse_job_input
+from contract.job import parse_job_input
 
 
 def resolved(**fields):

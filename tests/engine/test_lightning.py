@@ -13,7 +13,7 @@ from worker.engine.generation import GenerationSettings
 from worker.engine.guidance import COND, DROP_AUDIO, GuidanceConfig, Guider
 from worker.engine.runtime import Engine, EngineRequest
 from worker.engine.tiny import ensure_tiny_checkpoint
-from worker.schema import SAMPLER_PRESETS, parse_job_input
+from contract.job import SAMPLER_PRESETS, parse_job_input
 
 
 def _settings(preset: str) -> GenerationSettings:

@@ -28,7 +28,7 @@ import pytest
 
 from tests.reliability.conftest import PORTRAIT, SPEECH, tiny_clip_payload
 from tests.worker.conftest import start_moto_server
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.inputs.fetch import FetchPolicy, fetch_media
 from worker.inputs.netguard import NetPolicy
 

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.reliability.conftest import MEDIA
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 
 SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "reliability-long" else 1
 FAST_EXAMPLES = 2000 * SCALE
@@ -134,7 +134,7 @@ def payloads(draw) -> Any:
 @given(payload=payloads(), allow_http=st.booleans())
 def test_schema_and_overrides_never_raise_unhandled(payload, allow_http):
     from worker.config import apply_job_overrides, compose_config
-    from worker.schema import parse_job_input
+    from contract.job import parse_job_input
 
     cfg = compose_config([])  # memoised
     with hard_deadline(2.0):

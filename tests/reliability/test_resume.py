@@ -40,7 +40,7 @@ def engine_and_request(tiny_cache, tmp_path_factory):
     from worker.engine.audio_io import prepare_audio
     from worker.engine.engine_request import build_request
     from worker.job import EngineHolder
-    from worker.schema import parse_job_input
+    from contract.job import parse_job_input
 
     tmp = tmp_path_factory.mktemp("resume-engine")
     cfg = compose_config([f"server.cache_dir={tiny_cache}", f"server.work_dir={tmp}"])

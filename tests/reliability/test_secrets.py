@@ -14,7 +14,7 @@ import pytest
 
 from tests.reliability.conftest import tiny_clip_payload
 from tests.worker.conftest import start_moto_server
-from worker.errors import JobError
+from contract.errors import JobError
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.reliability.test_fuzz import hard_deadline
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.inputs.fetch import FetchPolicy, fetch_media
 from worker.inputs.netguard import NetPolicy
 

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from worker.background import SerialBackground
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 
 
 def test_calls_run_in_order_off_the_callers_thread_while_the_caller_goes_on():

@@ -93,7 +93,7 @@ def test_schema_describes_every_field_with_the_stock_workers_default():
     env unset) really uses for a job that leaves the field out -- never null where a default exists."""
     from worker.config import apply_job_overrides, compose_config
     from worker.job import DEFAULT_NEGATIVE_PROMPT, DEFAULT_VOICES
-    from worker.schema import job_input_json_schema, parse_job_input
+    from contract.job import job_input_json_schema, parse_job_input
 
     schema = job_input_json_schema()
     defs = schema.get("$defs", {})

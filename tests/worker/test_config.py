@@ -17,8 +17,8 @@ from worker.config import (
     secret_values,
     template_env,
 )
-from worker.errors import ErrorCode, JobError
-from worker.schema import parse_job_input
+from contract.errors import ErrorCode, JobError
+from contract.job import parse_job_input
 
 CONF = default_conf_dir()
 IMG = "https://example.com/face.png"

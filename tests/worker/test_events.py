@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.worker.test_preview_e2e import Receiver
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.inputs.netguard import NetPolicy
 from worker.preview.events import EventPoster, check_webhook_url
 

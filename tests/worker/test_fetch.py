@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.inputs.fetch import FetchPolicy, fetch_media, redact_ref
 from worker.inputs.netguard import NetPolicy
 
@@ -369,7 +369,7 @@ def test_worker_policy_allows_the_results_buckets_inputs_prefix_only() -> None:
 
 def test_results_are_never_written_where_inputs_are_read() -> None:
     from worker.config import ConfigError, apply_job_overrides, compose_config
-    from worker.schema import parse_job_input
+    from contract.job import parse_job_input
 
     with pytest.raises(ConfigError):
         compose_config(["storage.s3.bucket=res", "storage.key_prefix=inputs/"])

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_core_modules_do_not_import_torch():
     code = (
         "import sys\n"
-        "import worker.errors, worker.schema, worker.config, worker.logging_setup, worker.progress\n"
+        "import contract.errors, contract.job, worker.config, worker.logging_setup, worker.progress\n"
         "worker.config.compose_config(env={})\n"
         "bad = sorted(m for m in ('torch', 'runpod', 'numpy') if m in sys.modules)\n"
         "print(','.join(bad))\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from worker.config import compose_config
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.job import JobContext, run_job
 from worker.mux import probe_mp4
 from tests.worker.test_errors import assert_human

@@ -11,7 +11,7 @@ import pytest
 
 from tests.worker.test_errors import assert_human
 from tests.worker.test_job import example, make_ctx, run
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.job import run_job
 from worker.mux import probe_mp4
 

@@ -5,7 +5,7 @@ import av
 import numpy as np
 import pytest
 
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.media_frames import iter_video_frames
 
 

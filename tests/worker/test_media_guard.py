@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.inputs.media_guard import MediaLimits, check_audio, check_image, check_video
 from worker.mux import Mp4Writer
 

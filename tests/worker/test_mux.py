@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.mux import Mp4Writer, mp4_top_level_boxes, probe_mp4
 
 

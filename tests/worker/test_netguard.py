@@ -182,7 +182,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from worker.inputs.netguard import MalformedURL  # noqa: E402
-from worker.inputs.urlform import host_problem, url_problem  # noqa: E402
+from contract.urlform import host_problem, url_problem  # noqa: E402
 
 _LDH = "abcdefghijklmnopqrstuvwxyz0123456789"
 _label = st.builds(lambda a, mid, b: a + mid + b, st.text(_LDH, min_size=1, max_size=1),

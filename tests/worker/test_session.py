@@ -11,7 +11,7 @@ import soundfile as sf
 
 from tests.worker.test_job import EXAMPLES, example, make_ctx
 from tests.worker.test_segment import decode
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.job import run_job
 from worker.mux import probe_mp4
 from worker.preview.playlist import parse_playlist

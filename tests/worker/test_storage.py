@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.worker.conftest import MotoServer, start_moto_server
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.storage import StorageSettings, make_store
 from worker.storage.inline import InlineStore
 from worker.storage.local import LocalStore

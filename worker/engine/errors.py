@@ -1,7 +1,7 @@
 """Exception types raised by the inference engine.
 
 The engine never builds user-facing job errors itself; the worker catches these types and maps
-them to `worker.errors.ErrorCode` values. Keeping one root (`EngineError`) lets the worker tell
+them to `contract.errors.ErrorCode` values. Keeping one root (`EngineError`) lets the worker tell
 engine failures it understands from genuine bugs.
 """
 from __future__ import annotations

@@ -48,7 +48,7 @@ KOKORO_COMPONENTS = ("bert", "bert_encoder", "predictor", "text_encoder", "decod
 KOKORO_REPO_ID = "hexgrad/Kokoro-82M"  # only a label for KModel; nothing is downloaded
 
 _VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
-_SPEAKER_MARK = re.compile(r"\(s([12])\)", re.I)  # as worker.schema.TtsSpec counts speakers
+_SPEAKER_MARK = re.compile(r"\(s([12])\)", re.I)  # as contract.job.TtsSpec counts speakers
 _SENTENCE_END = re.compile(r"(?<=[.!?;:…])\s+")
 
 # Voice names start with a letter for the language they were trained on; these are the ones

@@ -38,7 +38,7 @@ import filetype
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.inputs.netguard import AddressRefused, GuardedTransport, MalformedURL, NetPolicy, vet_url
 from worker.storage.base import S3Settings
 

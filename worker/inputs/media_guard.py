@@ -15,7 +15,7 @@ from pathlib import Path
 import av
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 
 
 @dataclass(frozen=True)

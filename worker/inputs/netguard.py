@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import httpcore
 import httpx
 
-from worker.inputs.urlform import host_problem, url_problem
+from contract.urlform import host_problem, url_problem
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

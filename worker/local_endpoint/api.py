@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from .auth import authorized
 from .dispatcher import Dispatcher, RetryRefused
-from worker.errors import clean_text
+from contract.errors import clean_text
 
 from .jobs import Job
 from .limits import BodyRefused, parse_body

@@ -27,7 +27,7 @@ class RetryRefused(Exception):
 
 def _coded(code: str, message: str) -> str:
     """An error string in the worker's format (`JobError.to_error_string`), so clients parse one shape."""
-    from worker.errors import JobError
+    from contract.errors import JobError
 
     return JobError(code, message).to_error_string()
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.inputs.netguard import AddressRefused, GuardedTransport, NetPolicy, vet_url
 from worker.logging_setup import get_logger
 

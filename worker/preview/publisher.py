@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.errors import JobError
+from contract.errors import JobError
 from worker.logging_setup import get_logger
 from worker.preview.partial import assemble_mp4
 from worker.preview.playlist import Playlist, SegmentEntry

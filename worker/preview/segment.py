@@ -21,6 +21,7 @@ import av
 import numpy as np
 from av.audio.resampler import AudioResampler
 
+from contract.choices import AUDIO_SAMPLE_RATE, VIDEO_FPS
 from worker.mux import AUDIO_RATE_OUT, _ffmpeg_error
 
 # Every timestamp is shifted by one second: the encoders' first packets (B-frame reordering, AAC
@@ -34,8 +35,8 @@ class SegmentPlan:
     """The video's frame budget, shared by all segments of one job."""
 
     audio: np.ndarray  # float32 mono, the whole soundtrack
-    fps: int = 25
-    audio_rate: int = 16000
+    fps: int = VIDEO_FPS
+    audio_rate: int = AUDIO_SAMPLE_RATE
     crf: int = 18
     preset: str = "veryfast"
 

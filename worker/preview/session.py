@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.errors import JobError
+from contract.errors import JobError
 from worker.inputs.netguard import NetPolicy
 from worker.logging_setup import get_logger
 from worker.preview.events import EventPoster, check_webhook_url

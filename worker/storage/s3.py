@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.storage.base import S3Settings, StoredVideo, check_key
 
 AUTH_ERROR_CODES = frozenset(

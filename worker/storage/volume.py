@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.errors import ErrorCode, JobError
+from contract.errors import ErrorCode, JobError
 from worker.storage.base import StoredVideo, atomic_copy, check_key
 
 

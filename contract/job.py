@@ -7,7 +7,7 @@ so payloads written for the seed keep working. Unknown top-level keys are refuse
 typos are reported instead of silently ignored.
 
 The JSON schema for clients is `JobInput.model_json_schema()` (or `job_input_json_schema()`;
-`python -m worker.schema` prints it). It lists canonical names; the aliases are accepted too.
+`infinitetalk schema` prints it). It lists canonical names; the aliases are accepted too.
 
 Only shape and bounds are checked here. Whether a path lies under an allowed root, whether
 a host is private, and whether a value fits the worker's GPU tier are decided later
@@ -30,7 +30,8 @@ from pydantic import (
     model_validator,
 )
 
-from worker.errors import InputProblem, JobError, error_from_pydantic, safe_preview
+from contract.choices import MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
+from contract.errors import InputProblem, JobError, error_from_pydantic, safe_preview
 
 __all__ = [
     "MediaRefKind",
@@ -49,10 +50,6 @@ __all__ = [
     "MAX_SEED",
 ]
 
-SIZES = ("infinitetalk-480", "infinitetalk-720")
-MODES = ("clip", "streaming")
-SAMPLER_PRESETS = ("quality", "fast", "turbo", "lightning")
-OUTPUT_TARGETS = ("s3", "volume", "local", "inline")
 MAX_SEED = 2**32 - 1
 DEFAULT_NEGATIVE_PROMPT = (
     # The negative prompt InfiniteTalk's config ships with (a model fact: the guidance was tuned with it).
@@ -62,10 +59,11 @@ DEFAULT_NEGATIVE_PROMPT = (
     "messy background, three legs, many people in the background, walking backwards"
 )
 
-Size = Literal["infinitetalk-480", "infinitetalk-720"]
-Mode = Literal["clip", "streaming"]
-SamplerPreset = Literal["quality", "fast", "turbo", "lightning"]
-OutputTarget = Literal["s3", "volume", "local", "inline"]
+# Literals built from contract.choices (conf/'s option names), so the schema's enums follow conf/.
+Size = Literal[SIZES]  # type: ignore[valid-type]
+Mode = Literal[MODES]  # type: ignore[valid-type]
+SamplerPreset = Literal[SAMPLER_PRESETS]  # type: ignore[valid-type]
+OutputTarget = Literal[OUTPUT_TARGETS]  # type: ignore[valid-type]
 AudioType = Literal["add", "para"]
 Person = Literal["person1", "person2"]
 
@@ -150,7 +148,7 @@ def _check_url(ref: str) -> None:
         raise ValueError(f"malformed URL: {exc}") from None
     if not parts.hostname:
         raise ValueError("URL has no host")
-    from worker.inputs.urlform import url_problem
+    from contract.urlform import url_problem
 
     problem = url_problem(ref)
     if problem:
@@ -558,7 +556,7 @@ class JobInput(BaseModel):
 def parse_job_input(payload: Any, *, allow_http: bool = False) -> JobInput:
     """Validate a job's `input`; failures become one E_INPUT_VALIDATION JobError."""
     if not isinstance(payload, Mapping):
-        from worker.errors import ErrorCode
+        from contract.errors import ErrorCode
 
         raise JobError(ErrorCode.E_INPUT_VALIDATION, "job input must be a JSON object")
     try:
@@ -623,7 +621,7 @@ class JobOutput(BaseModel):
     video_url: str | None = None
     video_path: str | None = None
     video_base64: str | None = None
-    storage: Literal["s3", "volume", "local", "inline"]
+    storage: OutputTarget
     bucket: str | None = None
     key: str | None = None
     url_expires_at: str | None = None
@@ -653,9 +651,3 @@ class JobOutput(BaseModel):
         if len(given) != 1:
             raise ValueError("exactly one of video_url, video_path or video_base64 must be set")
         return self
-
-
-if __name__ == "__main__":  # `python -m worker.schema` prints the input schema for clients
-    import json as _json
-
-    print(_json.dumps(job_input_json_schema(), indent=2))

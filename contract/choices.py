@@ -1,0 +1,59 @@
+"""The job contract's named choices and media constants, each defined once.
+
+Sampler presets and storage targets are the file stems of `conf/sampler/*.yaml` and
+`conf/storage/*.yaml`, so a new preset or target is a new yaml file, not a code change. This
+module reads file names only (no Hydra), so the client and infra can import it with pydantic
+alone. `conf/` is found as the worker finds it: `$INFINITETALK_CONF_DIR`, else the repository's
+`conf/` beside this package.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "CONF_DIR_ENV_VAR",
+    "conf_dir",
+    "group_options",
+    "VIDEO_FPS",
+    "AUDIO_SAMPLE_RATE",
+    "SIZES",
+    "SIZE_RANK",
+    "DEFAULT_SIZE",
+    "MODES",
+    "SAMPLER_PRESETS",
+    "OUTPUT_TARGETS",
+]
+
+CONF_DIR_ENV_VAR = "INFINITETALK_CONF_DIR"
+
+# The model's frame rate and the audio encoder's input rate (model facts: Wan2.1 at 25 fps, wav2vec2 at 16 kHz).
+VIDEO_FPS = 25
+AUDIO_SAMPLE_RATE = 16000
+
+# Output buckets by their short side; a GPU tier caps the size it may render.
+SIZE_RANK = {"infinitetalk-480": 480, "infinitetalk-720": 720}
+SIZES = tuple(SIZE_RANK)
+DEFAULT_SIZE = "infinitetalk-480"
+MODES = ("clip", "streaming")
+
+
+def conf_dir() -> Path:
+    """The configuration tree's root (the same rule as configuration's default_conf_dir)."""
+    env = os.environ.get(CONF_DIR_ENV_VAR)
+    if env:
+        return Path(env).resolve()
+    return (Path(__file__).resolve().parents[1] / "conf").resolve()
+
+
+def group_options(group: str, root: Path | None = None) -> tuple[str, ...]:
+    """A config group's options: its yaml file stems, sorted; files starting with `_` or `base_` are not options."""
+    folder = (root or conf_dir()) / group
+    stems = (p.stem for p in folder.glob("*.yaml") if not p.name.startswith(("_", "base_")))
+    return tuple(sorted(stems))
+
+
+SAMPLER_PRESETS = group_options("sampler")
+OUTPUT_TARGETS = group_options("storage")
+if not SAMPLER_PRESETS or not OUTPUT_TARGETS:
+    raise ImportError(f"no conf/sampler or conf/storage options under {conf_dir()}; set {CONF_DIR_ENV_VAR}")
