@@ -3,7 +3,7 @@ import json
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from worker.errors import DEFAULT_HINTS, ErrorCode, JobError, error_from_pydantic, safe_preview
+from contract.errors import DEFAULT_HINTS, ErrorCode, JobError, error_from_pydantic, safe_preview
 
 
 def test_every_code_has_a_hint():
@@ -80,7 +80,7 @@ def test_safe_preview():
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from worker.schema import JobInput, known_field_names, parse_job_input  # noqa: E402
+from contract.job import JobInput, known_field_names, parse_job_input  # noqa: E402
 
 # Wording that only makes sense to a Python or pydantic developer (or leaks the machine's paths).
 LIBRARY_WORDING = (
@@ -198,7 +198,7 @@ _values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.flo
 @hsettings(max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(message=_any_text, hint=_any_text, details=_values)
 def test_any_error_serialises_to_utf8_json_with_its_code(message, hint, details):
-    from worker.errors import safe_preview
+    from contract.errors import safe_preview
 
     err = JobError(ErrorCode.E_INPUT_VALIDATION, message, hint=hint, details={"input": details, "preview": safe_preview(details)})
     wire = err.to_error_string().encode("utf-8")  # raises if a lone surrogate got through

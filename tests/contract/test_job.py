@@ -3,8 +3,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from worker.errors import ErrorCode, JobError
-from worker.schema import (
+from contract.errors import ErrorCode, JobError
+from contract.job import (
     JobInput,
     JobOutput,
     job_input_json_schema,
