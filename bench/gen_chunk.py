@@ -25,10 +25,10 @@ SECONDS_PER_CHUNK = 72 / 25  # 81 frames, 9 of them motion frames carried over: 
 
 # The sampler presets of conf/sampler/*.yaml at 480p (steps, text scale, audio scale, shift).
 PRESETS = {
-    "turbo": dict(steps=4, text_scale=1.0, audio_scale=2.0, shift=2.0),
-    "fast": dict(steps=8, text_scale=1.0, audio_scale=2.0, shift=2.0),
-    "lightning": dict(steps=4, text_scale=1.0, audio_scale=1.0, shift=2.0),  # guidance off: one pass a step
-    "quality": dict(steps=40, text_scale=5.0, audio_scale=4.0, shift=7.0),
+    "turbo": dict(sample_steps=4, text_guide_scale=1.0, audio_guide_scale=2.0, sample_shift=2.0),
+    "fast": dict(sample_steps=8, text_guide_scale=1.0, audio_guide_scale=2.0, sample_shift=2.0),
+    "lightning": dict(sample_steps=4, text_guide_scale=1.0, audio_guide_scale=1.0, sample_shift=2.0),  # guidance off: one pass a step
+    "quality": dict(sample_steps=40, text_guide_scale=5.0, audio_guide_scale=4.0, sample_shift=7.0),
 }
 
 
@@ -141,7 +141,7 @@ def run_chunk(
     # 16:9 neighbour is 448x896, 32,928 tokens against 32,760 here).
     settings = GenerationSettings(
         **p, seed=42, frame_num=81, motion_frame=9, mode="clip" if chunks == 1 else "streaming",
-        max_frames=max_frames, color_strength=1.0,
+        max_frames=max_frames, color_correction_strength=1.0,
         bucket={"%.2f" % (height / width): ([height, width], 1)}, batch_passes=True, guidance_every=guidance_every,
     )
     image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))

@@ -67,7 +67,7 @@ def main() -> None:
             "batch_passes": batch_passes,
             "offload_vae": opts["offload_vae"],
             "offload_clip": opts["offload_clip"],
-            "offload_text_encoder": opts["offload_text_encoder"],
+            "offload_t5": opts["offload_t5"],
             "quant": args.quant,
             "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         },
@@ -168,7 +168,7 @@ def run_chunk(dit, vae, args, batch_passes: bool) -> dict[str, Any]:
         p["steps"] = args.steps
     h, w = args.height, args.width
     settings = GenerationSettings(
-        **p, seed=42, frame_num=81, motion_frame=9, mode="clip", color_strength=1.0,
+        **p, seed=42, frame_num=81, motion_frame=9, mode="clip", color_correction_strength=1.0,
         bucket={"%.2f" % (h / w): ([h, w], 1)}, batch_passes=batch_passes,
     )
     gen = torch.Generator().manual_seed(0)

@@ -138,7 +138,7 @@ def engine_options(cfg: AppConfig) -> dict[str, Any]:
         "dtype": cfg.model.dtype if gpu.device == "cpu" else gpu.dtype,
         "quant": cfg.model.quant,
         "attention_backend": gpu.attention,
-        "offload_text_encoder": gpu.offload_t5,
+        "offload_t5": gpu.offload_t5,
         "compile_dit": gpu.compile and gpu.device != "cpu",
         "offload_clip": gpu.offload_clip,
         "offload_vae": gpu.offload_vae,

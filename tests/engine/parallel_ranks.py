@@ -85,9 +85,9 @@ def gen_inputs(speakers: int) -> GenerationInputs:
 def gen_settings(mode: str, features: bool = False) -> GenerationSettings:
     """`features`: APG, guidance reuse and TeaCache on (7 steps, so that TeaCache may skip after its 5
     always-computed steps; a huge threshold makes it skip whenever allowed)."""
-    extra = dict(steps=7, use_apg=True, guidance_every=2, use_teacache=True, teacache_thresh=1e9) if features else {}
+    extra = dict(sample_steps=7, use_apg=True, guidance_every=2, use_teacache=True, teacache_thresh=1e9) if features else {}
     return GenerationSettings(
-        **{"steps": 2, "seed": 5, "frame_num": 9, "motion_frame": 5, "max_frames": 17, "mode": mode,
+        **{"sample_steps": 2, "seed": 5, "frame_num": 9, "motion_frame": 5, "max_frames": 17, "mode": mode,
            "bucket": BUCKET, **extra}
     )
 

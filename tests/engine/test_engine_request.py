@@ -13,7 +13,7 @@ def resolved(**fields):
 
 def test_turbo_preset_and_overrides_reach_the_sampler():
     s = generation_settings(resolved(sampler="turbo", seed=9, mode="streaming", max_duration_s=10))
-    assert (s.steps, s.text_scale, s.audio_scale, s.shift) == (4, 1.0, 2.0, 2.0)
+    assert (s.sample_steps, s.text_guide_scale, s.audio_guide_scale, s.sample_shift) == (4, 1.0, 2.0, 2.0)
     assert s.seed == 9 and s.mode == "streaming" and s.max_frames == 250 and s.bucket == "infinitetalk-480"
 
 
@@ -23,6 +23,6 @@ def test_clip_mode_renders_exactly_one_chunk():
 
 
 def test_guidance_every_reaches_the_guider():
-    assert generation_settings(resolved(sampler="turbo")).guidance.refresh_every == 1
+    assert generation_settings(resolved(sampler="turbo")).guidance.guidance_every == 1
     s = generation_settings(resolved(sampler="turbo", guidance_every=2))
-    assert s.guidance_every == 2 and s.guidance.refresh_every == 2
+    assert s.guidance_every == 2 and s.guidance.guidance_every == 2

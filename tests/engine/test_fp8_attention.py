@@ -212,8 +212,8 @@ def test_tiny_engine_frames_with_fp8_attention_against_the_exact_path(tmp_path):
     t = np.arange(16000) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
     image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (120, 160, 3), dtype=np.uint8))
-    settings = GenerationSettings(steps=4, text_scale=1.0, audio_scale=2.0, shift=2.0, frame_num=17,
-                                  motion_frame=5, mode="streaming", max_frames=1000, seed=3, color_strength=0.0)
+    settings = GenerationSettings(sample_steps=4, text_guide_scale=1.0, audio_guide_scale=2.0, sample_shift=2.0, frame_num=17,
+                                  motion_frame=5, mode="streaming", max_frames=1000, seed=3, color_correction_strength=0.0)
 
     def frames(backend: str) -> torch.Tensor:
         engine = Engine.load(layout, EngineOptions(attention_backend=backend))

@@ -67,16 +67,16 @@ def _setup(case: Path, **overrides):
     dit = _dit(str((case / weights.get("dit", "../dit_single")).resolve()))
     vae = _vae(str((case / weights.get("vae", "../vae")).resolve()))
     fields = dict(
-        steps=meta["sampling_steps"],
-        shift=meta["shift"],
-        text_scale=meta["text_guide_scale"],
-        audio_scale=meta["audio_guide_scale"],
+        sample_steps=meta["sampling_steps"],
+        sample_shift=meta["shift"],
+        text_guide_scale=meta["text_guide_scale"],
+        audio_guide_scale=meta["audio_guide_scale"],
         seed=meta["seed"],
         frame_num=meta["frame_num"],
         motion_frame=meta["motion_frame"],
         max_frames=meta["max_frames_num"],
         mode=meta["mode"],
-        color_strength=meta["color_correction_strength"],
+        color_correction_strength=meta["color_correction_strength"],
         bucket=meta.get("bucket_table_used") or meta["size_bucket_name"],
     )
     settings = GenerationSettings(**{**fields, **overrides})
@@ -275,7 +275,7 @@ def test_two_speakers_batched_equals_separate():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"text_scale": 1.0}, {"use_apg": True}, {"use_apg": True, "text_scale": 1.0}, {"color_strength": 0.0}],
+    [{"text_guide_scale": 1.0}, {"use_apg": True}, {"use_apg": True, "text_guide_scale": 1.0}, {"color_correction_strength": 0.0}],
     ids=["two_pass", "apg", "apg_two_pass", "no_color"],
 )
 def test_guidance_variants_run(overrides):
@@ -286,7 +286,7 @@ def test_guidance_variants_run(overrides):
     assert video.shape == tensors["final_video"].shape
     assert bool(torch.isfinite(video).all()) and float(video.abs().max()) <= 1.0
     branches = {k.split(".")[2] for k in traced if ".step" in k and k.endswith(".out")}
-    assert branches == ({"cond", "drop_audio"} if settings.text_scale == 1.0 else {"cond", "drop_text", "uncond"})
-    if settings.color_strength == 0.0:
+    assert branches == ({"cond", "drop_audio"} if settings.text_guide_scale == 1.0 else {"cond", "drop_text", "uncond"})
+    if settings.color_correction_strength == 0.0:
         assert not any(k.endswith(".color_out") for k in traced)
         torch.testing.assert_close(video, traced["chunk0.decoded"], atol=0, rtol=0)

@@ -121,7 +121,7 @@ def test_euler_step_shapes_and_value():
 
 
 def test_guidance_reuse_adds_the_last_full_steps_correction():
-    cfg = GuidanceConfig(1.0, 2.0, refresh_every=2)
+    cfg = GuidanceConfig(1.0, 2.0, guidance_every=2)
     assert [cfg.full_step(s) for s in range(5)] == [True, False, True, False, True]
     g = Guider(cfg)
     with pytest.raises(RuntimeError, match="no full guidance step"):
@@ -137,5 +137,5 @@ def test_guidance_reuse_adds_the_last_full_steps_correction():
 
 def test_guidance_reuse_off_keeps_every_step_full_and_rejects_zero():
     assert all(GuidanceConfig().full_step(s) for s in range(40))
-    with pytest.raises(ValueError, match="refresh_every"):
-        GuidanceConfig(refresh_every=0)
+    with pytest.raises(ValueError, match="guidance_every"):
+        GuidanceConfig(guidance_every=0)

@@ -40,7 +40,7 @@ def layout(tiny_root):
 def request(**settings) -> EngineRequest:
     t = np.arange(int(16000 * 1.0)) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    base = dict(steps=2, frame_num=9, motion_frame=5, mode="streaming", max_frames=1000, seed=3)
+    base = dict(sample_steps=2, frame_num=9, motion_frame=5, mode="streaming", max_frames=1000, seed=3)
     base.update(settings)
     return EngineRequest(
         cond=Image.new("RGB", (120, 160), (200, 120, 90)),

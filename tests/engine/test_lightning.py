@@ -24,21 +24,21 @@ def _settings(preset: str) -> GenerationSettings:
 def test_lightning_is_a_preset_with_guidance_off():
     assert "lightning" in SAMPLER_PRESETS
     s = _settings("lightning")
-    assert (s.steps, s.text_scale, s.audio_scale, s.shift) == (4, 1.0, 1.0, 2.0)
+    assert (s.sample_steps, s.text_guide_scale, s.audio_guide_scale, s.sample_shift) == (4, 1.0, 1.0, 2.0)
     assert s.guidance.branches == (COND,)
     assert _settings("turbo").guidance.branches == (COND, DROP_AUDIO)  # turbo keeps its audio guidance
 
 
 def test_one_pass_guidance_returns_the_conditional_prediction_exactly():
-    g = Guider(GuidanceConfig(text_scale=1.0, audio_scale=1.0, use_apg=True))
+    g = Guider(GuidanceConfig(text_guide_scale=1.0, audio_guide_scale=1.0, use_apg=True))
     cond = torch.randn(16, 2, 3, 4, generator=torch.Generator().manual_seed(0))
     assert g.config.one_pass and torch.equal(g.combine({COND: cond}), cond)
     # one pass is exactly what the two-pass formula gives at audio scale 1, up to float rounding
     drop = torch.randn_like(cond)
-    two = Guider(GuidanceConfig(text_scale=1.0, audio_scale=1.0 + 1e-12))
+    two = Guider(GuidanceConfig(text_guide_scale=1.0, audio_guide_scale=1.0 + 1e-12))
     torch.testing.assert_close(two.combine({COND: cond, DROP_AUDIO: drop}), cond, atol=1e-6, rtol=0)
-    assert not GuidanceConfig(text_scale=1.0, audio_scale=2.0).one_pass
-    assert not GuidanceConfig(text_scale=2.0, audio_scale=1.0).one_pass
+    assert not GuidanceConfig(text_guide_scale=1.0, audio_guide_scale=2.0).one_pass
+    assert not GuidanceConfig(text_guide_scale=2.0, audio_guide_scale=1.0).one_pass
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def _request(audio_scale: float) -> EngineRequest:
     return EngineRequest(
         cond=Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)),
         audio_tracks=(audio,), prompt="a person talks", negative_prompt="blurry",
-        settings=GenerationSettings(steps=4, text_scale=1.0, audio_scale=audio_scale, shift=2.0, frame_num=17,
-                                    motion_frame=5, mode="streaming", max_frames=1000, seed=3, color_strength=0.0),
+        settings=GenerationSettings(sample_steps=4, text_guide_scale=1.0, audio_guide_scale=audio_scale, sample_shift=2.0, frame_num=17,
+                                    motion_frame=5, mode="streaming", max_frames=1000, seed=3, color_correction_strength=0.0),
     )
 
 

@@ -134,7 +134,7 @@ def test_chunks_are_released_once_consumed(tmp_path):
     audio = prepare_audio(long_speech(tmp_path / "s.wav", 6.0))
     request = EngineRequest(
         cond=Image.open(MEDIA / "portrait.png").convert("RGB"), audio_tracks=(audio,), prompt="", negative_prompt="",
-        settings=GenerationSettings(steps=1, frame_num=33, motion_frame=9, mode="streaming", seed=1),
+        settings=GenerationSettings(sample_steps=1, frame_num=33, motion_frame=9, mode="streaming", seed=1),
     )
     refs = []
     for chunk in engine.generate(request):

@@ -83,7 +83,7 @@ def test_resident_and_offloaded_vae_are_no_ops_on_cpu(tmp_path):
 
 
 def _frames(engine: Engine) -> np.ndarray:
-    settings = GenerationSettings(steps=2, text_scale=1.0, audio_scale=2.0, shift=2.0, seed=4, frame_num=9,
+    settings = GenerationSettings(sample_steps=2, text_guide_scale=1.0, audio_guide_scale=2.0, sample_shift=2.0, seed=4, frame_num=9,
                                   motion_frame=5, max_frames=20, mode="streaming")
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
@@ -95,7 +95,7 @@ def _frames(engine: Engine) -> np.ndarray:
 def test_engine_with_every_low_vram_option_renders_the_same_frames(tmp_path):
     layout = ensure_tiny_checkpoint(tmp_path / "tiny")
     plain = _frames(Engine.load(layout, EngineOptions()))
-    low = Engine.load(layout, EngineOptions(offload_clip=True, offload_vae=True, offload_text_encoder=True,
+    low = Engine.load(layout, EngineOptions(offload_clip=True, offload_vae=True, offload_t5=True,
                                             stream_blocks=1))
     assert isinstance(low.vae, OffloadedVAE) and low.dit.block_stream is not None
     assert np.array_equal(_frames(low), plain)
@@ -106,7 +106,7 @@ def test_gpu_tier_config_reaches_the_engine_options():
     from worker.wiring import engine_options
 
     opts = EngineOptions(**engine_options(compose_config(["gpu=rtx4090_24"])))
-    assert (opts.offload_text_encoder, opts.offload_clip, opts.offload_vae, opts.stream_blocks) == (True, True, True, 32)
+    assert (opts.offload_t5, opts.offload_clip, opts.offload_vae, opts.stream_blocks) == (True, True, True, 32)
     assert opts.batch_passes is False
     opts = EngineOptions(**engine_options(compose_config(["gpu=h100_80"])))
     assert opts.stream_blocks == 0 and not opts.offload_clip and opts.batch_passes

@@ -27,7 +27,7 @@ def engine(layout):
 def request(seconds: float, **settings) -> EngineRequest:
     t = np.arange(int(16000 * seconds)) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    base = dict(steps=2, frame_num=17, motion_frame=5, mode="streaming", max_frames=1000, seed=3)
+    base = dict(sample_steps=2, frame_num=17, motion_frame=5, mode="streaming", max_frames=1000, seed=3)
     base.update(settings)
     return EngineRequest(
         cond=Image.new("RGB", (120, 160), (200, 120, 90)),
@@ -107,7 +107,7 @@ def _fp8_request(**settings) -> EngineRequest:
     rng = np.random.default_rng(0)
     t = np.arange(8000) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
-    base = dict(steps=2, frame_num=17, motion_frame=5, mode="clip", seed=3, color_strength=0.0)
+    base = dict(sample_steps=2, frame_num=17, motion_frame=5, mode="clip", seed=3, color_correction_strength=0.0)
     base.update(settings)
     return EngineRequest(
         cond=Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)),
@@ -292,7 +292,7 @@ def test_unbatched_passes_option_runs_one_dit_call_per_guidance_pass(layout, eng
     for name, eng in (("batched", engine), ("unbatched", unbatched)):
         hook = eng.dit.register_forward_pre_hook(lambda _m, args, name=name: calls[name].append(args[0].shape[0]))
         try:  # the request asks for batching; the engine option overrides it
-            frames[name] = _frames(eng, text_scale=5.0, audio_scale=4.0, batch_passes=True)
+            frames[name] = _frames(eng, text_guide_scale=5.0, audio_guide_scale=4.0, batch_passes=True)
         finally:
             hook.remove()
     steps, passes = 2, 3  # cond, no-text, no-text-no-audio
@@ -309,7 +309,7 @@ def test_guidance_every_runs_the_guidance_passes_on_every_kth_step_only(engine, 
     try:
         def video(**extra) -> torch.Tensor:
             # a noisy frame and no colour matching, so the frames show what the DiT did
-            req = request(1.0, steps=4, text_scale=text_scale, color_strength=0.0, **extra)
+            req = request(1.0, sample_steps=4, text_guide_scale=text_scale, color_correction_strength=0.0, **extra)
             req = dataclasses.replace(req, cond=_fp8_request().cond)
             return torch.cat([c.frames for c in engine.generate(req)], dim=1)
 

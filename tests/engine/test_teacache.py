@@ -47,7 +47,7 @@ def _run(engine: Engine, **teacache) -> tuple[np.ndarray, int]:
     hook = engine.dit.blocks[0].register_forward_hook(lambda *a: calls.append(1))
     try:
         settings = GenerationSettings(
-            steps=9, shift=5.0, text_scale=5.0, audio_scale=4.0, seed=3, frame_num=9, motion_frame=5,
+            sample_steps=9, sample_shift=5.0, text_guide_scale=5.0, audio_guide_scale=4.0, seed=3, frame_num=9, motion_frame=5,
             mode="clip", **teacache,
         )
         rng = np.random.default_rng(0)

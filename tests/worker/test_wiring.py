@@ -42,7 +42,7 @@ def test_media_limits_follow_caps():
 def test_24gb_tier_composes_and_its_placement_reaches_the_engine_options():
     cfg = compose_config(["gpu=rtx4090_24"])
     opts = engine_options(cfg)
-    assert (opts["offload_text_encoder"], opts["offload_clip"], opts["offload_vae"]) == (True, True, True)
+    assert (opts["offload_t5"], opts["offload_clip"], opts["offload_vae"]) == (True, True, True)
     assert 32 <= opts["stream_blocks"] <= 36 and opts["batch_passes"] is False and opts["quant"] == "none"
     assert process_env(cfg) == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
     assert cfg.gpu.max_size == "infinitetalk-480"

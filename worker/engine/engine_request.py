@@ -6,10 +6,9 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
-from worker.config import ResolvedJobConfig
+from worker.resolve import ResolvedJobConfig
 
-from .generation import GenerationSettings
-from .runtime import EngineRequest
+from .settings import EngineRequest, GenerationSettings
 
 FPS = 25
 
@@ -17,16 +16,16 @@ FPS = 25
 def generation_settings(resolved: ResolvedJobConfig) -> GenerationSettings:
     max_frames = max(1, int(resolved.max_duration_s * FPS))
     return GenerationSettings(
-        steps=resolved.sample_steps,
-        shift=resolved.sample_shift,
-        text_scale=resolved.text_guide_scale,
-        audio_scale=resolved.audio_guide_scale,
+        sample_steps=resolved.sample_steps,
+        sample_shift=resolved.sample_shift,
+        text_guide_scale=resolved.text_guide_scale,
+        audio_guide_scale=resolved.audio_guide_scale,
         seed=resolved.seed,
         frame_num=resolved.frame_num,
         motion_frame=resolved.motion_frame,
         max_frames=resolved.frame_num if resolved.mode == "clip" else max_frames,
         mode=resolved.mode,
-        color_strength=resolved.color_correction_strength,
+        color_correction_strength=resolved.color_correction_strength,
         bucket=resolved.size,
         use_apg=resolved.use_apg,
         apg_momentum=resolved.apg_momentum,

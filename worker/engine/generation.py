@@ -22,17 +22,12 @@ import torch
 from PIL import Image
 
 from worker.engine.audio_windows import ChunkSpec, chunk_audio, latent_frames, plan_chunks
-from worker.engine.buckets import (
-    BUCKET_TABLES,
-    BucketTable,
-    pick_bucket,
-    resize_and_center_crop_masks,
-    resize_to_target,
-)
+from worker.engine.buckets import pick_bucket, resize_and_center_crop_masks, resize_to_target
 from worker.engine.color import LabReference, lab_reference, match_colors
 from worker.engine.errors import EngineOOMError, GenerationCancelled
-from worker.engine.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND, GuidanceConfig, Guider, euler_step
+from worker.engine.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND, Guider, euler_step
 from worker.engine.schedule import NUM_TRAIN_TIMESTEPS, timesteps
+from worker.engine.settings import GenerationSettings
 from worker.engine.teacache import TeaCache
 
 LATENT_CHANNELS = 16
@@ -46,50 +41,6 @@ Trace = Callable[[str, torch.Tensor], None]
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Sampling settings; defaults are the reference CLI defaults for infinitetalk-480."""
-
-    steps: int = 40
-    shift: float = 7.0
-    text_scale: float = 5.0
-    audio_scale: float = 4.0
-    seed: int | None = 42  # None or negative: drawn at random, reported in the chunk results
-    frame_num: int = 81
-    motion_frame: int = 25
-    max_frames: int = 1000  # streaming only; clip mode always renders one chunk of frame_num frames
-    mode: str = "streaming"  # "clip" | "streaming"
-    color_strength: float = 1.0
-    bucket: str | Mapping[str, Any] = "infinitetalk-480"  # tier name or an explicit bucket table
-    use_apg: bool = False
-    apg_momentum: float = -0.75
-    apg_norm_threshold: float = 55.0
-    batch_passes: bool = True  # guidance passes with the same speaker count share one DiT call
-    use_teacache: bool = False  # skip block stacks while the timestep input barely moves (teacache.py)
-    teacache_thresh: float = 0.2
-    teacache_model: str = "infinitetalk-480"  # which upstream rescale polynomial applies
-    guidance_every: int = 1  # guidance branches every k-th step, the correction reused between (guidance.py)
-
-    @property
-    def guidance(self) -> GuidanceConfig:
-        return GuidanceConfig(
-            text_scale=self.text_scale,
-            audio_scale=self.audio_scale,
-            use_apg=self.use_apg,
-            apg_momentum=self.apg_momentum,
-            apg_norm_threshold=self.apg_norm_threshold,
-            refresh_every=self.guidance_every,
-        )
-
-    def bucket_table(self) -> BucketTable:
-        if isinstance(self.bucket, str):
-            try:
-                return BUCKET_TABLES[self.bucket]
-            except KeyError:
-                raise ValueError(f"unknown bucket tier {self.bucket!r}; known: {sorted(BUCKET_TABLES)}") from None
-        return {k: tuple(v) for k, v in self.bucket.items()}
 
 
 @dataclass(frozen=True)
@@ -472,7 +423,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
         return out
 
     device = next(dit.parameters()).device
-    ts = timesteps(s.steps, s.shift)
+    ts = timesteps(s.sample_steps, s.sample_shift)
     guider = Guider(s.guidance)
     cache = TeaCache.for_model(s.teacache_model, s.teacache_thresh) if s.use_teacache else None
     runner = _PassRunner(dit, s.guidance.branches, inputs.context, inputs.context_null, s.batch_passes, cache)
@@ -484,7 +435,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
     masks_dev = masks.to(device)
     if resume is not None:
         motion_pixels, emitted = resume.motion_pixels.float(), resume.emitted
-        if s.color_strength > 0.0:  # the reference is chunk 0's condition frame, recomputed
+        if s.color_correction_strength > 0.0:  # the reference is chunk 0's condition frame, recomputed
             ref_cond = resize_to_target(frames.get(plan.chunks[0].audio_start), (th, tw))
             color_ref, color_ref_image = lab_reference(ref_cond.to(device)), ref_cond
 
@@ -496,7 +447,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
             if resume is not None and i < resume.next_chunk:
                 continue
             cond = resize_to_target(frames.get(spec.audio_start), (th, tw))  # [1, 3, 1, th, tw]
-            if i == 0 and s.color_strength > 0.0:
+            if i == 0 and s.color_correction_strength > 0.0:
                 color_ref, color_ref_image = lab_reference(cond.to(device)), cond
             emit(f"chunk{i}.clip_input", cond)
             # CLIP features and the condition latent depend on the condition frame alone: an image input (the
@@ -537,7 +488,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
             guider.reset()
             if cache is not None:
                 cache.reset()
-            for step in range(s.steps):
+            for step in range(s.sample_steps):
                 if cache is not None:
                     cache.begin_step(step)
                 if should_cancel is not None and should_cancel():
@@ -557,7 +508,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
                     draw(tuple(motion.shape), "randn_like")
                 latent[:, :n_motion] = motion
                 if on_step is not None:
-                    on_step(StepInfo(i, len(plan.chunks), step, s.steps, float(t_now)))
+                    on_step(StepInfo(i, len(plan.chunks), step, s.sample_steps, float(t_now)))
             emit(f"chunk{i}.final_latent", latent)
 
             video = vae.decode(latent[None]).float()  # [1, 3, F, H, W], stays on the device
@@ -565,7 +516,7 @@ def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, t
             if color_ref is not None:
                 emit(f"chunk{i}.color_in", video)
                 emit(f"chunk{i}.color_ref", color_ref_image)
-                video = match_colors(video, color_ref, s.color_strength)
+                video = match_colors(video, color_ref, s.color_correction_strength)
                 emit(f"chunk{i}.color_out", video)
             if not spec.is_last:
                 motion_pixels = video[:, :, -s.motion_frame :].clone()

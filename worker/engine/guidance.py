@@ -7,7 +7,7 @@ both guidance terms vanish (the `lightning` preset: a step/CFG-distilled LoRA, n
 APG (adaptive projected guidance, arXiv:2410.02416) replaces each guidance difference by its
 component orthogonal to the conditional prediction after momentum and norm clipping.
 
-Guidance reuse (`refresh_every` k > 1, off by default): the guidance branches run on every k-th
+Guidance reuse (`guidance_every` k > 1, off by default): the guidance branches run on every k-th
 step only; the steps between run the conditional pass alone and add the guidance correction
 (guided prediction minus conditional prediction) of the last full step. With the turbo preset's
 4 steps and k = 2 that is 6 pass-equivalents a chunk instead of 8. It changes the output (the
@@ -15,52 +15,14 @@ correction is a step old), so it is an opt-in trade of quality for GPU time.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 
+from .settings import GuidanceConfig
+
 COND, DROP_TEXT, UNCOND, DROP_AUDIO = "cond", "drop_text", "uncond", "drop_audio"
-
-
-@dataclass(frozen=True)
-class GuidanceConfig:
-    text_scale: float = 5.0
-    audio_scale: float = 4.0
-    use_apg: bool = False
-    apg_momentum: float = -0.75
-    apg_norm_threshold: float = 55.0
-    refresh_every: int = 1  # guidance branches run on every k-th step; 1 = every step (the reference)
-
-    def __post_init__(self) -> None:
-        if self.refresh_every < 1:
-            raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
-
-    def full_step(self, step: int) -> bool:
-        """Whether step `step` (0-based, within a chunk) runs every guidance branch."""
-        return step % self.refresh_every == 0
-
-    @property
-    def two_pass(self) -> bool:
-        return math.isclose(self.text_scale, 1.0)
-
-    @property
-    def one_pass(self) -> bool:
-        """Both scales 1: the guided prediction is the conditional one, so only that pass runs."""
-        return self.two_pass and math.isclose(self.audio_scale, 1.0)
-
-    @property
-    def branches(self) -> tuple[str, ...]:
-        """DiT passes per step, in the reference's call order.
-
-        cond: prompt + audio; drop_text: negative prompt + audio; uncond: negative prompt +
-        zero audio; drop_audio: prompt + zero audio (only in the two-pass mode).
-        """
-        if self.one_pass:
-            return (COND,)
-        return (COND, DROP_AUDIO) if self.two_pass else (COND, DROP_TEXT, UNCOND)
 
 
 class _Momentum:
@@ -115,7 +77,7 @@ class Guider:
     def combine(self, preds: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The guided prediction of a full step (every branch ran)."""
         guided = self._combine(preds)
-        if self.config.refresh_every > 1:
+        if self.config.guidance_every > 1:
             self._correction = guided - preds[COND]
         return guided
 
@@ -134,19 +96,19 @@ class Guider:
             thr = c.apg_norm_threshold
             if c.two_pass:
                 d_audio = cond - preds[DROP_AUDIO]
-                return cond + (c.audio_scale - 1) * apg_direction(d_audio, cond, self._audio_momentum, thr)
+                return cond + (c.audio_guide_scale - 1) * apg_direction(d_audio, cond, self._audio_momentum, thr)
             d_text = cond - preds[DROP_TEXT]
             d_audio = preds[DROP_TEXT] - preds[UNCOND]
             return (
                 cond
-                + (c.text_scale - 1) * apg_direction(d_text, cond, self._text_momentum, thr)
-                + (c.audio_scale - 1) * apg_direction(d_audio, cond, self._audio_momentum, thr)
+                + (c.text_guide_scale - 1) * apg_direction(d_text, cond, self._text_momentum, thr)
+                + (c.audio_guide_scale - 1) * apg_direction(d_audio, cond, self._audio_momentum, thr)
             )
         if c.two_pass:
             drop_audio = preds[DROP_AUDIO]
-            return drop_audio + c.audio_scale * (cond - drop_audio)
+            return drop_audio + c.audio_guide_scale * (cond - drop_audio)
         drop_text, uncond = preds[DROP_TEXT], preds[UNCOND]
-        return uncond + c.text_scale * (cond - drop_text) + c.audio_scale * (drop_text - uncond)
+        return uncond + c.text_guide_scale * (cond - drop_text) + c.audio_guide_scale * (drop_text - uncond)
 
 
 def euler_step(

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .attention import set_attention_backend
 from .audio_windows import pad_tail
@@ -28,65 +27,17 @@ from .compile import compile_dit
 from .dit import DiTConfig, InfiniteTalkDiT
 from .errors import EngineOOMError, WeightLoadError
 from .fp8 import convert_linears, convert_stored, load_fp8_state, stored_fp8_modules
-from .generation import ChunkResult, GenerationInputs, GenerationSettings, ResumeState, StepInfo, generate
+from .generation import ChunkResult, GenerationInputs, ResumeState, StepInfo, generate
 from .layout import CheckpointLayout
 from .loaders import _materialise_leftovers, load_module
 from .lora import merge_lora, resolve_lora_path
 from .offload import HOST, BlockStreamer, OffloadedVAE, resident
+from .settings import QUANTS, EngineOptions, EngineRequest
 from .t5 import T5Config, T5TextEncoder, UMT5Encoder
 from .vae import VAEConfig, WanVAE, WanVAEModel
 
 _log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-QUANTS = ("none", "fp8")
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """Placement choices, filled from the GPU tier config."""
-
-    device: str = "cpu"
-    dtype: str = "float32"
-    # "fp8": the DiT's block Linears are FP8Linear (fp8.py), one byte a weight, filled from an fp8
-    # bundle or upstream's quant file kept in fp8 (see `Engine._fill_fp8`); "none": `dtype` throughout.
-    quant: str = "none"
-    attention_backend: str = "sdpa"
-    offload_text_encoder: bool = False  # keep umT5 on the CPU (it is used once per prompt)
-    text_cache_size: int = 16
-    compile_dit: bool = False  # torch.compile each DiT block (compile.py): GPU tiers only
-    # LoRA merged at load (the worker's default preset): `lora_file` relative to `lora_dir` or absolute.
-    # A request naming another LoRA switches lazily, see `Engine.use_lora`.
-    lora_dir: str = ""
-    lora_file: str = ""
-    lora_scale: float = 1.0
-    # Low VRAM (offload.py): CLIP / VAE weights parked in host memory between uses, and the last
-    # `stream_blocks` DiT blocks kept in pinned host memory and copied in for each forward.
-    offload_clip: bool = False
-    offload_vae: bool = False
-    stream_blocks: int = 0
-    # False: every guidance pass is its own DiT call, whatever the request's settings say: the peak
-    # activations of a step drop to one pass's (half, with two passes), the DiT work stays the same;
-    # the 24 GB tier needs it. True: as each request's settings say.
-    batch_passes: bool = True
-    # Chaos testing: "oom@step" raises the accelerator's out-of-memory error at the first sampling
-    # step of the next job (once), exactly where a real one surfaces; empty in production.
-    fault: str = ""
-
-
-@dataclass(frozen=True)
-class EngineRequest:
-    """One generation, already decoded by the worker: condition frames, 16 kHz audio per speaker, prompts."""
-
-    cond: Image.Image | Iterable[Image.Image]
-    audio_tracks: tuple[np.ndarray, ...]
-    prompt: str
-    negative_prompt: str
-    settings: GenerationSettings
-    bboxes: tuple[tuple[float, float, float, float], ...] | None = None
-    # The preset's LoRA (relative to EngineOptions.lora_dir): None keeps whatever the engine has
-    # merged, "" asks for the plain model.
-    lora_file: str | None = None
-    lora_scale: float = 1.0
 
 
 @dataclass
@@ -238,7 +189,7 @@ class Engine:
 
     def _load_t5(self) -> T5TextEncoder:
         cfg = self._config("t5", lambda **kw: T5Config(**kw), T5Config())
-        device = torch.device("cpu") if self.options.offload_text_encoder else self.device
+        device = torch.device("cpu") if self.options.offload_t5 else self.device
         model = UMT5Encoder.from_original_checkpoint(self.layout.t5_file, cfg, dtype=self.dtype, device=device)
         text_len = int(self._components.get("t5_text_len", 512))
         if not self.layout.t5_tokenizer.is_dir():
