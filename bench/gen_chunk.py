@@ -134,7 +134,7 @@ def run_chunk(
     two configurations' videos can be compared (same seeds and inputs, so only the arithmetic differs)."""
     p = dict(PRESETS[preset])
     if steps is not None:
-        p["steps"] = steps
+        p["sample_steps"] = steps
     gen = torch.Generator().manual_seed(seed)
     max_frames = 81 + 72 * (chunks - 1)
     # An explicit one-entry bucket table pins the output size (the 480 tier has no 480x832 bucket; its
@@ -197,7 +197,7 @@ def run_chunk(
         "guidance_every": guidance_every,
         # DiT pass-equivalents a chunk: every guidance pass on steps 0, k, 2k, ...; the conditional one between
         "forwards": sum(len(settings.guidance.branches) if settings.guidance.full_step(i) else 1
-                        for i in range(p["steps"])),
+                        for i in range(p["sample_steps"])),
         "size": [height, width],
         "chunks": len(per_chunk),
         **last,

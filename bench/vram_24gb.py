@@ -165,7 +165,7 @@ def run_chunk(dit, vae, args, batch_passes: bool) -> dict[str, Any]:
 
     p = dict(PRESETS[args.preset])
     if args.steps is not None:
-        p["steps"] = args.steps
+        p["sample_steps"] = args.steps
     h, w = args.height, args.width
     settings = GenerationSettings(
         **p, seed=42, frame_num=81, motion_frame=9, mode="clip", color_correction_strength=1.0,
