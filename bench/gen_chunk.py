@@ -192,7 +192,7 @@ def run_chunk(
     frames_total = sum(c["new_frames"] for c in per_chunk)
     rec = {
         "preset": preset,
-        "steps": p["steps"],
+        "steps": p["sample_steps"],
         "passes_per_step": len(settings.guidance.branches),
         "guidance_every": guidance_every,
         # DiT pass-equivalents a chunk: every guidance pass on steps 0, k, 2k, ...; the conditional one between

@@ -197,7 +197,7 @@ def run_chunk(dit, vae, args, batch_passes: bool) -> dict[str, Any]:
         hook.remove()
     return {
         "preset": args.preset,
-        "steps": p["steps"],
+        "steps": p["sample_steps"],
         "size": [h, w],
         "passes_per_step": len(settings.guidance.branches),
         "dit_calls": len(calls),
