@@ -3,7 +3,7 @@
 Writes random weights in the published file formats (7 `diffusion_pytorch_model-0000N-of-00007.safetensors`
 shards + their index json + `config.json`, and `infinitetalk.safetensors` holding the adapter keys),
 evicts them from the page cache, measures the disk's read bandwidth, then loads the merged DiT with
-`worker.engine.loaders.load_module` (bf16 target, on the GPU) in a fresh process, timing it and sampling
+`worker.engine.formats.loaders.load_module` (bf16 target, on the GPU) in a fresh process, timing it and sampling
 host RSS (anonymous and file-backed) and ru_maxrss.
 
     PYTHONUNBUFFERED=1 python bench/checkpoint_load.py --dir /tmp/ckpt --out $OUT/load.json
@@ -34,8 +34,8 @@ from common import GIB, host_memory, log, machine_info, write_json
 
 import torch
 
-from worker.engine.dit import DiTConfig, InfiniteTalkDiT
-from worker.engine.layout import DIT_CONFIG, DIT_SHARD_COUNT, CheckpointLayout, dit_shard_names, is_adapter_key
+from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
+from worker.engine.formats.layout import DIT_CONFIG, DIT_SHARD_COUNT, CheckpointLayout, dit_shard_names, is_adapter_key
 
 INDEX = "diffusion_pytorch_model.safetensors.index.json"
 ADAPTER = "infinitetalk.safetensors"
@@ -237,7 +237,7 @@ class RssSampler(threading.Thread):
 
 
 def load_child(ckpt: Path, out: Path, label: str) -> None:
-    from worker.engine.loaders import load_module
+    from worker.engine.formats.loaders import load_module
 
     import_mem = host_memory()
     cfg = DiTConfig.from_json(ckpt / DIT_CONFIG)
@@ -287,7 +287,7 @@ def load_child(ckpt: Path, out: Path, label: str) -> None:
 
 def probe_child(probe: Path, out: Path) -> None:
     """The loader's inner loop (lazy read, per-tensor `.to(cuda, bf16)`) over one float32 shard."""
-    from worker.engine.loaders import CheckpointReader
+    from worker.engine.formats.loaders import CheckpointReader
 
     torch.zeros(1, device="cuda")
     sampler = RssSampler()

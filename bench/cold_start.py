@@ -9,7 +9,7 @@
    tower that the loader skips), the VAE (`.pth`, float32), a wav2vec2 `save_pretrained` folder and the umT5
    tokenizer folder. `--scale full` uses the published sizes (no engine_components.json, so the engine's
    defaults apply; tokenizer at umT5's full 256,384 pieces), `--scale tiny` the tiny model's configs
-   (`worker/engine/tiny.py`). Weights are drawn on `--device` (a GPU draws 19 B values in seconds).
+   (`testkit/tiny.py`). Weights are drawn on `--device` (a GPU draws 19 B values in seconds).
 2. Measures the disk's read bandwidth: every file evicted from the page cache, then the largest file is read
    once with buffered 16 MiB reads (the figure used below); `dd iflag=direct` on the second largest file is
    recorded beside it.
@@ -52,13 +52,13 @@ from checkpoint_load import cached_fraction, dd_bandwidth, drop_caches, evict, r
 
 import torch  # noqa: E402
 
-from worker.engine.clip_visual import CLIPVisionConfig, CLIPVisionTower  # noqa: E402
-from worker.engine.dit import DiTConfig, InfiniteTalkDiT  # noqa: E402
-from worker.engine.layout import (  # noqa: E402
+from worker.engine.models.clip_visual import CLIPVisionConfig, CLIPVisionTower  # noqa: E402
+from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT  # noqa: E402
+from worker.engine.formats.layout import (  # noqa: E402
     CLIP_FILE, T5_FILE, T5_TOKENIZER_DIR, VAE_FILE, CheckpointLayout, published_layout,
 )
-from worker.engine.t5 import T5Config, UMT5Encoder, write_tiny_tokenizer  # noqa: E402
-from worker.engine.vae import VAEConfig, WanVAEModel  # noqa: E402
+from worker.engine.models.t5 import T5Config, UMT5Encoder, write_tiny_tokenizer  # noqa: E402
+from worker.engine.models.vae import VAEConfig, WanVAEModel  # noqa: E402
 
 MARKER = ".cold_start_bench"
 BUNDLE_REL = "bundles/infinitetalk_single_bf16.safetensors"
@@ -82,7 +82,7 @@ class Scale:
 
 def scale_spec(name: str) -> Scale:
     if name == "tiny":
-        from worker.engine import tiny
+        from testkit import tiny
 
         return Scale(tiny.TINY_DIT, tiny.TINY_T5, tiny.TINY_CLIP, tiny.TINY_VAE, tiny.TINY_WAV2VEC, tiny.write_components)
     return Scale(DiTConfig.full_size(), T5Config(), CLIPVisionConfig(), VAEConfig(), {}, None)
@@ -352,7 +352,7 @@ def run_pth_probe(path: Path, mode: str) -> None:
     """One `.pth` onto the GPU the loader's way (memory-mapped `torch.load`, tensor by tensor), with the copy
     made `direct` (mapped pages straight to `.to("cuda")`, as the loader does), after a `clone` into
     anonymous memory, or `direct` with the prefetch thread running: which part of the loader is slow."""
-    from worker.engine.prefetch import Prefetcher
+    from worker.engine.formats.prefetch import Prefetcher
 
     t0 = time.perf_counter()
     pre = Prefetcher([path]) if mode == "prefetch" else None

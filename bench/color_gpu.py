@@ -1,4 +1,4 @@
-"""Lab colour correction on the GPU (`worker.engine.color.match_colors`): parity with scikit-image's per-frame
+"""Lab colour correction on the GPU (`worker.engine.sampling.color.match_colors`): parity with scikit-image's per-frame
 CPU path on random full-size frames, and the time for one 81-frame 480x832 chunk.
 
     PYTHONUNBUFFERED=1 python3 bench/color_gpu.py --out $OUT/color.json
@@ -12,7 +12,7 @@ from common import cuda_time, log, machine_info, write_json
 
 import torch
 
-from worker.engine.color import lab_reference, match_colors
+from worker.engine.sampling.color import lab_reference, match_colors
 
 
 def _skimage_match(video: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,8 @@ from common import GIB, cuda_time, log, machine_info, write_json
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import worker.engine.dit_blocks as dit_blocks
-from worker.engine.dit import DiTConfig, InfiniteTalkDiT
+import worker.engine.models.dit_blocks as dit_blocks
+from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
 
 BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,

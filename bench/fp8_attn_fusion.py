@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from common import cuda_time, log, machine_info, write_json  # noqa: E402
-from worker.engine import attention as attn_mod  # noqa: E402
-from worker.engine.dit_blocks import SelfAttention  # noqa: E402
-from worker.engine.fp8_attention import quantize, relative_error  # noqa: E402
-from worker.engine.rope import real_rope_table, rope_3d_freqs  # noqa: E402
+from worker.engine.kernels import attention as attn_mod  # noqa: E402
+from worker.engine.models.dit_blocks import SelfAttention  # noqa: E402
+from worker.engine.kernels.fp8_attention import quantize, relative_error  # noqa: E402
+from worker.engine.models.rope import real_rope_table, rope_3d_freqs  # noqa: E402
 
 GRID = (21, 30, 52)  # 480x832x81 latent tokens: 32,760
 

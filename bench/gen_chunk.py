@@ -1,4 +1,4 @@
-"""One generation chunk end to end through the engine's own loop (`worker.engine.generation.generate`),
+"""One generation chunk end to end through the engine's own loop (`worker.engine.sampling.generation.generate`),
 with random weights: VAE encode of the condition, the sampling steps with batched guidance passes,
 VAE decode, Lab colour correction and the uint8 conversion, timed as a whole and by stage.
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from worker.engine import generation
-from worker.engine.generation import GenerationInputs, GenerationSettings, generate
-from worker.engine.vae import VAEConfig, WanVAE, WanVAEModel
+from worker.engine.sampling import generation
+from worker.engine.sampling.generation import GenerationInputs, GenerationSettings, generate
+from worker.engine.models.vae import VAEConfig, WanVAE, WanVAEModel
 
 SECONDS_PER_CHUNK = 72 / 25  # 81 frames, 9 of them motion frames carried over: 72 new frames at 25 fps
 

@@ -32,12 +32,12 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from worker.engine.dit import DiTConfig, InfiniteTalkDiT  # noqa: E402
-from worker.engine.generation import GenerationInputs, GenerationSettings, generate  # noqa: E402
+from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT  # noqa: E402
+from worker.engine.sampling.generation import GenerationInputs, GenerationSettings, generate  # noqa: E402
 from worker.engine.parallel import ParallelContext, attach_parallel  # noqa: E402
 from worker.engine.parallel.vae import ParallelVAE  # noqa: E402
-from worker.engine.tiny import TINY_DIT, TINY_SEED, TINY_VAE, randomise  # noqa: E402
-from worker.engine.vae import VAEConfig, WanVAE, WanVAEModel  # noqa: E402
+from testkit.tiny import TINY_DIT, TINY_SEED, TINY_VAE, randomise  # noqa: E402
+from worker.engine.models.vae import VAEConfig, WanVAE, WanVAEModel  # noqa: E402
 
 TURBO = dict(sample_steps=4, text_guide_scale=1.0, audio_guide_scale=2.0, sample_shift=2.0)
 
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--no-chunk", action="store_true", help="time the DiT forward only")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (worker/engine/compile.py)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (worker/engine/kernels/compile.py)")
     ap.add_argument("--out", default="", help="JSON file for the results (rank 0 writes it)")
     args = ap.parse_args()
 
@@ -174,7 +174,7 @@ def main() -> None:
 
     dit = build_dit(shape, device, dtype)
     if args.compile:
-        from worker.engine.compile import compile_dit
+        from worker.engine.kernels.compile import compile_dit
 
         compile_dit(dit)  # each rank count's first (warm-up) forward compiles its shapes
     vae = build_vae(shape, device, dtype)

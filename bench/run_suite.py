@@ -6,7 +6,7 @@ Parts (`--parts`, in this order; the model is compiled in place by `compile`, so
   matmul   bf16 matmul rate: 8192^3 and the DiT's FFN shape (32760 x 5120 x 13824); the larger is the floor's rate
   dit      full-size DiT forward, 480x832x81, bf16, one speaker, eager
   qkv      the same with the self-attention q/k/v projections fused into one matmul (bench-only experiment)
-  compile  `worker.engine.compile.compile_dit` (regional: each block), compile time and the compiled forward
+  compile  `worker.engine.kernels.compile.compile_dit` (regional: each block), compile time and the compiled forward
   turbo    one 480p chunk end to end with the turbo preset (4 steps x 2 passes batched), after a 1-step warm-up chunk
   quality  the quality preset's chunk (40 steps x 3 passes) estimated from a measured batch-3 forward: see below
   fast     one 480p chunk end to end with the fast preset (8 steps x 2 passes)
@@ -18,9 +18,9 @@ Parts (`--parts`, in this order; the model is compiled in place by `compile`, so
            graphs), then time the forward as `compile` does (bench-only; the engine compiles once)
   attn     the self-attention alone ([1, 32760, 40, 128] bf16) through every attention backend importable here:
            time, TFLOP/s and relative error against a float32 reference on 4 heads
-  backend:NAME  switch the engine's attention backend (`worker.engine.attention`) to NAME for the parts after it
+  backend:NAME  switch the engine's attention backend (`worker.engine.kernels.attention`) to NAME for the parts after it
            and time the forward (compiled if `compile` ran), with its difference to the forward before the switch
-  fp8      convert the block Linears to fp8 (`worker.engine.fp8.convert_linears`: e4m3 weights, per-row scales,
+  fp8      convert the block Linears to fp8 (`worker.engine.formats.fp8.convert_linears`: e4m3 weights, per-row scales,
            `torch._scaled_mm` with per-row activation scales) and time the forward; the relative error of the
            output against the bf16 forward just before (same attention backend, same inputs) is the fp8 accuracy
   vae      the VAE decode of one chunk's latent with `torch.backends.cudnn.benchmark` off and on
@@ -48,10 +48,10 @@ import torch
 import torch.nn.functional as F
 
 from gen_chunk import SECONDS_PER_CHUNK, build_vae, run_chunk
-from worker.engine import dit_blocks
-from worker.engine.attention import attention
-from worker.engine.compile import compile_dit
-from worker.engine.rope import apply_rope_3d
+from worker.engine.models import dit_blocks
+from worker.engine.kernels.attention import attention
+from worker.engine.kernels.compile import compile_dit
+from worker.engine.models.rope import apply_rope_3d
 
 PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "recompile", "offload", "quality_full",
          "attn", "backend", "fp8", "vae", "turbo_reuse", "lightning", "cudatests")
@@ -62,7 +62,7 @@ def attention_kernels() -> dict[str, Any]:
     """Every importable backend on the self-attention shape; error against float32 on the first 4 heads."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from worker.engine.attention import BACKENDS, attention, backend_available, flash_module_name
+    from worker.engine.kernels.attention import BACKENDS, attention, backend_available, flash_module_name
 
     gen = torch.Generator(device="cuda").manual_seed(3)
     q, k, v = (torch.randn(ATTN_SHAPE, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
@@ -83,7 +83,7 @@ def attention_kernels() -> dict[str, Any]:
             err = float((got[:, :, :4].float() - ref).norm() / ref.norm())
             out[name] = {**tm, "tflops": round(flop / tm["median_s"] / 1e12, 1), "rel_err_vs_fp32": err}
             if name == "fa3_fp8":  # the quantisation's own cost, eager (unfused); in a compiled block it fuses
-                from worker.engine.fp8_attention import quantize
+                from worker.engine.kernels.fp8_attention import quantize
 
                 with torch.inference_mode():
                     out[name]["quantize_eager"] = cuda_time(lambda: quantize(q, k, v), 2, 5)
@@ -208,7 +208,7 @@ def main() -> None:
     last_out = None  # output of the latest timed forward: what the next variant is compared with
     vae = None
     first_turbo_frames = None
-    from worker.engine.attention import resolve_backend
+    from worker.engine.kernels.attention import resolve_backend
 
     res["auto_resolves_to"] = {"bf16": resolve_backend("auto", "cuda"), "fp8": resolve_backend("auto", "cuda", fp8=True)}
     log("attention auto resolves to", res["auto_resolves_to"])
@@ -255,7 +255,7 @@ def main() -> None:
             elif part == "attn":
                 res["attention_kernels"] = attention_kernels()
             elif part.startswith("backend:"):
-                from worker.engine.attention import set_attention_backend
+                from worker.engine.kernels.attention import set_attention_backend
 
                 name = part.split(":", 1)[1]
                 if name == "best":
@@ -267,7 +267,7 @@ def main() -> None:
                     key, n = f"dit_{name}_{n}", n + 1
                 res[key] = forward_time(f"dit attention={name}", args.iters)
             elif part == "fp8":
-                from worker.engine.fp8 import convert_linears
+                from worker.engine.formats.fp8 import convert_linears
 
                 t0 = time.perf_counter()
                 with torch.no_grad():
@@ -331,7 +331,7 @@ def main() -> None:
             elif part == "offload":
                 # The 24 GB placement (conf/gpu/rtx4090_24.yaml): the last `stream_blocks` DiT blocks in pinned
                 # host memory, VAE parked in host memory between uses; T5/CLIP are not part of the chunk here.
-                from worker.engine.offload import BlockStreamer, OffloadedVAE
+                from worker.engine.kernels.offload import BlockStreamer, OffloadedVAE
 
                 ref_out = None
                 BlockStreamer.attach(model, args.stream_blocks, "cuda")
@@ -380,7 +380,7 @@ def main() -> None:
                     else:
                         res[key]["frames_vs_first_turbo"] = compare_frames(frames, first_turbo_frames)
                 del frames
-                from worker.engine.attention import get_attention_backend
+                from worker.engine.kernels.attention import get_attention_backend
 
                 res[key]["attention"] = get_attention_backend()
                 res[key]["fp8"] = "dit_fp8" in res

@@ -7,7 +7,7 @@ batched guidance passes, which does not fit a 24 GB card. This script takes the 
 composed config (the same `engine_options` the worker uses: streamed blocks, unbatched passes, VAE offload,
 PYTORCH_CUDA_ALLOC_CONF set before torch starts), builds the full-size DiT with random weights block by block
 (so the card never holds more than the resident part plus one block), and runs one chunk through the
-engine's own loop (`worker.engine.generation.generate`). With `--cap-gib` (default 23.5, what a 4090 leaves
+engine's own loop (`worker.engine.sampling.generation.generate`). With `--cap-gib` (default 23.5, what a 4090 leaves
 to PyTorch after the CUDA context) the process is capped by `torch.cuda.set_per_process_memory_fraction`,
 so an H100/H200 answers whether the chunk fits a 24 GB card instead of only reporting the peak.
 
@@ -81,8 +81,8 @@ def main() -> None:
     try:
         dit, res["dit"] = build_streamed_dit(stream_blocks, args.quant)
         log("dit", res["dit"])
-        from worker.engine.attention import set_attention_backend
-        from worker.engine.offload import OffloadedVAE
+        from worker.engine.kernels.attention import set_attention_backend
+        from worker.engine.kernels.offload import OffloadedVAE
 
         from bench.gen_chunk import build_vae
 
@@ -118,9 +118,9 @@ def build_streamed_dit(stream_blocks: int, quant: str):
     from torch import nn
 
     from bench.common import GIB
-    from worker.engine.dit import DiTConfig, InfiniteTalkDiT
-    from worker.engine.fp8 import convert_linears
-    from worker.engine.offload import HOST, BlockStreamer
+    from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
+    from worker.engine.formats.fp8 import convert_linears
+    from worker.engine.kernels.offload import HOST, BlockStreamer
 
     t0 = time.perf_counter()
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -161,7 +161,7 @@ def run_chunk(dit, vae, args, batch_passes: bool) -> dict[str, Any]:
 
     from bench.common import GIB
     from bench.gen_chunk import PRESETS
-    from worker.engine.generation import GenerationInputs, GenerationSettings, generate
+    from worker.engine.sampling.generation import GenerationInputs, GenerationSettings, generate
 
     p = dict(PRESETS[args.preset])
     if args.steps is not None:

@@ -76,7 +76,7 @@ class EngineHolder:
 
                 layout = checkpoint_layout(self.cfg)
                 if self.cfg.model.kind == "tiny":
-                    from worker.engine.tiny import ensure_tiny_checkpoint
+                    from testkit.tiny import ensure_tiny_checkpoint
 
                     ensure_tiny_checkpoint(layout.ckpt_dir.parent)
                 options = EngineOptions(**engine_options(self.cfg))
@@ -98,10 +98,10 @@ class EngineHolder:
             return self._engine
 
     def tts(self) -> Any:
-        """The Kokoro voice model (worker.engine.tts.KokoroTTS), loaded on the first tts job and kept."""
+        """The Kokoro voice model (worker.engine.models.tts.KokoroTTS), loaded on the first tts job and kept."""
         with self._tts_lock:
             if self._tts is None:
-                from worker.engine.tts import KokoroTTS
+                from worker.engine.models.tts import KokoroTTS
 
                 folder = self.cfg.model.tts_dir
                 if not folder:
@@ -111,7 +111,7 @@ class EngineHolder:
                         hint="send recorded speech in `audio`, or set KOKORO_DIR to a Kokoro-82M folder",
                     )
                 if self.cfg.model.kind == "tiny":
-                    from worker.engine.tiny import ensure_tiny_checkpoint, ensure_tiny_kokoro
+                    from testkit.tiny import ensure_tiny_checkpoint, ensure_tiny_kokoro
 
                     ensure_tiny_checkpoint(checkpoint_layout(self.cfg).ckpt_dir.parent)
                     ensure_tiny_kokoro(Path(folder).parent)
@@ -452,7 +452,7 @@ def _synthesize_speech(
     other (as `add`), each track silent while the other speaker talks. Each speaker's speech is
     loudness-normalised as a whole, as an uploaded file of that speaker would be."""
     from worker.engine.audio_io import loudness_normalize
-    from worker.engine.tts import split_dialogue
+    from worker.engine.models.tts import split_dialogue
 
     spec = job.tts
     assert spec is not None

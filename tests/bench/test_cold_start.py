@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from worker.engine.bundle import read_bundle_metadata
+from worker.engine.formats.bundle import read_bundle_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "cold_start.py"

@@ -15,12 +15,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from worker.engine.dit import InfiniteTalkDiT
-from worker.engine.generation import GenerationInputs, GenerationSettings, generate
+from worker.engine.models.dit import InfiniteTalkDiT
+from worker.engine.sampling.generation import GenerationInputs, GenerationSettings, generate
 from worker.engine.parallel import ParallelContext, attach_parallel
 from worker.engine.parallel.vae import ParallelVAE
-from worker.engine.tiny import TINY_DIT, TINY_SEED, TINY_VAE, randomise
-from worker.engine.vae import WanVAE, WanVAEModel
+from testkit.tiny import TINY_DIT, TINY_SEED, TINY_VAE, randomise
+from worker.engine.models.vae import WanVAE, WanVAEModel
 
 # Latent grid (3 frames of 6 x 10 latents -> 3 x 15 tokens = 45): 45 tokens split over 2, 3 or 4 ranks
 # needs padding and puts chunk edges inside frames, the cases a frame-aligned split would never meet.
@@ -62,7 +62,7 @@ def dit_inputs(speakers: int, batch: int = 2) -> dict:
 def run_dit(ctx: ParallelContext, speakers: int, fp8: bool = False) -> torch.Tensor:
     dit = tiny_dit()
     if fp8:  # fp8 block linears (the fp8 model variant) under the split
-        from worker.engine.fp8 import convert_linears
+        from worker.engine.formats.fp8 import convert_linears
 
         convert_linears(dit)
     dit = attach_parallel(dit, ctx)

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from worker.engine import attention as attn_mod
-from worker.engine.attention import (
+from worker.engine.kernels import attention as attn_mod
+from worker.engine.kernels.attention import (
     BACKENDS,
     AttentionBackendUnavailable,
     attention,
@@ -197,7 +197,7 @@ def test_external_kernel_is_one_opaque_operator_under_torch_compile(monkeypatch)
 
 def test_auto_backend_is_sdpa_off_hopper():
     """`auto` (the H100/H200 tiers' setting) must fall back to SDPA wherever FA3/FA4 cannot run."""
-    from worker.engine.attention import resolve_backend
+    from worker.engine.kernels.attention import resolve_backend
 
     assert resolve_backend("auto", "cpu") == "sdpa"
     assert resolve_backend("auto", None) == "sdpa"

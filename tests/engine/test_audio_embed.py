@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 from safetensors.torch import load_file as load_torch
 
 from tests.conftest import golden_cases
-from worker.engine.audio_embed import Wav2Vec2Embedder
+from worker.engine.models.audio_embed import Wav2Vec2Embedder
 from worker.engine.audio_io import MIN_SAMPLES, SAMPLE_RATE, merge_speakers, prepare_audio
 from worker.engine.errors import AudioDecodeError, WeightLoadError
 

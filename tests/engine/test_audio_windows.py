@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from tests.conftest import golden_cases, is_generation_case
-from worker.engine.audio_windows import (
+from worker.engine.sampling.audio_windows import (
     audio_window,
     chunk_audio,
     pad_tail,

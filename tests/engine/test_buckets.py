@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from tests.conftest import golden_cases, is_generation_case
-from worker.engine.buckets import (
+from worker.engine.sampling.buckets import (
     BUCKET_TABLES,
     BUCKETS_480,
     BUCKETS_720,

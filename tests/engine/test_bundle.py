@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from tests.weights.conftest import tiny_layout, tiny_root  # noqa: F401 - the same session checkpoint
-from worker.engine.bundle import bundle_state_dict, is_bundle, load_bundle_into, read_bundle_metadata
-from worker.engine.dit import InfiniteTalkDiT
+from worker.engine.formats.bundle import bundle_state_dict, is_bundle, load_bundle_into, read_bundle_metadata
+from worker.engine.models.dit import InfiniteTalkDiT
 from worker.engine.errors import WeightLoadError
-from worker.engine.loaders import load_module
-from worker.engine.tiny import TINY_DIT
+from worker.engine.formats.loaders import load_module
+from testkit.tiny import TINY_DIT
 from worker.weights.repack import FP8_ABS_STEPS, FP8_REL_ERR, repack
 
 

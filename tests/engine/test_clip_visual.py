@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import golden_cases
-from worker.engine.clip_visual import (
+from worker.engine.models.clip_visual import (
     CLIPVisionConfig,
     CLIPVisionTower,
     original_key_map,

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from tests.conftest import golden_cases, is_generation_case
-from worker.engine.color import lab_reference, match_colors
+from worker.engine.sampling.color import lab_reference, match_colors
 
 
 CASES = golden_cases(is_generation_case)
@@ -99,7 +99,7 @@ def test_lab_conversions_match_skimage():
 
     from skimage import color as sk
 
-    from worker.engine.color import lab_to_rgb, rgb_to_lab
+    from worker.engine.sampling.color import lab_to_rgb, rgb_to_lab
 
     g = torch.Generator().manual_seed(7)
     rgb = torch.rand(3, 64, 64, generator=g)
@@ -122,7 +122,7 @@ def test_flat_channel_takes_the_reference_mean():
     flat = torch.full((3, 2, 16, 16), 0.3)
     got = match_colors(flat, ref, 1.0)
     stats = lab_reference(ref)
-    from worker.engine.color import lab_to_rgb
+    from worker.engine.sampling.color import lab_to_rgb
 
     want = lab_to_rgb(torch.tensor(stats.mean).view(3, 1, 1, 1).expand(3, 2, 16, 16)) * 2 - 1
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -1,7 +1,7 @@
 import torch
 
-from worker.engine.compile import RealRope3DCache, compile_dit
-from worker.engine.dit import DiTConfig, InfiniteTalkDiT
+from worker.engine.kernels.compile import RealRope3DCache, compile_dit
+from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
 
 
 def _tiny() -> InfiniteTalkDiT:

@@ -1,7 +1,7 @@
 """InfiniteTalk DiT parity with the reference forward (float32 goldens), checkpoint key layout and the
 batch-first / meta-device / bf16 behaviour the engine relies on.
 
-Covers worker/engine/dit.py and its parts (dit_blocks.py, audio_adapter.py, rope.py).
+Covers worker/engine/models/dit.py and its parts (dit_blocks.py, audio_adapter.py, rope.py).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.conftest import golden_cases
-from worker.engine.audio_adapter import speaker_positions, split_audio_windows
-from worker.engine.dit import DiTConfig, InfiniteTalkDiT
-from worker.engine.rope import apply_rope_1d, rope_1d_angles, rope_3d_channels
+from worker.engine.models.audio_adapter import speaker_positions, split_audio_windows
+from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
+from worker.engine.models.rope import apply_rope_1d, rope_1d_angles, rope_3d_channels
 
 ATOL = 1e-4
 

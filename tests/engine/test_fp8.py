@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from worker.engine.dit import InfiniteTalkDiT
+from worker.engine.models.dit import InfiniteTalkDiT
 from worker.engine.errors import WeightLoadError
-from worker.engine.fp8 import FP8, FP8Linear, convert_linears, load_fp8_state, quantize_rows
-from worker.engine.tiny import TINY_DIT
+from worker.engine.formats.fp8 import FP8, FP8Linear, convert_linears, load_fp8_state, quantize_rows
+from testkit.tiny import TINY_DIT
 
 from .test_offload import dit_inputs, tiny_dit
 

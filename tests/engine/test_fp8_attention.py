@@ -1,4 +1,4 @@
-"""fp8 attention (worker/engine/fp8_attention.py and the `fa3_fp8` / `fp8_reference` backends).
+"""fp8 attention (worker/engine/kernels/fp8_attention.py and the `fa3_fp8` / `fp8_reference` backends).
 
 The quantisation math is checked on the CPU against float64 attention with an e4m3 emulation of what FA3's
 fp8 kernel computes; the kernel itself only where CUDA, a Hopper GPU and `fa3-fwd` are present (skipped
@@ -18,10 +18,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.engine import attention as attn_mod
-from worker.engine import fp8_attention as fa
-from worker.engine.attention import attention, backend_available, get_attention_backend, resolve_backend
-from worker.engine.fp8 import FP8Linear, convert_linears
+from worker.engine.kernels import attention as attn_mod
+from worker.engine.kernels import fp8_attention as fa
+from worker.engine.kernels.attention import attention, backend_available, get_attention_backend, resolve_backend
+from worker.engine.formats.fp8 import FP8Linear, convert_linears
 
 from .test_offload import dit_inputs, tiny_dit
 
@@ -204,9 +204,9 @@ def test_tiny_engine_frames_with_fp8_attention_against_the_exact_path(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from worker.engine.generation import GenerationSettings
+    from worker.engine.sampling.generation import GenerationSettings
     from worker.engine.runtime import Engine, EngineOptions, EngineRequest
-    from worker.engine.tiny import ensure_tiny_checkpoint
+    from testkit.tiny import ensure_tiny_checkpoint
 
     layout = ensure_tiny_checkpoint(tmp_path / "tiny")
     t = np.arange(16000) / 16000

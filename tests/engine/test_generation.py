@@ -19,16 +19,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.conftest import golden_cases, is_generation_case
-from worker.engine.dit import DiTConfig, InfiniteTalkDiT
+from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
 from worker.engine.errors import GenerationCancelled
-from worker.engine.generation import (
+from worker.engine.sampling.generation import (
     GenerationInputs,
     GenerationSettings,
     generate,
     speaker_masks,
     to_uint8_frames,
 )
-from worker.engine.vae import VAEConfig, WanVAE
+from worker.engine.models.vae import VAEConfig, WanVAE
 
 
 CASES = golden_cases(is_generation_case)

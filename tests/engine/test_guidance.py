@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from tests.conftest import golden_cases, is_generation_case
-from worker.engine.guidance import (
+from worker.engine.sampling.guidance import (
     COND,
     DROP_AUDIO,
     DROP_TEXT,
@@ -18,7 +18,7 @@ from worker.engine.guidance import (
     apg_direction,
     euler_step,
 )
-from worker.engine.schedule import timesteps
+from worker.engine.sampling.schedule import timesteps
 
 
 CASES = golden_cases(is_generation_case)

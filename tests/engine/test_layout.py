@@ -6,7 +6,7 @@ import json
 import pytest
 
 from worker.engine.errors import WeightLoadError
-from worker.engine.layout import CheckpointLayout, dit_shard_names, is_adapter_key
+from worker.engine.formats.layout import CheckpointLayout, dit_shard_names, is_adapter_key
 
 
 def layout(tmp_path) -> CheckpointLayout:

@@ -19,10 +19,10 @@ import torch.distributed as dist
 from PIL import Image
 
 from worker.engine.errors import GenerationCancelled
-from worker.engine.generation import GenerationSettings
+from worker.engine.sampling.generation import GenerationSettings
 from worker.engine.parallel.leader import ParallelEngine, RankFailedError
 from worker.engine.runtime import Engine, EngineOptions, EngineRequest
-from worker.engine.tiny import ensure_tiny_checkpoint
+from testkit.tiny import ensure_tiny_checkpoint
 
 TIMEOUT_S = 15.0
 
@@ -172,7 +172,7 @@ import sys, time
 from pathlib import Path
 from worker.engine.parallel.leader import RankGroup
 from worker.engine.runtime import EngineOptions
-from worker.engine.tiny import ensure_tiny_checkpoint
+from testkit.tiny import ensure_tiny_checkpoint
 group = RankGroup(2, "auto", ensure_tiny_checkpoint(Path(sys.argv[1])), EngineOptions(), timeout_s=15)
 group.start(wait=False)
 print(group.procs[0].pid, flush=True)

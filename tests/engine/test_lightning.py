@@ -9,10 +9,10 @@ from PIL import Image
 
 from worker.config import apply_job_overrides, compose_config
 from worker.engine.engine_request import generation_settings
-from worker.engine.generation import GenerationSettings
-from worker.engine.guidance import COND, DROP_AUDIO, GuidanceConfig, Guider
+from worker.engine.sampling.generation import GenerationSettings
+from worker.engine.sampling.guidance import COND, DROP_AUDIO, GuidanceConfig, Guider
 from worker.engine.runtime import Engine, EngineRequest
-from worker.engine.tiny import ensure_tiny_checkpoint
+from testkit.tiny import ensure_tiny_checkpoint
 from contract.job import SAMPLER_PRESETS, parse_job_input
 
 

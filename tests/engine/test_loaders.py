@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from worker.engine.errors import WeightLoadError
-from worker.engine.loaders import CheckpointReader, load_module, read_state_dict
+from worker.engine.formats.loaders import CheckpointReader, load_module, read_state_dict
 
 
 class Small(nn.Module):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from worker.engine.dit import InfiniteTalkDiT
+from worker.engine.models.dit import InfiniteTalkDiT
 from worker.engine.errors import WeightLoadError
-from worker.engine.lora import index_lora, merge_lora, resolve_lora_path
-from worker.engine.tiny import TINY_DIT, TINY_LORAS, ensure_tiny_checkpoint
+from worker.engine.formats.lora import index_lora, merge_lora, resolve_lora_path
+from testkit.tiny import TINY_DIT, TINY_LORAS, ensure_tiny_checkpoint
 
 TARGETS = ("blocks.0.self_attn.q", "blocks.1.ffn.2", "blocks.0.cross_attn.k_img")
 
@@ -179,7 +179,7 @@ def test_engine_merges_at_load_and_switches_lazily(tmp_path):
 
 
 def test_lora_merges_into_an_fp8_dit_within_fp8_rounding(tmp_path):
-    from worker.engine.fp8 import FP8, FP8Linear
+    from worker.engine.formats.fp8 import FP8, FP8Linear
     from worker.engine.runtime import Engine, EngineOptions
 
     root = tmp_path / "tiny"

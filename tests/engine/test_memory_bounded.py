@@ -126,9 +126,9 @@ def test_chunks_are_released_once_consumed(tmp_path):
     from PIL import Image
 
     from worker.engine.audio_io import prepare_audio
-    from worker.engine.generation import GenerationSettings
+    from worker.engine.sampling.generation import GenerationSettings
     from worker.engine.runtime import Engine, EngineRequest
-    from worker.engine.tiny import ensure_tiny_checkpoint
+    from testkit.tiny import ensure_tiny_checkpoint
 
     engine = Engine.load(ensure_tiny_checkpoint(tmp_path / "tiny"))
     audio = prepare_audio(long_speech(tmp_path / "s.wav", 6.0))

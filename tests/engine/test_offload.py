@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.engine.dit import InfiniteTalkDiT
-from worker.engine.generation import GenerationSettings
-from worker.engine.offload import BlockStreamer, OffloadedVAE, resident
+from worker.engine.models.dit import InfiniteTalkDiT
+from worker.engine.sampling.generation import GenerationSettings
+from worker.engine.kernels.offload import BlockStreamer, OffloadedVAE, resident
 from worker.engine.runtime import Engine, EngineOptions, EngineRequest
-from worker.engine.tiny import TINY_DIT, ensure_tiny_checkpoint
+from testkit.tiny import TINY_DIT, ensure_tiny_checkpoint
 
 
 def tiny_dit() -> InfiniteTalkDiT:
@@ -66,7 +66,7 @@ def test_streaming_never_writes_to_the_host_copy():
 
 
 def test_resident_and_offloaded_vae_are_no_ops_on_cpu(tmp_path):
-    from worker.engine.vae import VAEConfig, WanVAE, WanVAEModel
+    from worker.engine.models.vae import VAEConfig, WanVAE, WanVAEModel
 
     model = WanVAEModel(VAEConfig(dim=8))
     with torch.no_grad():

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.engine.parallel_ranks import scenario, spawn_ranks, tiny_dit
-from worker.engine.attention import attention
+from worker.engine.kernels.attention import attention
 from worker.engine.parallel import ParallelContext, SequenceShard, attach_parallel, choose_method
 from worker.engine.parallel.ring import block_attention, merge
 

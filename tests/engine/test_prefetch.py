@@ -7,8 +7,8 @@ import time
 import torch
 from safetensors.torch import save_file
 
-from worker.engine import loaders
-from worker.engine.prefetch import Prefetcher
+from worker.engine.formats import loaders
+from worker.engine.formats.prefetch import Prefetcher
 
 
 def _wait(p: Prefetcher, seconds: float = 10.0) -> None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from worker.engine.rope import apply_rope_3d, real_rope_table, rope_3d_freqs
+from worker.engine.models.rope import apply_rope_3d, real_rope_table, rope_3d_freqs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

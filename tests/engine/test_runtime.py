@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from worker.engine.errors import EngineOOMError, WeightLoadError
-from worker.engine.generation import GenerationSettings
+from worker.engine.sampling.generation import GenerationSettings
 from worker.engine.runtime import Engine, EngineOptions, EngineRequest, _bucket_scale
-from worker.engine.tiny import ensure_tiny_checkpoint
+from testkit.tiny import ensure_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_truncated_shard_is_named(layout, tmp_path):
     shutil.copytree(layout.ckpt_dir.parent, copy)
     shard = copy / layout.ckpt_dir.name / layout.dit_shards[2].name
     shard.write_bytes(shard.read_bytes()[:100])
-    from worker.engine.tiny import tiny_layout
+    from testkit.tiny import tiny_layout
 
     with pytest.raises(WeightLoadError, match=shard.name):
         Engine.load(tiny_layout(copy))
@@ -128,7 +128,7 @@ def _nbytes(module: torch.nn.Module) -> int:
 
 
 def _block_linears(dit) -> dict[str, torch.nn.Module]:
-    from worker.engine.fp8 import FP8Linear
+    from worker.engine.formats.fp8 import FP8Linear
 
     return {n: m for n, m in dit.named_modules() if n.startswith("blocks.") and isinstance(m, (torch.nn.Linear, FP8Linear))}
 
@@ -146,7 +146,7 @@ def bundles(layout, tmp_path_factory):
 def test_fp8_engine_keeps_the_bundles_fp8_block_linears_and_renders_close_to_fp32(layout, engine, bundles):
     from dataclasses import replace
 
-    from worker.engine.fp8 import FP8, FP8Linear
+    from worker.engine.formats.fp8 import FP8, FP8Linear
 
     eng = Engine.load(replace(layout, dit_bundle=bundles["fp8"]), EngineOptions(quant="fp8", dtype="bfloat16"))
     linears = _block_linears(eng.dit)
@@ -174,8 +174,8 @@ def test_fp8_engine_keeps_the_bundles_fp8_block_linears_and_renders_close_to_fp3
 
 
 def test_fp8_dit_of_the_full_model_is_about_half_its_bf16_bytes():
-    from worker.engine.dit import DiTConfig, InfiniteTalkDiT
-    from worker.engine.fp8 import convert_linears
+    from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
+    from worker.engine.formats.fp8 import convert_linears
 
     with torch.device("meta"):  # sizes only, nothing allocated
         dit = InfiniteTalkDiT(DiTConfig.full_size()).to(torch.bfloat16)
@@ -188,7 +188,7 @@ def test_fp8_dit_of_the_full_model_is_about_half_its_bf16_bytes():
 def test_fp8_without_an_fp8_file_quantises_at_load_exactly_as_repack_does(layout, bundles):
     from dataclasses import replace
 
-    from worker.engine.fp8 import FP8Linear
+    from worker.engine.formats.fp8 import FP8Linear
 
     at_load = Engine.load(layout, EngineOptions(quant="fp8"))  # float32 shards, quantised per row here
     from_bundle = Engine.load(replace(layout, dit_bundle=bundles["fp8"]), EngineOptions(quant="fp8"))
@@ -207,7 +207,7 @@ def _quanto_file(src_dit, path, *, drop: str | None = None, extra: dict | None =
     `<m>.weight._scale` [out, 1], activation scales, everything else under its own name in bf16."""
     from safetensors.torch import save_file
 
-    from worker.engine.fp8 import FP8Linear
+    from worker.engine.formats.fp8 import FP8Linear
 
     sd = {}
     for name, m in src_dit.named_modules():
@@ -231,7 +231,7 @@ def _quanto_file(src_dit, path, *, drop: str | None = None, extra: dict | None =
 def quanto_source(engine):
     import copy
 
-    from worker.engine.fp8 import convert_linears
+    from worker.engine.formats.fp8 import convert_linears
 
     src = copy.deepcopy(engine.dit)
     # the blocks plus one Linear outside them: which modules are fp8 follows the file
@@ -242,7 +242,7 @@ def quanto_source(engine):
 def test_fp8_engine_reads_upstreams_quanto_file_as_stored(layout, quanto_source, tmp_path):
     from dataclasses import replace
 
-    from worker.engine.fp8 import FP8, FP8Linear
+    from worker.engine.formats.fp8 import FP8, FP8Linear
 
     path = tmp_path / "infinitetalk_single_fp8.safetensors"
     _quanto_file(quanto_source, path)

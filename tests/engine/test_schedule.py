@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from worker.engine.schedule import timesteps
+from worker.engine.sampling.schedule import timesteps
 
 
 def _tables(golden_dir):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import golden_cases
-from worker.engine.t5 import (
+from worker.engine.models.t5 import (
     EOS_ID,
     PAD_ID,
     T5Config,

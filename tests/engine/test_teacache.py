@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.engine.generation import GenerationSettings
+from worker.engine.sampling.generation import GenerationSettings
 from worker.engine.runtime import Engine, EngineOptions, EngineRequest
-from worker.engine.teacache import COEFFICIENTS, RETAIN_STEPS, TeaCache, rescale
-from worker.engine.tiny import ensure_tiny_checkpoint
+from worker.engine.sampling.teacache import COEFFICIENTS, RETAIN_STEPS, TeaCache, rescale
+from testkit.tiny import ensure_tiny_checkpoint
 
 
 def test_rescale_is_upstreams_polynomial():

@@ -7,8 +7,8 @@ import json
 import torch
 from safetensors import safe_open
 
-from worker.engine.layout import T5_TOKENIZER_DIR, dit_shard_names, is_adapter_key
-from worker.engine.tiny import TINY_VERSION, ensure_tiny_checkpoint
+from worker.engine.formats.layout import T5_TOKENIZER_DIR, dit_shard_names, is_adapter_key
+from testkit.tiny import TINY_VERSION, ensure_tiny_checkpoint
 
 
 def _digest(root):

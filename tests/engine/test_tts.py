@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from worker.engine.errors import TtsInputError, WeightLoadError
-from worker.engine.tiny import TINY_VOICES, ensure_tiny_kokoro
-from worker.engine.tts import KOKORO_MODEL_FILE, TTS_SAMPLE_RATE, KokoroTTS, split_dialogue
+from testkit.tiny import TINY_VOICES, ensure_tiny_kokoro
+from worker.engine.models.tts import KOKORO_MODEL_FILE, TTS_SAMPLE_RATE, KokoroTTS, split_dialogue
 
 # The published vocoder turns each predicted duration frame into 300 samples at 24 kHz
 # (upsample rates 10 x 6, iSTFT hop 5), and the duration head predicts 1..max_dur frames per token.

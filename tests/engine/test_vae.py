@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import golden_cases
-from worker.engine.vae import (
+from worker.engine.models.vae import (
     WAN21_LATENTS_MEAN,
     WAN21_LATENTS_STD,
     VAEConfig,

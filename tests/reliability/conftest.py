@@ -129,7 +129,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from worker.engine.tiny import ensure_tiny_checkpoint
+    from testkit.tiny import ensure_tiny_checkpoint
 
     cache = tmp_path_factory.mktemp("tiny-cache")
     ensure_tiny_checkpoint(cache / "tiny")  # where conf/model/tiny.yaml looks: ${server.cache_dir}/tiny

@@ -55,7 +55,7 @@ def engine_and_request(tiny_cache, tmp_path_factory):
 
 
 def test_engine_resume_gives_the_same_frames(engine_and_request):
-    from worker.engine.generation import ResumeState
+    from worker.engine.sampling.generation import ResumeState
 
     engine, request = engine_and_request
     full = list(engine.generate(request))

@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
-    from worker.engine.tiny import ensure_tiny_checkpoint
+    from testkit.tiny import ensure_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("tiny") / "volume"
     ensure_tiny_checkpoint(root)
@@ -17,6 +17,6 @@ def tiny_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_layout(tiny_root):
-    from worker.engine.tiny import tiny_layout
+    from testkit.tiny import tiny_layout
 
     return tiny_layout(tiny_root)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 
-from worker.engine.bundle import read_bundle_metadata
+from worker.engine.formats.bundle import read_bundle_metadata
 from worker.weights.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def test_fetch_dry_run_lists_the_conf_file_list(tmp_path, capsys):
 
 def test_module_entry_point_runs_without_torch_imported_for_help():
     res = subprocess.run(
-        [sys.executable, "-c", "import sys, worker.weights.cli, worker.engine.bundle; print('torch' in sys.modules)"],
+        [sys.executable, "-c", "import sys, worker.weights.cli, worker.engine.formats.bundle; print('torch' in sys.modules)"],
         cwd=REPO, capture_output=True, text=True, check=True,
     )
     assert res.stdout.strip() == "False"

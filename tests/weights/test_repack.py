@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from worker.engine.loaders import read_state_dict
+from worker.engine.formats.loaders import read_state_dict
 from worker.weights.repack import (
     FP8_ABS_STEPS,
     FP8_MAX,

@@ -31,7 +31,7 @@ import numpy as np
 from contract.choices import AUDIO_SAMPLE_RATE as SAMPLE_RATE
 from contract.choices import VIDEO_FPS
 
-from .errors import AudioDecodeError
+from worker.engine.errors import AudioDecodeError
 
 # One video frame of audio: below this the embedding would have zero frames (and wav2vec2's
 # 400-sample receptive field would not fit), so such input is rejected rather than padded.

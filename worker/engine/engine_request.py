@@ -8,7 +8,7 @@ from PIL import Image
 
 from worker.resolve import ResolvedJobConfig
 
-from .settings import EngineRequest, GenerationSettings
+from worker.engine.settings import EngineRequest, GenerationSettings
 
 FPS = 25
 

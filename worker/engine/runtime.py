@@ -18,23 +18,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from .attention import set_attention_backend
-from .audio_windows import pad_tail
-from .audio_embed import Wav2Vec2Embedder
-from .buckets import BUCKET_TABLES
-from .clip_visual import CLIPVisionConfig, CLIPVisionTower
-from .compile import compile_dit
-from .dit import DiTConfig, InfiniteTalkDiT
-from .errors import EngineOOMError, WeightLoadError
-from .fp8 import convert_linears, convert_stored, load_fp8_state, stored_fp8_modules
-from .generation import ChunkResult, GenerationInputs, ResumeState, StepInfo, generate
-from .layout import CheckpointLayout
-from .loaders import _materialise_leftovers, load_module
-from .lora import merge_lora, resolve_lora_path
-from .offload import HOST, BlockStreamer, OffloadedVAE, resident
-from .settings import QUANTS, EngineOptions, EngineRequest
-from .t5 import T5Config, T5TextEncoder, UMT5Encoder
-from .vae import VAEConfig, WanVAE, WanVAEModel
+from worker.engine.kernels.attention import set_attention_backend
+from worker.engine.sampling.audio_windows import pad_tail
+from worker.engine.models.audio_embed import Wav2Vec2Embedder
+from worker.engine.sampling.buckets import BUCKET_TABLES
+from worker.engine.models.clip_visual import CLIPVisionConfig, CLIPVisionTower
+from worker.engine.kernels.compile import compile_dit
+from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
+from worker.engine.errors import EngineOOMError, WeightLoadError
+from worker.engine.formats.fp8 import convert_linears, convert_stored, load_fp8_state, stored_fp8_modules
+from worker.engine.sampling.generation import ChunkResult, GenerationInputs, ResumeState, StepInfo, generate
+from worker.engine.formats.layout import CheckpointLayout
+from worker.engine.formats.loaders import _materialise_leftovers, load_module
+from worker.engine.formats.lora import merge_lora, resolve_lora_path
+from worker.engine.kernels.offload import HOST, BlockStreamer, OffloadedVAE, resident
+from worker.engine.settings import QUANTS, EngineOptions, EngineRequest
+from worker.engine.models.t5 import T5Config, T5TextEncoder, UMT5Encoder
+from worker.engine.models.vae import VAEConfig, WanVAE, WanVAEModel
 
 _log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -129,7 +129,7 @@ class Engine:
         if self.options.quant == "fp8":
             self._fill_fp8(dit)
         elif self.layout.dit_bundle is not None:
-            from worker.engine.bundle import load_bundle_into
+            from worker.engine.formats.bundle import load_bundle_into
 
             load_bundle_into(dit, self.layout.dit_bundle, device=self.device, dtype=self.dtype)
         else:
@@ -147,7 +147,7 @@ class Engine:
         """
         bundle, quant_file = self.layout.dit_bundle, self.layout.quant_file
         if bundle is not None:
-            from worker.engine.bundle import read_bundle_metadata
+            from worker.engine.formats.bundle import read_bundle_metadata
 
             read_bundle_metadata(bundle)  # a non-bundle is named as such
         source = bundle if bundle is not None else quant_file
@@ -161,7 +161,7 @@ class Engine:
             raise WeightLoadError(str(quant_file), None, "no fp8 weights in the quant file "
                                   "(expected `<m>.weight._data` or `<m>.weight` + `<m>.weight.scale`)")
         if bundle is not None:
-            from worker.engine.bundle import load_bundle_into
+            from worker.engine.formats.bundle import load_bundle_into
 
             load_bundle_into(dit, bundle, device=HOST, dtype=self.dtype)
         else:
@@ -211,7 +211,7 @@ class Engine:
         bundle = self.layout.dit_bundle
         if bundle is None:
             return {}
-        from worker.engine.bundle import read_bundle_metadata
+        from worker.engine.formats.bundle import read_bundle_metadata
 
         return {str(e["file"]): float(e.get("strength", 1.0)) for e in read_bundle_metadata(bundle)["loras"]}
 

@@ -98,7 +98,7 @@ class GenerationSettings:
         )
 
     def bucket_table(self) -> Mapping[str, tuple[list[int], int]]:
-        from .buckets import BUCKET_TABLES  # torch side: only when a generation runs
+        from worker.engine.sampling.buckets import BUCKET_TABLES  # torch side: only when a generation runs
 
         if isinstance(self.bucket, str):
             try:

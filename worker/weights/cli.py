@@ -124,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.cmd == "repack":
-        from worker.engine.layout import CheckpointLayout
+        from worker.engine.formats.layout import CheckpointLayout
         from worker.weights.repack import repack
 
         if args.model:
@@ -170,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.cmd == "make-tiny":
-        from worker.engine.tiny import ensure_tiny_checkpoint
+        from testkit.tiny import ensure_tiny_checkpoint
         from worker.weights.manifest import build_manifest
 
         layout = ensure_tiny_checkpoint(args.dest)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from worker.engine.bundle import BUNDLE_FORMAT, SCALE_SUFFIX
+from worker.engine.formats.bundle import BUNDLE_FORMAT, SCALE_SUFFIX
 
 if TYPE_CHECKING:  # torch is imported lazily: `worker.weights` must import without the engine extras
     import torch

@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from worker.engine.attention import attention
-from worker.engine.audio_adapter import speaker_attention_map
+from worker.engine.kernels.attention import attention
+from worker.engine.models.audio_adapter import speaker_attention_map
 from worker.engine.parallel.comm import all_gather_cat, heads_to_seq, seq_to_heads
 from worker.engine.parallel.context import ParallelContext
 from worker.engine.parallel.ring import ring_attention

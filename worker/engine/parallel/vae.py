@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from worker.engine.parallel.context import ParallelContext
-from worker.engine.vae_layers import AttentionBlock, CausalConv3d, Resample
+from worker.engine.models.vae_layers import AttentionBlock, CausalConv3d, Resample
 
 
 def band_sizes(rows: int, world: int) -> list[int]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .errors import WeightLoadError
+from worker.engine.errors import WeightLoadError
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -161,7 +161,7 @@ def load_fp8_state(module: nn.Module, files: Iterable[Path | str], device="cpu",
             handle = safe_open(str(path), framework="pt", device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise WeightLoadError(str(path), None, f"unreadable fp8 file: {exc}") from exc
-        from .prefetch import Prefetcher
+        from worker.engine.formats.prefetch import Prefetcher
 
         # Stream the file ahead of the tensor reads (prefetch.py): keys come in name order, not file order,
         # and without it the fp8 bundle loaded at 0.96 GB/s from a disk that reads 2.06 (bench/README.md s. 12).

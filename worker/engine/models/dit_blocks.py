@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.engine.attention import attention
-from worker.engine.audio_adapter import AudioCrossAttention, speaker_attention_map
-from worker.engine.rope import apply_rope_3d
+from worker.engine.kernels.attention import attention
+from worker.engine.models.audio_adapter import AudioCrossAttention, speaker_attention_map
+from worker.engine.models.rope import apply_rope_3d
 
 _HALF = (torch.bfloat16, torch.float16)
 

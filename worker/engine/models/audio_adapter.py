@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from worker.engine.attention import attention
-from worker.engine.rope import apply_rope_1d, rope_1d_angles
+from worker.engine.kernels.attention import attention
+from worker.engine.models.rope import apply_rope_1d, rope_1d_angles
 
 # The projector is hard-wired to chinese-wav2vec2-base: 12 hidden states (after the first) of width 768.
 AUDIO_LAYERS = 12

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .audio_io import MIN_SAMPLES, SAMPLE_RATE, VIDEO_FPS, video_frames_for
-from .errors import AudioDecodeError, WeightLoadError
+from worker.engine.audio_io import MIN_SAMPLES, SAMPLE_RATE, VIDEO_FPS, video_frames_for
+from worker.engine.errors import AudioDecodeError, WeightLoadError
 
 # Present only when spec-augment masking is configured; unused at inference.
 _OPTIONAL_KEYS = ("masked_spec_embed",)

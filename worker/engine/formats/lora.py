@@ -35,8 +35,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .errors import WeightLoadError
-from .fp8 import FP8Linear, quantize_rows
+from worker.engine.errors import WeightLoadError
+from worker.engine.formats.fp8 import FP8Linear, quantize_rows
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
 KOHYA_PREFIX = "lora_unet_"

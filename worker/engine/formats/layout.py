@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import WeightLoadError
+from worker.engine.errors import WeightLoadError
 
 DIT_CONFIG = "config.json"
 DIT_SHARD_PATTERN = "diffusion_pytorch_model-{i:05d}-of-{n:05d}.safetensors"

@@ -196,7 +196,7 @@ class CLIPVisionTower(nn.Module):
     ) -> CLIPVisionTower:
         """Build on the meta device and fill strictly from the original CLIP `.pth`; the text tower is
         skipped by the key map and never converted; a bad file or key is named in a WeightLoadError."""
-        from .loaders import load_module
+        from worker.engine.formats.loaders import load_module
 
         with torch.device("meta"):
             model = cls(cfg)

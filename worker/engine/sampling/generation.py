@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from worker.engine.audio_windows import ChunkSpec, chunk_audio, latent_frames, plan_chunks
-from worker.engine.buckets import pick_bucket, resize_and_center_crop_masks, resize_to_target
-from worker.engine.color import LabReference, lab_reference, match_colors
+from worker.engine.sampling.audio_windows import ChunkSpec, chunk_audio, latent_frames, plan_chunks
+from worker.engine.sampling.buckets import pick_bucket, resize_and_center_crop_masks, resize_to_target
+from worker.engine.sampling.color import LabReference, lab_reference, match_colors
 from worker.engine.errors import EngineOOMError, GenerationCancelled
-from worker.engine.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND, Guider, euler_step
-from worker.engine.schedule import NUM_TRAIN_TIMESTEPS, timesteps
+from worker.engine.sampling.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND, Guider, euler_step
+from worker.engine.sampling.schedule import NUM_TRAIN_TIMESTEPS, timesteps
 from worker.engine.settings import GenerationSettings
-from worker.engine.teacache import TeaCache
+from worker.engine.sampling.teacache import TeaCache
 
 LATENT_CHANNELS = 16
 VAE_STRIDE = (4, 8, 8)

@@ -247,7 +247,7 @@ class UMT5Encoder(nn.Module):
     ) -> UMT5Encoder:
         """Build on the meta device and fill strictly from the original `.pth` (memory-mapped, one tensor
         at a time); a bad file or key is named in a WeightLoadError."""
-        from .loaders import load_module
+        from worker.engine.formats.loaders import load_module
 
         with torch.device("meta"):
             model = cls(cfg)

@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from .errors import WeightLoadError
-from .prefetch import Prefetcher
+from worker.engine.errors import WeightLoadError
+from worker.engine.formats.prefetch import Prefetcher
 
 KeyMap = Callable[[str], str | None]
 """Maps a file's key to the module's key; None drops the key on purpose (e.g. CLIP's text tower)."""

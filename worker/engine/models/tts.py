@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import TtsInputError, WeightLoadError
+from worker.engine.errors import TtsInputError, WeightLoadError
 
 __all__ = [
     "TTS_SAMPLE_RATE",
@@ -318,6 +318,6 @@ class KokoroTTS:
 
     def synthesize_16k(self, text: str, voice: str, speed: float = 1.0, seed: int = 0) -> np.ndarray:
         """Speech resampled to the video model's 16 kHz (soxr HQ, as uploaded audio)."""
-        from .audio_io import resample_to_16k
+        from worker.engine.audio_io import resample_to_16k
 
         return resample_to_16k(self.synthesize(text, voice, speed=speed, seed=seed), TTS_SAMPLE_RATE)

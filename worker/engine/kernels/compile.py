@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from worker.engine.rope import Rope3DCache, real_rope_table
+from worker.engine.models.rope import Rope3DCache, real_rope_table
 
 _HALF = (torch.bfloat16, torch.float16)
 

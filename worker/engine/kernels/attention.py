@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from worker.engine import fp8_attention
+from worker.engine.kernels import fp8_attention
 from worker.engine.errors import EngineError
 
 BACKENDS: tuple[str, ...] = ("sdpa", "flash_attn", "sageattention", "xformers", "fa3", "fa3_fp8", "fp8_reference")

@@ -62,7 +62,7 @@ def load_bundle_into(
     """Fill `module` (typically built on the meta device) from a bundle, strictly.
 
     `dtype` is the dtype floating tensors end up in (None: each module tensor's declared dtype);
-    `keep_dtype(key)` keeps selected keys in their declared dtype, as `worker.engine.loaders`.
+    `keep_dtype(key)` keeps selected keys in their declared dtype, as `worker.engine.formats.loaders`.
     """
     import torch
     from safetensors import SafetensorError, safe_open
@@ -75,7 +75,7 @@ def load_bundle_into(
         handle_cm = safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise WeightLoadError(str(path), None, f"corrupt bundle: {exc}") from exc
-    from worker.engine.prefetch import Prefetcher
+    from worker.engine.formats.prefetch import Prefetcher
 
     loaded: dict[str, torch.Tensor] = {}
     with handle_cm as handle, Prefetcher([path]):  # stream the file ahead of the tensor reads
@@ -105,7 +105,7 @@ def load_bundle_into(
             loaded[key] = tensor.to(dtype=target)
             del tensor
     module.load_state_dict(loaded, strict=True, assign=True)
-    from worker.engine.loaders import _materialise_leftovers  # noqa: PLC2701 - same package
+    from worker.engine.formats.loaders import _materialise_leftovers  # noqa: PLC2701 - same package
 
     _materialise_leftovers(module, device)
     return module

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .vae_layers import (
+from worker.engine.models.vae_layers import (
     AttentionBlock,
     CausalConv3d,
     ChunkCache,

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.engine.audio_adapter import AudioProjModel, split_audio_windows
-from worker.engine.dit_blocks import DiTBlock, Float32Sequential, Head, MLPProj
-from worker.engine.rope import Rope3DCache
+from worker.engine.models.audio_adapter import AudioProjModel, split_audio_windows
+from worker.engine.models.dit_blocks import DiTBlock, Float32Sequential, Head, MLPProj
+from worker.engine.models.rope import Rope3DCache
 
 CLIP_TOKENS = 257
 CLIP_DIM = 1280
@@ -140,7 +140,7 @@ class InfiniteTalkDiT(nn.Module):
         # Not a buffer: kept out of the state dict and of `.to(dtype)`, built lazily on the compute device.
         self._rope = Rope3DCache(c.head_dim)
         # Optional `callable(blocks) -> iterable of blocks ready on the compute device`, set by
-        # `worker.engine.offload.BlockStreamer` when blocks live in host memory; None: all resident.
+        # `worker.engine.kernels.offload.BlockStreamer` when blocks live in host memory; None: all resident.
         self.block_stream = None
         # Optional `worker.engine.parallel.ParallelContext` set by `attach_parallel`: each forward then splits
         # the latent tokens across its ranks; None (or one rank): the single-GPU path.
@@ -229,7 +229,7 @@ class InfiniteTalkDiT(nn.Module):
         audio `[B, speakers, 4*(T-1)+1, 5, 12, 768]`; ref_target_masks `[3, H, W]` (person 1, person 2,
         background) or None for one speaker. Returns `[B, 16, T, H, W]` float32.
 
-        `teacache`: (a `worker.engine.teacache.TeaCache`, one guidance-branch name per batch element);
+        `teacache`: (a `worker.engine.sampling.teacache.TeaCache`, one guidance-branch name per batch element);
         the blocks are skipped, and each branch's cached residual reused, when the cache says so.
 
         `compute_ref_attn_map`: None computes the speaker map only for two speakers (for one speaker it

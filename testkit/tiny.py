@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .clip_visual import CLIPVisionConfig, CLIPVisionTower
-from .dit import DiTConfig, InfiniteTalkDiT
-from .layout import (
+from worker.engine.models.clip_visual import CLIPVisionConfig, CLIPVisionTower
+from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
+from worker.engine.formats.layout import (
     CLIP_FILE,
     COMPONENTS_FILE,
     DIT_CONFIG,
@@ -34,8 +34,8 @@ from .layout import (
     published_layout,
     is_adapter_key,
 )
-from .t5 import T5Config, UMT5Encoder, write_tiny_tokenizer
-from .vae import VAEConfig, WanVAEModel
+from worker.engine.models.t5 import T5Config, UMT5Encoder, write_tiny_tokenizer
+from worker.engine.models.vae import VAEConfig, WanVAEModel
 
 TINY_VERSION = "v3"  # v3: loras/ (tiny lightx2v and FusioniX distill LoRAs)
 # kokoro/ (TTS) is versioned on its own: it is ~240 MB, so it is written on first TTS use only.
@@ -256,7 +256,7 @@ def _write_loras(folder: Path) -> None:
 def _write_kokoro(folder: Path) -> None:
     """config.json, kokoro-v1_0.pth ({component: state dict}, keys under `module.` as published)
     and voices/<name>.pt ([510, 1, 2 * style_dim] float32)."""
-    from .tts import KOKORO_COMPONENTS, KOKORO_CONFIG, KOKORO_MODEL_FILE, VOICES_DIR, build_kmodel
+    from worker.engine.models.tts import KOKORO_COMPONENTS, KOKORO_CONFIG, KOKORO_MODEL_FILE, VOICES_DIR, build_kmodel
 
     folder.mkdir(parents=True)
     (folder / KOKORO_CONFIG).write_text(json.dumps(TINY_KOKORO, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""The generation loop and its parts: guidance, timestep schedule, TeaCache, colour matching, audio windows, buckets."""
