@@ -42,7 +42,7 @@ def speech(path: Path, seconds: float) -> Path:
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from worker.config import compose_config
+    from configuration import compose_config
     from worker.job import JobContext, run_job
 
     overrides = [f"server.work_dir={work / 'work'}", f"storage.local.root={work / 'outputs'}",

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from worker.config import compose_config  # noqa: E402  (no torch import)
+from configuration import compose_config  # noqa: E402  (no torch import)
 from worker.wiring import engine_options, process_env  # noqa: E402
 
 

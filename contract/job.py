@@ -11,7 +11,7 @@ The JSON schema for clients is `JobInput.model_json_schema()` (or `job_input_jso
 
 Only shape and bounds are checked here. Whether a path lies under an allowed root, whether
 a host is private, and whether a value fits the worker's GPU tier are decided later
-(download stage, `worker.config.apply_job_overrides`).
+(download stage, `worker.resolve.apply_job_overrides`).
 """
 from __future__ import annotations
 

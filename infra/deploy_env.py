@@ -1,8 +1,8 @@
 """From stack settings to the worker's config, the template env and the endpoint's sizing.
 
 The env vars a template carries are never written by hand: the stack's Hydra overrides (plus the
-S3 values known only once the bucket exists) are composed by `worker.config.compose_config`, the
-same function the worker runs at start, and `worker.config.template_env` turns the result into
+S3 values known only once the bucket exists) are composed by `configuration.compose_config`, the
+same function the worker runs at start, and `infra.template_env.template_env` turns the result into
 env that reproduces it. `template_env` itself checks the round trip; the infra tests check it again
 from the template resource's inputs.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from worker.config import AppConfig, TemplateEnv, compose_config, iter_overrides_for, template_env
+from configuration import AppConfig, compose_config, iter_overrides_for
+from infra.template_env import TemplateEnv, template_env
 
 
 @dataclass(frozen=True)

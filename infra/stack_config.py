@@ -66,7 +66,7 @@ class StackSettings:
     def deploy_overrides(self) -> tuple[str, ...]:
         """The stack's overrides plus what only the deployer chooses (the image), as overrides:
         conf/ is composed with an empty environment, so the image must arrive this way."""
-        from worker.config import iter_overrides_for
+        from configuration import iter_overrides_for
 
         extra = tuple(iter_overrides_for({"deploy.image": self.image})) if self.image else ()
         return tuple(self.overrides) + extra

@@ -61,7 +61,7 @@ def _resolve_paths(payload: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def override_problem(overrides: list[str], message: str) -> str:
     """One line for a configuration that does not compose: the bad override and the valid choices."""
-    from worker.config import default_conf_dir
+    from configuration import default_conf_dir
 
     conf = default_conf_dir()
     for ov in overrides:
@@ -127,7 +127,7 @@ class RunProgress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from worker.config import ConfigError, compose_config, secret_values
+    from configuration import ConfigError, compose_config, secret_values
     from contract.errors import ErrorCode, JobError
     from worker.job import JobContext, run_job
     from worker.logging_setup import configure_logging

@@ -1,7 +1,7 @@
 """The Runpod Serverless entry point: `python -m worker.handler` (also with --rp_serve_api / --test_input).
 
 The config is composed once at worker start (overrides come from the environment, see
-worker/config.py), the engine is loaded once and kept warm, and Runpod runs one job at a time
+configuration/), the engine is loaded once and kept warm, and Runpod runs one job at a time
 per worker. A failed job returns Runpod's `{"error": <JSON string>}`; unrecoverable GPU states
 add `refresh_worker` so Runpod replaces this worker after the job.
 """
@@ -16,7 +16,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-from worker.config import compose_config, secret_values
+from configuration import compose_config, secret_values
 from contract.errors import ErrorCode, JobError, jsonable
 from worker.job import JobContext, run_job
 from worker.logging_setup import configure_logging, get_logger

@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from worker.background import SerialBackground
-from worker.config import AppConfig, ResolvedJobConfig, apply_job_overrides
+from configuration import AppConfig
+from worker.resolve import ResolvedJobConfig, apply_job_overrides
 from worker.engine.errors import (
     AudioDecodeError,
     EngineError,

@@ -148,7 +148,7 @@ def configure_logging(
     """Set up structlog (and, optionally, the stdlib root logger) to write redacted JSON lines.
 
     `stream` defaults to sys.stderr at call time. Call once at worker start, after the config is
-    composed, passing its credentials (`worker.config.secret_values(cfg)`) as `secrets`.
+    composed, passing its credentials (`configuration.secret_values(cfg)`) as `secrets`.
     """
     register_secrets(secrets)
     out = stream if stream is not None else sys.stderr

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from worker.config import AppConfig, s3_input_prefixes
+from configuration import AppConfig, s3_input_prefixes
 from worker.engine.formats.layout import CheckpointLayout
 from worker.inputs.fetch import FetchPolicy
 from worker.inputs.media_guard import MediaLimits

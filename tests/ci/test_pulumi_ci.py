@@ -126,7 +126,7 @@ def test_workflow_separates_preview_from_production():
     assert "preview" in preview["env"]["PULUMI_STACK"] and "prod" in up["env"]["PULUMI_STACK"]
     assert "PULUMI_CONFIG_PASSPHRASE" in preview["env"] and "PULUMI_CONFIG_PASSPHRASE" in up["env"]
     paths = wf[True]["pull_request"]["paths"] if True in wf else wf["on"]["pull_request"]["paths"]
-    for shaping in ("conf/**", "infra/**", "worker/config.py", "worker/errors.py", "Pulumi*.yaml"):
+    for shaping in ("conf/**", "infra/**", "configuration/**", "contract/**", "Pulumi*.yaml"):
         assert shaping in paths
     for stack in ("prod", "preview"):
         assert (REPO / f"Pulumi.{stack}.yaml").is_file()

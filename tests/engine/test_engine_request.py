@@ -1,7 +1,8 @@
 """The resolved job settings become the engine's generation settings, field by field."""
 from __future__ import annotations
 
-from worker.config import apply_job_overrides, compose_config
+from configuration import compose_config
+from worker.resolve import apply_job_overrides
 from worker.engine.engine_request import generation_settings
 from contract.job import parse_job_input
 

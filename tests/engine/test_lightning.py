@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.config import apply_job_overrides, compose_config
+from configuration import compose_config
+from worker.resolve import apply_job_overrides
 from worker.engine.engine_request import generation_settings
 from worker.engine.sampling.generation import GenerationSettings
 from worker.engine.sampling.guidance import COND, DROP_AUDIO, GuidanceConfig, Guider

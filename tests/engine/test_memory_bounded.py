@@ -39,7 +39,7 @@ MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
 CHILD = r"""
 import json, resource, sys
 from pathlib import Path
-from worker.config import compose_config
+from configuration import compose_config
 from worker.job import JobContext, run_job
 
 args = json.loads(sys.argv[1])

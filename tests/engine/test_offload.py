@@ -102,7 +102,7 @@ def test_engine_with_every_low_vram_option_renders_the_same_frames(tmp_path):
 
 
 def test_gpu_tier_config_reaches_the_engine_options():
-    from worker.config import compose_config
+    from configuration import compose_config
     from worker.wiring import engine_options
 
     opts = EngineOptions(**engine_options(compose_config(["gpu=rtx4090_24"])))

@@ -11,7 +11,7 @@ from infra.component import InfiniteTalkDeployment
 from infra.deploy_env import S3Values, stack_overrides
 from infra.stack_config import StackSettings
 from tests.infra.pulumi_mocks import run_program
-from worker.config import compose_config
+from configuration import compose_config
 
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDES = ["model=infinitetalk_single", "gpu=h100_80", "sampler=turbo", "storage=s3", "deploy=production"]

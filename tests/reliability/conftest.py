@@ -147,7 +147,7 @@ def ctx_overrides(tmp: Path, cache: Path, *overrides: str) -> list[str]:
 
 @pytest.fixture()
 def make_ctx(tiny_cache: Path):
-    from worker.config import compose_config
+    from configuration import compose_config
     from worker.job import JobContext
 
     def make(tmp: Path, *overrides: str):

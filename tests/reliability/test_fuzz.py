@@ -133,7 +133,8 @@ def payloads(draw) -> Any:
 @settings(max_examples=FAST_EXAMPLES, **COMMON)
 @given(payload=payloads(), allow_http=st.booleans())
 def test_schema_and_overrides_never_raise_unhandled(payload, allow_http):
-    from worker.config import apply_job_overrides, compose_config
+    from configuration import compose_config
+    from worker.resolve import apply_job_overrides
     from contract.job import parse_job_input
 
     cfg = compose_config([])  # memoised
@@ -152,7 +153,7 @@ def test_schema_and_overrides_never_raise_unhandled(payload, allow_http):
 
 @pytest.fixture(scope="module")
 def job_ctx(tmp_path_factory, tiny_cache):
-    from worker.config import compose_config
+    from configuration import compose_config
     from worker.job import JobContext
 
     tmp = tmp_path_factory.mktemp("fuzz-job")

@@ -36,7 +36,8 @@ def decoded_frames(path: str | Path) -> np.ndarray:
 def engine_and_request(tiny_cache, tmp_path_factory):
     from PIL import Image
 
-    from worker.config import apply_job_overrides, compose_config
+    from configuration import compose_config
+    from worker.resolve import apply_job_overrides
     from worker.engine.audio_io import prepare_audio
     from worker.engine.engine_request import build_request
     from worker.job import EngineHolder

@@ -24,7 +24,7 @@ def moto():
 
 
 def test_credentials_and_signed_urls_stay_out_of_logs_and_outputs(tmp_path, make_ctx, moto, secrets):
-    from worker.config import secret_values
+    from configuration import secret_values
     from worker.job import run_job
     from worker.logging_setup import configure_logging
 

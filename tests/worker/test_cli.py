@@ -91,7 +91,8 @@ def test_schema_command_prints_json_schema():
 def test_schema_describes_every_field_with_the_stock_workers_default():
     """Every property has a description; a shown default is what the stock worker (conf/config.yaml,
     env unset) really uses for a job that leaves the field out -- never null where a default exists."""
-    from worker.config import apply_job_overrides, compose_config
+    from configuration import compose_config
+    from worker.resolve import apply_job_overrides
     from worker.job import DEFAULT_NEGATIVE_PROMPT, DEFAULT_VOICES
     from contract.job import job_input_json_schema, parse_job_input
 

@@ -357,7 +357,7 @@ def test_s3_results_are_refused_and_inputs_fetched_with_requests_recorded(record
 
 
 def test_worker_policy_allows_the_results_buckets_inputs_prefix_only() -> None:
-    from worker.config import compose_config
+    from configuration import compose_config
     from worker.wiring import fetch_policy
 
     pol = fetch_policy(compose_config(["storage.s3.bucket=res"]))
@@ -368,7 +368,8 @@ def test_worker_policy_allows_the_results_buckets_inputs_prefix_only() -> None:
 
 
 def test_results_are_never_written_where_inputs_are_read() -> None:
-    from worker.config import ConfigError, apply_job_overrides, compose_config
+    from configuration import ConfigError, compose_config
+    from worker.resolve import apply_job_overrides
     from contract.job import parse_job_input
 
     with pytest.raises(ConfigError):

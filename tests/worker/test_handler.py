@@ -6,7 +6,7 @@ import json
 import pytest
 
 import worker.handler as handler_mod
-from worker.config import compose_config
+from configuration import compose_config
 from worker.job import JobContext
 
 

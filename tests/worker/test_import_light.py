@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_core_modules_do_not_import_torch():
     code = (
         "import sys\n"
-        "import contract.errors, contract.job, worker.config, worker.logging_setup, worker.progress\n"
-        "worker.config.compose_config(env={})\n"
+        "import contract.errors, contract.job, configuration, worker.logging_setup, worker.progress\n"
+        "configuration.compose_config(env={})\n"
         "bad = sorted(m for m in ('torch', 'runpod', 'numpy') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )

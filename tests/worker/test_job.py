@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import compose_config
+from configuration import compose_config
 from contract.errors import ErrorCode, JobError
 from worker.job import JobContext, run_job
 from worker.mux import probe_mp4

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.config import compose_config
+from configuration import compose_config
 from worker.wiring import checkpoint_layout, engine_options, fetch_policy, media_limits, process_env, storage_settings
 
 

@@ -30,7 +30,7 @@ class Source:
 
 
 def _model_conf(model: str, dest: Path | str, conf_dir: str | None):
-    from worker.config import compose_config
+    from configuration import compose_config
 
     # The variant's own defaults under `dest`: path overrides meant for a running worker do not apply.
     env = {k: v for k, v in os.environ.items() if k not in {"CKPT_DIR", "INFINITETALK_DIR", "WAV2VEC_DIR", "QUANT_DIR"}}

@@ -1,24 +1,10 @@
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-from worker.config import (
-    GROUP_ENV_VARS,
-    OVERRIDES_ENV_VAR,
-    AppConfig,
-    ConfigError,
-    apply_job_overrides,
-    compose_config,
-    default_conf_dir,
-    iter_overrides_for,
-    secret_values,
-    template_env,
-)
-from contract.errors import ErrorCode, JobError
-from contract.job import parse_job_input
+from configuration import OVERRIDES_ENV_VAR, AppConfig, ConfigError, compose_config, default_conf_dir, secret_values
 
 CONF = default_conf_dir()
 IMG = "https://example.com/face.png"
@@ -28,6 +14,7 @@ AUD = "https://example.com/a.wav"
 @pytest.fixture(scope="module")
 def cfg() -> AppConfig:
     return compose_config(env={})
+
 
 
 def test_defaults(cfg):
@@ -120,111 +107,6 @@ def test_env_param_does_not_leak(monkeypatch):
     assert compose_config().storage.s3.bucket == "from-process"
     import os
     assert os.environ["S3_BUCKET"] == "from-process"
-
-
-# -- job overrides ----------------------------------------------------------------------
-
-def job(**kw):
-    d = {"image": IMG, "audio": AUD, "seed": 7}
-    d.update(kw)
-    return parse_job_input(d)
-
-
-def test_job_defaults_from_preset(cfg):
-    r = apply_job_overrides(cfg, job())
-    assert (r.sampler, r.sample_steps, r.sample_shift, r.text_guide_scale, r.audio_guide_scale) == (
-        "fast", 8, 2.0, 1.0, 2.0)
-    assert (r.frame_num, r.motion_frame, r.size, r.mode, r.seed, r.output_target) == (
-        81, 9, "infinitetalk-480", "streaming", 7, "local")
-    assert r.speakers == 1 and r.audio_type is None and r.lora_file == cfg.sampler_presets["fast"].lora_file
-    q = apply_job_overrides(cfg, job(sampler="quality", mode="clip"))
-    assert (q.sampler, q.sample_steps, q.sample_shift, q.text_guide_scale, q.audio_guide_scale, q.mode) == (
-        "quality", 40, 7.0, 5.0, 4.0, "clip")
-    assert q.lora_file is None
-    json.dumps(r.to_dict())
-    r2 = apply_job_overrides(cfg, parse_job_input({"image": IMG, "audio": AUD}))
-    assert 0 <= r2.seed < 2**32
-
-
-def test_job_overrides_allow_list(cfg):
-    r = apply_job_overrides(cfg, job(sampler="turbo", sample_steps=6, text_guide_scale=1.5, use_teacache=True,
-                                     teacache_thresh=0.4, guidance_every=2, frame_num=41, motion_frame=5, max_duration_s=12,
-                                     color_correction_strength=0.2, mode="streaming",
-                                     output={"target": "inline", "key_prefix": "x/"}))
-    assert (r.sampler, r.sample_steps, r.sample_shift, r.text_guide_scale, r.audio_guide_scale) == (
-        "turbo", 6, 2.0, 1.5, 2.0)
-    assert r.use_teacache and r.teacache_thresh == 0.4 and (r.frame_num, r.motion_frame) == (41, 5)
-    assert r.guidance_every == 2 and apply_job_overrides(cfg, job(sampler="turbo")).guidance_every == 1
-    assert r.lora_file and r.output_target == "inline" and r.key_prefix == "x/"
-    assert r.max_duration_s == 12 and r.color_correction_strength == 0.2 and r.mode == "streaming"
-    # the only way in is JobInput: anything else is refused before reaching the config
-    with pytest.raises(JobError):
-        parse_job_input({"image": IMG, "audio": AUD, "model": "infinitetalk_multi"})
-    with pytest.raises(JobError):
-        parse_job_input({"image": IMG, "audio": AUD, "overrides": ["gpu=h100_80"]})
-
-
-def test_job_default_steps_env_only_for_default_preset():
-    c = compose_config(env={"DEFAULT_SAMPLE_STEPS": "12"})
-    assert apply_job_overrides(c, job()).sample_steps == 12
-    assert apply_job_overrides(c, job(sampler="turbo")).sample_steps == 4
-    assert apply_job_overrides(c, job(sample_steps=3)).sample_steps == 3
-
-
-def test_job_limits(cfg):
-    def refused(j, c=cfg):
-        with pytest.raises(JobError) as ei:
-            apply_job_overrides(c, j)
-        assert ei.value.code is ErrorCode.E_INPUT_VALIDATION
-        return ei.value
-
-    e = refused(job(size="infinitetalk-720"))  # cpu tier max 480
-    assert e.details["errors"][0]["field"] == "size"
-    assert apply_job_overrides(compose_config(["gpu=h100_80"], env={}), job(size="infinitetalk-720", sampler="quality")).sample_shift == 11.0
-    refused(job(motion_frame=81))  # preset frame_num is 81
-    refused(job(output={"target": "s3"}))  # no bucket configured
-    single = compose_config(["model=infinitetalk_single"], env={})
-    refused(job(audio={"person1": AUD, "person2": AUD}, audio_type="add"), single)
-    two = apply_job_overrides(cfg, job(audio={"person1": AUD, "person2": AUD}, audio_type="para"))
-    assert two.speakers == 2 and two.audio_type == "para"
-    short = compose_config(["server.max_duration_s=60"], env={})
-    refused(job(max_duration_s=120), short)
-
-
-# -- template env ---------------------------------------------------------------------
-
-@pytest.mark.parametrize("overrides,env", [
-    ([], {}),
-    (["sampler=turbo", "gpu=h100_80", "model=infinitetalk_multi_fp8", "storage=s3", "deploy=production",
-      "server.download.retries=7", "server.allowed_roots=['/a','/b c']", "sampler.sample_steps=6",
-      *iter_overrides_for({"storage.key_prefix": "it's/odd\\path/${x}", "deploy.workers_max": 9})],
-     {"S3_BUCKET": "bkt", "S3_SECRET_KEY": "sekrit-123", "S3_ACCESS_KEY": "AKIA1234", "DEFAULT_SAMPLE_STEPS": "12",
-      "ENABLE_APG": "true", "CKPT_DIR": "/w/ck", "DEFAULT_SIZE": "infinitetalk-720"}),
-    (["storage.s3.secret_key=from-override-secret", "model=infinitetalk_single", "storage.s3.bucket=null"],
-     {"S3_BUCKET": "bkt"}),
-])
-def test_template_env_round_trip(overrides, env):
-    cfg = compose_config(overrides, env=env)
-    t = template_env(cfg)
-    for var in GROUP_ENV_VARS.values():
-        assert var in t.plain
-    again = compose_config(env=t.merged())
-    assert again == cfg
-    assert again.tree() == cfg.tree() and again.choices == cfg.choices
-    # secrets only in the secret part
-    plain_text = json.dumps(t.plain)
-    for s in secret_values(cfg):
-        assert s not in plain_text
-        assert s in json.dumps(t.secret)
-    assert all(isinstance(v, str) for v in {**t.plain, **t.secret}.values())
-
-
-def test_template_env_secrets_separated():
-    cfg = compose_config(["storage=s3"], env={"S3_BUCKET": "b", "S3_ACCESS_KEY": "AKIAXX", "S3_SECRET_KEY": "zzsecret"})
-    t = template_env(cfg)
-    assert t.secret == {"S3_ACCESS_KEY": "AKIAXX", "S3_SECRET_KEY": "zzsecret"}
-    assert t.plain["S3_BUCKET"] == "b" and t.plain["INFINITETALK_STORAGE"] == "s3"
-    assert "S3_ACCESS_KEY" not in t.plain and "S3_SECRET_KEY" not in t.plain
 
 
 def test_multi_gpu_tiers_set_their_rank_count():
