@@ -23,7 +23,7 @@ from PIL import Image
 
 from worker.background import SerialBackground
 from configuration import AppConfig
-from worker.resolve import ResolvedJobConfig, apply_job_overrides
+from worker.resolve import ResolvedJobConfig, apply_job_overrides, build_request
 from worker.engine.errors import (
     AudioDecodeError,
     EngineError,
@@ -263,8 +263,6 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
 
     timer.enter("encode")
     progress.stage(Stage.ENCODE)
-    from worker.engine.engine_request import build_request  # torch side: imported after the load stage
-
     cond = Image.open(media["image"]).convert("RGB") if "image" in media else iter_video_frames(media["video"], FPS)
     request = build_request(
         cond=cond,

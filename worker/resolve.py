@@ -2,24 +2,31 @@
 
 `apply_job_overrides(cfg, job)` -> `ResolvedJobConfig`: built only from validated `JobInput` fields
 (user input never becomes an override string); this worker's limits (GPU tier's size cap, allow-listed
-fields) are checked here.
+fields) are checked here. `generation_settings(resolved)` builds the engine's `GenerationSettings`
+directly: every setting keeps its one name from `conf/` to the engine (copied by name), and only the
+values the engine derives differently (frame budget, bucket tier) are computed here.
 """
 from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from contract.choices import SIZE_RANK
+from contract.choices import SIZE_RANK, VIDEO_FPS
 from configuration.compose import results_overlap_inputs
 from configuration.schema import AppConfig
 from contract.errors import ErrorCode, JobError
+from worker.engine import EngineRequest, GenerationSettings  # torch-free facade
 
 if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
     from contract.job import JobInput
 
-__all__ = ["ResolvedJobConfig", "apply_job_overrides"]
+__all__ = ["ResolvedJobConfig", "apply_job_overrides", "generation_settings", "build_request", "SHARED_SETTINGS"]
 
 
 @dataclass(frozen=True)
@@ -161,4 +168,43 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
         output_target=target,
         key_prefix=_pick(out.key_prefix if out else None, cfg.storage.key_prefix),
         presign_expiry_s=int(expiry),
+    )
+
+
+# Settings that the job resolution and the engine both hold, under one name (tests/test_layering.py checks
+# that every engine setting the conf/ tree carries is among them).
+SHARED_SETTINGS = tuple(
+    f.name for f in dataclasses.fields(GenerationSettings) if f.name in {g.name for g in dataclasses.fields(ResolvedJobConfig)}
+)
+
+
+def generation_settings(resolved: ResolvedJobConfig) -> GenerationSettings:
+    """The engine's sampling settings for one job: shared settings by name, plus the derived ones."""
+    values: dict[str, Any] = {name: getattr(resolved, name) for name in SHARED_SETTINGS}
+    streaming_frames = max(1, int(resolved.max_duration_s * VIDEO_FPS))
+    values["max_frames"] = resolved.frame_num if resolved.mode == "clip" else streaming_frames
+    values["bucket"] = resolved.size
+    values["teacache_model"] = resolved.size
+    return GenerationSettings(**values)
+
+
+def build_request(
+    *,
+    cond: "Image.Image | Iterable[Image.Image]",
+    tracks: "tuple[np.ndarray, ...]",
+    prompt: str,
+    negative_prompt: str,
+    resolved: ResolvedJobConfig,
+    bboxes: tuple[tuple[float, float, float, float], ...] | None,
+) -> EngineRequest:
+    """The engine's request: the job's media and prompt with its resolved settings and LoRA."""
+    return EngineRequest(
+        cond=cond,
+        audio_tracks=tracks,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        settings=generation_settings(resolved),
+        bboxes=bboxes,
+        lora_file=resolved.lora_file or "",
+        lora_scale=resolved.lora_scale,
     )

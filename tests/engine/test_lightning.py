@@ -9,7 +9,7 @@ from PIL import Image
 
 from configuration import compose_config
 from worker.resolve import apply_job_overrides
-from worker.engine.engine_request import generation_settings
+from worker.resolve import generation_settings
 from worker.engine.sampling.generation import GenerationSettings
 from worker.engine.sampling.guidance import COND, DROP_AUDIO, GuidanceConfig, Guider
 from worker.engine.runtime import Engine, EngineRequest

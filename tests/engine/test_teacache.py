@@ -80,7 +80,7 @@ def test_high_threshold_skips_forwards_and_still_renders(engine, model):
 def test_job_settings_reach_the_generation_settings():
     from configuration import compose_config
     from worker.resolve import apply_job_overrides
-    from worker.engine.engine_request import generation_settings
+    from worker.resolve import generation_settings
     from contract.job import parse_job_input
 
     cfg = compose_config(["sampler=quality"])

@@ -39,7 +39,7 @@ def engine_and_request(tiny_cache, tmp_path_factory):
     from configuration import compose_config
     from worker.resolve import apply_job_overrides
     from worker.engine.audio_io import prepare_audio
-    from worker.engine.engine_request import build_request
+    from worker.resolve import build_request
     from worker.job import EngineHolder
     from contract.job import parse_job_input
 
