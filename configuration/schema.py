@@ -48,6 +48,7 @@ class ModelConf:
     name: str = MISSING
     kind: str = "infinitetalk"  # infinitetalk | tiny
     max_speakers: int = 1
+    adapter: str = "single"  # InfiniteTalk's audio adapter (single | multi): names its files in the variants
     dtype: str = "bfloat16"
     quant: str = "none"  # none | fp8
     ckpt_dir: str = MISSING

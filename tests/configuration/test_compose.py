@@ -43,7 +43,13 @@ def test_every_option_extends_its_base_and_composes():
         assert options, group
         for opt in options:
             data = yaml.safe_load((CONF / group / f"{opt}.yaml").read_text())
-            assert data["defaults"] == [f"base_{group}", "_self_"], (group, opt)
+            # the schema's base, or another option of the group (a variant: base plus its changes)
+            parent = opt
+            while (defaults := yaml.safe_load((CONF / group / f"{parent}.yaml").read_text())["defaults"]) != [
+                    f"base_{group}", "_self_"]:
+                assert len(defaults) == 2 and defaults[1] == "_self_" and defaults[0] in options, (group, parent)
+                parent = defaults[0]
+            assert data["defaults"][-1] == "_self_", (group, opt)
             c = compose_config([f"{group}={opt}"], env={})
             assert c.choices[group] == opt
 
