@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.worker.test_errors import assert_human
+from tests.contract.test_errors import assert_human
 from tests.worker.test_job import example, make_ctx, run
 from contract.errors import ErrorCode, JobError
 from worker.job import run_job
