@@ -71,7 +71,7 @@ PYEOF
 project() {
   # No build isolation: setuptools is already here, and the build needs no index.
   pip_install --no-deps --no-build-isolation "$SRC"
-  "$PY" -c "import torch, runpod, worker.engine.models.dit, worker.engine.formats.bundle; print('python layer ok: torch', torch.__version__)"
+  "$PY" -c "import torch, runpod, contract, configuration, worker.handler, worker.engine.models.dit, worker.engine.formats.bundle; print('python layer ok: torch', torch.__version__)"
 }
 
 case "$STEP" in

@@ -2,7 +2,7 @@
 
 - `fixture_endpoint`: the local endpoint running the test handlers (fast echo/progress/sleep jobs).
 - `tiny_endpoint`: the local endpoint running the real handler (worker.handler) with the tiny
-  model, as `python -m worker.local_endpoint --handler worker.handler:handler` does.
+  model, as `python -m tools.local_endpoint --handler worker.handler:handler` does.
 - `proxy` / `tiny_proxy`: a FaultProxy in front of each, with its faults cleared per test.
 Both servers run from the worker environment (.venv); the UI runs from .venv-client.
 """
@@ -36,7 +36,7 @@ class LocalEndpoint:
         self.endpoint_url = f"{self.url}/v2/{ENDPOINT_ID}"
         self.log_path = log_path
         self._log = log_path.open("w")
-        cmd = [sys.executable, "-m", "worker.local_endpoint", "--handler", handler, "--port", str(self.port), *extra]
+        cmd = [sys.executable, "-m", "tools.local_endpoint", "--handler", handler, "--port", str(self.port), *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
 
@@ -61,7 +61,7 @@ class LocalEndpoint:
 
 @pytest.fixture(scope="session")
 def fixture_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEndpoint]:
-    ep = LocalEndpoint("tests.worker.local_endpoint_handlers:handler",
+    ep = LocalEndpoint("tests.tools.local_endpoint_handlers:handler",
                        tmp_path_factory.mktemp("ep") / "fixture-endpoint.log", "--workers", "2")
     try:
         yield ep.wait_ready()

@@ -180,7 +180,7 @@ def test_stream_route(fixture_endpoint) -> None:
 def test_api_key_is_sent_as_bearer_and_401_is_not_retried(tmp_path) -> None:
     from tests.client.conftest import LocalEndpoint
 
-    ep = LocalEndpoint("tests.worker.local_endpoint_handlers:handler", tmp_path / "auth.log", "--api-key", "s3cret")
+    ep = LocalEndpoint("tests.tools.local_endpoint_handlers:handler", tmp_path / "auth.log", "--api-key", "s3cret")
     try:
         deadline = time.monotonic() + 60
         while True:  # wait_ready probes without a key, so probe here with one

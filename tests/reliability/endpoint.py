@@ -45,7 +45,7 @@ class LocalEndpoint:
                 "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.local_endpoint", "--handler", handler, "--port", str(self.port),
+            [sys.executable, "-m", "tools.local_endpoint", "--handler", handler, "--port", str(self.port),
              "--workers", str(workers), "--endpoint-id", ENDPOINT_ID, *extra_args],
             cwd=REPO, env=penv, stdout=self._log, stderr=subprocess.STDOUT,
         )

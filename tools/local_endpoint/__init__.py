@@ -1,6 +1,6 @@
 """A local server that speaks Runpod's public serverless endpoint API and runs a handler in worker processes.
 
-Run it with `python -m worker.local_endpoint --handler module:func --port 8000 --workers 1`
+Run it with `python -m tools.local_endpoint --handler module:func --port 8000 --workers 1`
 (or `serve(ServerSettings(...))`), then point the unchanged runpod SDK at it:
 `runpod.endpoint_url_base = "http://127.0.0.1:8000/v2"`; `runpod.Endpoint(any_id).run(...)`.
 

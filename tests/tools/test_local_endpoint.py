@@ -24,7 +24,7 @@ import runpod
 from tests.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HANDLERS = "tests.worker.local_endpoint_handlers"
+HANDLERS = "tests.tools.local_endpoint_handlers"
 ENDPOINT_ID = "local-test"
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
@@ -41,7 +41,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}/v2"
         self.log_path = tmp / f"server-{self.port}.log"
         self._log = self.log_path.open("w")
-        cmd = [sys.executable, "-m", "worker.local_endpoint", "--handler", handler, "--port", str(self.port), *extra]
+        cmd = [sys.executable, "-m", "tools.local_endpoint", "--handler", handler, "--port", str(self.port), *extra]
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ})
         self._wait_ready()
 
@@ -344,7 +344,7 @@ def test_several_workers_run_jobs_side_by_side(tmp_path: Path) -> None:
 from hypothesis import HealthCheck, given, settings as hsettings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from worker.local_endpoint.limits import MAX_JSON_DEPTH, RUN_MAX_BYTES, RUNSYNC_MAX_BYTES  # noqa: E402
+from tools.local_endpoint.limits import MAX_JSON_DEPTH, RUN_MAX_BYTES, RUNSYNC_MAX_BYTES  # noqa: E402
 
 HYP = dict(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 
@@ -410,8 +410,8 @@ def test_webhook_urls_pass_the_ssrf_guard(stream_server: Server, hook: str) -> N
 def test_a_job_that_cannot_be_sent_to_a_worker_leaves_the_worker_idle() -> None:
     import multiprocessing
 
-    from worker.local_endpoint.pool import UnsendableJob, WorkerHandle, WorkerPool, WorkerState
-    from worker.local_endpoint.settings import ServerSettings
+    from tools.local_endpoint.pool import UnsendableJob, WorkerHandle, WorkerPool, WorkerState
+    from tools.local_endpoint.settings import ServerSettings
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -428,7 +428,7 @@ def test_a_job_that_cannot_be_sent_to_a_worker_leaves_the_worker_idle() -> None:
 
 def test_non_loopback_bind_without_api_key_is_refused() -> None:
     port = _free_port()
-    r = subprocess.run([sys.executable, "-m", "worker.local_endpoint", "--host", "0.0.0.0", "--port", str(port)],
+    r = subprocess.run([sys.executable, "-m", "tools.local_endpoint", "--host", "0.0.0.0", "--port", str(port)],
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if k != "LOCAL_ENDPOINT_API_KEY"})
     assert r.returncode == 2 and "--api-key" in r.stderr

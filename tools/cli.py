@@ -198,7 +198,7 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
 
 def serve_parser() -> argparse.ArgumentParser:
     """The local endpoint's own flags, under this command's name and with their defaults shown."""
-    from worker.local_endpoint.cli import build_parser
+    from tools.local_endpoint.cli import build_parser
 
     p = build_parser()
     p.prog = "infinitetalk serve"
@@ -211,7 +211,7 @@ def serve_parser() -> argparse.ArgumentParser:
 
 def cmd_serve(argv: list[str]) -> int:
     serve_parser().parse_args(argv)  # --help and usage errors under the real name
-    from worker.local_endpoint.cli import main as serve_main
+    from tools.local_endpoint.cli import main as serve_main
 
     return serve_main(argv) or 0
 

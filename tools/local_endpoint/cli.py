@@ -1,4 +1,4 @@
-"""`python -m worker.local_endpoint`: flags map one to one onto ServerSettings."""
+"""`python -m tools.local_endpoint`: flags map one to one onto ServerSettings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .settings import DEFAULT_HANDLER, ServerSettings
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m worker.local_endpoint",
+        prog="python -m tools.local_endpoint",
         description="Serve a Runpod handler locally behind Runpod's serverless endpoint API (/v2/{endpoint_id}/...).",
     )
     p.add_argument("--handler", default=DEFAULT_HANDLER, help="handler import path, module:function (default %(default)s)")

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def run_cli(tmp_path, *args, quiet=True):
     overrides = [f"server.cache_dir={tmp_path / 'cache'}", f"server.work_dir={tmp_path / 'w'}", f"storage.local.root={tmp_path / 'out'}"]
     return subprocess.run(
-        [sys.executable, "-m", "worker.cli", "run", *args, *overrides, *(["--quiet"] if quiet else [])],
+        [sys.executable, "-m", "tools.cli", "run", *args, *overrides, *(["--quiet"] if quiet else [])],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
 
@@ -72,19 +72,19 @@ def test_serve_help_has_its_real_name_and_defaults():
     import os
 
     env = {**os.environ, "LOCAL_ENDPOINT_API_KEY": "sekrit-key-123"}
-    res = subprocess.run([sys.executable, "-m", "worker.cli", "serve", "--help"], cwd=REPO, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "tools.cli", "serve", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=60, env=env)
     assert res.returncode == 0
     assert "sekrit-key-123" not in res.stdout  # a credential's default is never shown
-    assert res.stdout.startswith("usage: infinitetalk serve") and "python -m worker.local_endpoint" not in res.stdout
+    assert res.stdout.startswith("usage: infinitetalk serve") and "python -m tools.local_endpoint" not in res.stdout
     assert "(default: 8000)" in res.stdout and "(default: 127.0.0.1)" in res.stdout
-    bad = subprocess.run([sys.executable, "-m", "worker.cli", "serve", "--port", "x"], cwd=REPO, capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "tools.cli", "serve", "--port", "x"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "infinitetalk serve: error" in bad.stderr
 
 
 def test_schema_command_prints_json_schema():
-    res = subprocess.run([sys.executable, "-m", "worker.cli", "schema"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "tools.cli", "schema"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert json.loads(res.stdout)["title"] == "InfiniteTalk job input"
 
 
