@@ -31,6 +31,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
+from contract.choices import OUTPUT_TARGETS  # noqa: E402
+
 MEDIA = ROOT / "examples" / "media"
 
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="turbo")
     p.add_argument("--size", default=None)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--output", default="local", choices=("local", "volume", "s3"))
+    p.add_argument("--output", default="local", choices=[t for t in OUTPUT_TARGETS if t != "inline"])
     p.add_argument("--override", action="append", default=[], help="a worker config override (repeatable)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)

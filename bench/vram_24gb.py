@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from configuration import compose_config  # noqa: E402  (no torch import)
+from contract.choices import SAMPLER_PRESETS  # noqa: E402
 from worker.wiring import engine_options, process_env  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--stream-blocks", type=int, default=None, help="override the tier's stream_blocks")
     ap.add_argument("--batch-passes", action="store_true", help="batch guidance passes (the tier says unbatched)")
     ap.add_argument("--quant", choices=("none", "fp8"), default="none", help="fp8: block Linears as FP8Linear")
-    ap.add_argument("--preset", default="turbo", choices=("turbo", "fast", "quality"))
+    ap.add_argument("--preset", default="turbo", choices=SAMPLER_PRESETS)
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps (peak does not depend on it)")
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=832)

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from contract.choices import CONF_DIR_ENV_VAR, SIZE_RANK, conf_dir
+from contract.choices import CONF_DIR_ENV_VAR, MODES, OUTPUT_TARGETS, SIZE_RANK, conf_dir
 from contract.errors import JobError, is_secret_name
 from configuration.schema import (
     AppConfig,
@@ -317,12 +317,12 @@ def _compose_uncached(overrides: Sequence[str], env: Mapping[str, str] | None, c
 def _check(root: RootConf) -> None:
     if root.job_defaults.size not in SIZE_RANK:
         raise ConfigError(f"job_defaults.size must be one of {sorted(SIZE_RANK)} (DEFAULT_SIZE?)")
-    if root.job_defaults.mode not in ("clip", "streaming"):
+    if root.job_defaults.mode not in MODES:
         raise ConfigError("job_defaults.mode must be clip or streaming")
     if root.gpu.max_size not in SIZE_RANK:
         raise ConfigError(f"gpu.max_size must be one of {sorted(SIZE_RANK)}")
-    if root.storage.target not in ("s3", "volume", "local", "inline"):
-        raise ConfigError("storage.target must be s3, volume, local or inline")
+    if root.storage.target not in OUTPUT_TARGETS:
+        raise ConfigError(f"storage.target must be one of {', '.join(OUTPUT_TARGETS)}")
     for entry in root.storage.s3_inputs:
         if "/" not in entry or not entry.split("/", 1)[0]:
             raise ConfigError(f"storage.s3_inputs entries are 'bucket/prefix', got {entry!r}")

@@ -15,7 +15,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-Location = Literal["s3", "volume", "local", "inline"]
+from contract.choices import OUTPUT_TARGETS
+
+Location = Literal[OUTPUT_TARGETS]  # type: ignore[valid-type]  # conf/storage option names
 
 
 @dataclass(frozen=True)
