@@ -20,9 +20,9 @@ def _skimage_match(video: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.engine.test_color import _skimage_match as oracle
+    from testkit.color_oracle import skimage_match
 
-    return oracle(video, ref, 1.0)
+    return skimage_match(video, ref, 1.0)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from testkit.color_oracle import skimage_match
 from tests.conftest import golden_cases, is_generation_case
 from worker.engine.sampling.color import lab_reference, match_colors
 
@@ -56,32 +57,6 @@ def test_self_reference_is_near_identity_and_blend_is_linear():
 # ----------------------------------------------------------------------------- scikit-image as a reference
 
 
-def _skimage_match(video: torch.Tensor, ref: torch.Tensor, strength: float) -> torch.Tensor:
-    """The reference's per-frame numpy/scikit-image path ([3, T, H, W] in [-1, 1]), kept here as the oracle."""
-    import warnings
-
-    import numpy as np
-    from skimage import color as sk
-
-    frames = np.clip((video.permute(1, 2, 3, 0).numpy() + 1.0) / 2.0, 0.0, 1.0)
-    ref01 = np.clip((ref[:, :1].permute(1, 2, 3, 0).numpy() + 1.0) / 2.0, 0.0, 1.0)[0]
-    rl = sk.rgb2lab(ref01)
-    r_mean = [rl[..., j].mean() for j in range(3)]
-    r_std = [rl[..., j].std() for j in range(3)]
-    out = []
-    for f in frames:
-        lab = sk.rgb2lab(f)
-        c = lab.copy()
-        for j in range(3):
-            m, s = lab[..., j].mean(), lab[..., j].std()
-            c[..., j] = r_mean[j] if s == 0 else (c[..., j] - m) * (r_std[j] / s) + r_mean[j]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            rgb = np.clip(sk.lab2rgb(c), 0.0, 1.0)
-        out.append((1 - strength) * f + strength * rgb)
-    return torch.from_numpy(np.stack(out) * 2.0 - 1.0).permute(3, 0, 1, 2)
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("strength", [1.0, 0.35])
 def test_torch_path_matches_skimage_on_random_frames(seed, strength):
@@ -91,7 +66,7 @@ def test_torch_path_matches_skimage_on_random_frames(seed, strength):
     ref = torch.rand(3, 1, 24, 40, generator=g) * 0.4 - 0.2
     ref[seed % 3] += 0.6  # a strong tint: the transfer leaves the gamut and hits the negative-Z and RGB clips
     got = match_colors(video, ref, strength)
-    torch.testing.assert_close(got, _skimage_match(video, ref, strength), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, skimage_match(video, ref, strength), atol=1e-4, rtol=0)
 
 
 def test_lab_conversions_match_skimage():
