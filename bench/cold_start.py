@@ -126,16 +126,9 @@ def write_bundle(path: Path, cfg: DiTConfig, config_text: str, gen: torch.Genera
     """The DiT as `weights repack` writes it (bf16, its metadata; `quant` fp8: the block matrices as e4m3
     plus per-row float32 scales, as `weights repack --dtype float8_e4m3fn`), through repack's streaming
     writer, so only one tensor is ever in host memory."""
-    from worker.weights.repack import (
-        BUNDLE_FORMAT,
-        BUNDLE_VERSION,
-        FP8_MAX,
-        SCALE_SUFFIX,
-        OutTensor,
-        is_fp8_target,
-        quantize_fp8_rows,
-        write_streamed,
-    )
+    from worker.engine.formats.bundle import SCALE_SUFFIX, bundle_metadata
+    from worker.engine.formats.fp8 import quantize_rows
+    from worker.weights.repack import OutTensor, is_fp8_target, write_streamed
 
     shapes = meta_shapes(lambda: InfiniteTalkDiT(cfg))
     plan = []
@@ -145,7 +138,7 @@ def write_bundle(path: Path, cfg: DiTConfig, config_text: str, gen: torch.Genera
 
             def part(which: str, k=k, s=s, pair=pair) -> torch.Tensor:
                 if not pair:  # the matrix is drawn once; its e4m3 values, then its scales, are written
-                    q, scale = quantize_fp8_rows(draw(k, s, torch.float32, gen, host=False), inplace=True)
+                    q, scale = quantize_rows(draw(k, s, torch.float32, gen, host=False), inplace=True)
                     pair["q"], pair["s"] = q.cpu(), scale.cpu()
                 return pair.pop(which)
 
@@ -153,18 +146,7 @@ def write_bundle(path: Path, cfg: DiTConfig, config_text: str, gen: torch.Genera
             plan.append(OutTensor(k + SCALE_SUFFIX, "F32", (s[0],), lambda part=part: part("s")))
         else:
             plan.append(OutTensor(k, "BF16", s, lambda k=k, s=s: draw(k, s, torch.bfloat16, gen)))
-    metadata = {
-        "format": BUNDLE_FORMAT,
-        "bundle_version": BUNDLE_VERSION,
-        "dtype": "float8_e4m3fn" if quant == "fp8" else "bfloat16",
-        "compute_dtype": "bfloat16",
-        "scale_suffix": SCALE_SUFFIX,
-        "scale_layout": "per-output-row",
-        "fp8_max": repr(FP8_MAX),
-        "sources": "[]",
-        "loras": "[]",
-        "dit_config": config_text,
-    }
+    metadata = bundle_metadata("float8_e4m3fn" if quant == "fp8" else "bfloat16", dit_config=config_text)
     write_streamed(path, plan, metadata)
 
 

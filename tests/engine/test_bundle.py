@@ -5,12 +5,19 @@ import pytest
 import torch
 
 from tests.weights.conftest import tiny_layout, tiny_root  # noqa: F401 - the same session checkpoint
-from worker.engine.formats.bundle import bundle_state_dict, is_bundle, load_bundle_into, read_bundle_metadata
+from worker.engine.formats.bundle import (
+    FP8_ABS_STEPS,
+    FP8_REL_ERR,
+    bundle_state_dict,
+    is_bundle,
+    load_bundle_into,
+    read_bundle_metadata,
+)
 from worker.engine.models.dit import InfiniteTalkDiT
 from worker.engine.errors import WeightLoadError
 from worker.engine.formats.loaders import load_module
 from testkit.tiny import TINY_DIT
-from worker.weights.repack import FP8_ABS_STEPS, FP8_REL_ERR, repack
+from worker.weights.repack import repack
 
 
 def _meta_dit() -> InfiniteTalkDiT:

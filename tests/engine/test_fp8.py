@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from worker.engine.models.dit import InfiniteTalkDiT
 from worker.engine.errors import WeightLoadError
-from worker.engine.formats.fp8 import FP8, FP8Linear, convert_linears, load_fp8_state, quantize_rows
+from worker.engine.formats.fp8 import FP8, FP8Linear, convert_linears, dequantize_rows, load_fp8_state, quantize_rows
 from testkit.tiny import TINY_DIT
 
 from .test_offload import dit_inputs, tiny_dit
@@ -27,6 +27,21 @@ def test_row_quantisation_is_within_half_an_e4m3_step():
     back = q.float() * s[:, None]
     # e4m3 keeps 3 mantissa bits: |err| <= 2^-4 |w| for normal values, plus half a subnormal step
     assert bool(((back - w).abs() <= w.abs() * 2**-4 + s[:, None] * 2**-10).all())
+
+
+def test_row_quantisation_in_place_gives_the_same_bytes_and_leaves_other_inputs_alone():
+    """One quantiser serves the engine (a copy) and repack (its own float32 buffer, scaled in place)."""
+    w = torch.randn(16, 48) * torch.logspace(-2, 2, 16)[:, None]
+    w[3] = 0.0  # an all-zero row keeps scale 1
+    kept = w.clone()
+    q, s = quantize_rows(w)
+    assert torch.equal(w, kept) and float(s[3]) == 1.0
+    q2, s2 = quantize_rows(w.clone(), inplace=True)
+    assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s, s2)
+    bf = w.to(torch.bfloat16)
+    q3, _ = quantize_rows(bf, inplace=True)  # not float32: a copy, the input untouched
+    assert torch.equal(bf, w.to(torch.bfloat16)) and q3.dtype == FP8
+    torch.testing.assert_close(dequantize_rows(q, s), q.float() * s[:, None], rtol=0, atol=0)
 
 
 def test_fp8_dit_relative_error_against_fp32():

@@ -11,19 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from worker.engine.formats.bundle import FP8_ABS_STEPS, FP8_MAX, FP8_REL_ERR, SCALE_SUFFIX
+from worker.engine.formats.fp8 import dequantize_rows, quantize_rows
 from worker.engine.formats.loaders import read_state_dict
-from worker.weights.repack import (
-    FP8_ABS_STEPS,
-    FP8_MAX,
-    FP8_REL_ERR,
-    SCALE_SUFFIX,
-    LoraSpec,
-    RepackError,
-    dequantize_fp8_rows,
-    quantize_fp8_rows,
-    read_header,
-    repack,
-)
+from worker.weights.repack import LoraSpec, RepackError, read_header, repack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,7 +47,7 @@ def test_fp8_bundle_is_within_half_an_e4m3_step(tiny_layout, tmp_path):
         if key + SCALE_SUFFIX in got:
             q, scale = got[key], got[key + SCALE_SUFFIX]
             assert q.dtype == torch.float8_e4m3fn and scale.shape == (value.shape[0],)
-            w = dequantize_fp8_rows(q, scale)
+            w = dequantize_rows(q, scale)
             bound = FP8_REL_ERR * value.abs() + FP8_ABS_STEPS * scale[:, None] + 1e-12
             assert bool(((w - value).abs() <= bound).all()), key
             assert (w - value).norm() / value.norm() < 0.04, key  # stated per-tensor tolerance
@@ -66,8 +57,8 @@ def test_fp8_bundle_is_within_half_an_e4m3_step(tiny_layout, tmp_path):
 
 def test_quantize_handles_zero_rows_and_extremes():
     w = torch.tensor([[0.0, 0.0, 0.0], [1e-6, -2.0, 3.0], [1e4, -1e4, 5.0]])
-    q, s = quantize_fp8_rows(w)
-    back = dequantize_fp8_rows(q, s)
+    q, s = quantize_rows(w)
+    back = dequantize_rows(q, s)
     assert torch.equal(back[0], torch.zeros(3))
     assert float(back[2].abs().max()) == pytest.approx(1e4)
     assert float(q.float().abs().max()) == FP8_MAX

@@ -11,16 +11,9 @@ mmap, so source pages never count as resident), merges, casts and appends it. Pe
 memory is a small multiple of the largest single tensor (about 280 MB of fp32 for the 14B
 model's FFN weights), well under one shard.
 
-Bundle format (one `.safetensors` file; `__metadata__` values are strings, as the format requires):
-  format          "infinitetalk-bundle"       bundle_version "1"
-  dtype           "bfloat16" | "float8_e4m3fn" (what the large block matrices are stored as)
-  compute_dtype   "bfloat16"                   (every other floating tensor is stored in it)
-  scale_suffix    ".scale"                     (fp8: `<key>.scale`, float32, one value per output row)
-  fp8_max         "448.0"                      (largest finite e4m3fn value; row max maps onto it)
-  sources, loras  JSON lists of {file, size} / {file, size, strength}
-  dit_config      the model folder's config.json, verbatim
-fp8 dequantisation is `q.float() * scale[:, None]`. The error this introduces per element is at
-most half an e4m3 step: |w' - w| <= 2**-4 * |w| + 2**-10 * scale_row (see FP8_REL_ERR / FP8_ABS_STEPS).
+The bundle format (names, metadata, fp8 layout and error bound) is defined once in
+`worker.engine.formats.bundle`; LoRA parsing and deltas and the fp8 row quantiser are the engine's own
+(`worker.engine.formats.lora`, `worker.engine.formats.fp8`), so a bundle holds exactly what a merge at load gives.
 """
 from __future__ import annotations
 
@@ -32,18 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from worker.engine.formats.bundle import BUNDLE_FORMAT, SCALE_SUFFIX
+from worker.engine.errors import WeightLoadError
+from worker.engine.formats.bundle import BUNDLE_DTYPES, SCALE_SUFFIX, bundle_metadata
 
 if TYPE_CHECKING:  # torch is imported lazily: `worker.weights` must import without the engine extras
     import torch
 
-BUNDLE_VERSION = "1"
-FP8_MAX = 448.0
-# Half a step of e4m3's 3-bit mantissa, relative to the value, for normal numbers...
-FP8_REL_ERR = 2.0**-4
-# ...and half the subnormal step (2**-9 in units of the row scale) for values near zero.
-FP8_ABS_STEPS = 2.0**-10
-BUNDLE_DTYPES = ("bfloat16", "float8_e4m3fn")
+    from worker.engine.formats.lora import LoraTerm
 
 ST_DTYPES = {
     "F64": ("float64", 8),
@@ -186,11 +174,7 @@ def _byte_dtype() -> "torch.dtype":
 
 
 # ---------------------------------------------------------------------------------------------
-# LoRA
-
-
-_LORA_PREFIXES = ("base_model.model.", "model.diffusion_model.", "diffusion_model.", "model.", "transformer.")
-_LORA_PAIRS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))
+# LoRA (parsed and applied by the engine's code, read through this module's plain file reads)
 
 
 @dataclass
@@ -200,109 +184,43 @@ class LoraSpec:
 
 
 @dataclass
-class _LoraTerm:
-    down: TensorEntry | None = None
-    up: TensorEntry | None = None
-    alpha: TensorEntry | None = None
-    diff: TensorEntry | None = None
-    strength: float = 1.0
+class _LoraUse:
+    """One LoRA file's term for one target key, with the file's header entries to read it."""
+
+    spec: LoraSpec
+    entries: dict[str, TensorEntry]
+    term: LoraTerm
 
 
-@dataclass
-class _LoraIndex:
-    """target key -> terms to add, one per LoRA file that touches it."""
+def index_loras(loras: Sequence[LoraSpec], targets: Iterable[str]) -> dict[str, list[_LoraUse]]:
+    """target key -> the LoRA terms that change it, one per file; unknown keys are an error."""
+    from worker.engine.formats.lora import index_lora_keys
 
-    terms: dict[str, list[_LoraTerm]] = field(default_factory=dict)
-
-
-def _strip_prefix(key: str) -> str:
-    for p in _LORA_PREFIXES:
-        if key.startswith(p):
-            return key[len(p) :]
-    return key
-
-
-def index_lora(spec: LoraSpec, targets: Iterable[str]) -> dict[str, _LoraTerm]:
-    """Map every tensor of a LoRA file to the model key it changes; unknown keys are an error."""
-    entries, _ = read_header(spec.path)
     targets = set(targets)
-    by_module: dict[str, _LoraTerm] = {}
-    for key, entry in entries.items():
-        k = _strip_prefix(key)
-        target: str | None = None
-        slot = None
-        for down_s, up_s in _LORA_PAIRS:
-            if k.endswith(down_s):
-                target, slot = k[: -len(down_s)] + ".weight", "down"
-            elif k.endswith(up_s):
-                target, slot = k[: -len(up_s)] + ".weight", "up"
-        if slot is None:
-            if k.endswith(".alpha"):
-                target, slot = k[: -len(".alpha")] + ".weight", "alpha"
-            elif k.endswith(".diff_b"):
-                target, slot = k[: -len(".diff_b")] + ".bias", "diff"
-            elif k.endswith(".diff"):
-                target, slot = k[: -len(".diff")] + ".weight", "diff"
-        if target is None or slot is None:
-            raise RepackError(f"{spec.path}: key {key!r} is not a LoRA tensor this tool understands")
-        if target not in targets:
-            raise RepackError(f"{spec.path}: key {key!r} targets {target!r}, which the model does not have")
-        term = by_module.setdefault(target, _LoraTerm(strength=spec.strength))
-        setattr(term, slot, entry)
-    for target, term in by_module.items():
-        if (term.down is None) != (term.up is None):
-            raise RepackError(f"{spec.path}: {target!r} has only one of the two LoRA matrices")
-        if term.alpha is not None and term.down is None:
-            raise RepackError(f"{spec.path}: {target!r} has an alpha but no LoRA matrices")
-    return by_module
+    out: dict[str, list[_LoraUse]] = {}
+    for spec in loras:
+        entries, _ = read_header(spec.path)
+        try:
+            index = index_lora_keys(spec.path, entries, targets)
+        except WeightLoadError as exc:
+            raise RepackError(f"{spec.path}: {exc.reason} (key {exc.key!r})") from exc
+        for target, term in index.terms.items():
+            out.setdefault(target, []).append(_LoraUse(spec, entries, term))
+    return out
 
 
-def _lora_delta(term: _LoraTerm, shape: tuple[int, ...]) -> "torch.Tensor":
-    import torch
+def _lora_delta(use: _LoraUse, shape: tuple[int, ...]) -> "torch.Tensor":
+    from worker.engine.formats.lora import lora_delta
 
-    delta = torch.zeros(shape, dtype=torch.float32)
-    if term.down is not None and term.up is not None:
-        down = read_tensor(term.down).float()
-        up = read_tensor(term.up).float()
-        rank = down.shape[0]
-        scale = 1.0
-        if term.alpha is not None:
-            scale = float(read_tensor(term.alpha).float().reshape(-1)[0]) / rank
-        prod = up.reshape(up.shape[0], -1) @ down.reshape(rank, -1)
-        if prod.numel() != delta.numel():
-            raise RepackError(f"{term.down.file}: LoRA for {term.down.key!r} has shape {tuple(prod.shape)}, model {shape}")
-        delta += prod.reshape(shape) * scale
-    if term.diff is not None:
-        diff = read_tensor(term.diff).float()
-        if diff.numel() != delta.numel():
-            raise RepackError(f"{term.diff.file}: {term.diff.key!r} has shape {tuple(diff.shape)}, model {shape}")
-        delta += diff.reshape(shape)
-    return delta * term.strength
+    try:
+        delta = lora_delta(lambda key: read_tensor(use.entries[key]), use.term, shape, "cpu", use.spec.path)
+    except WeightLoadError as exc:
+        raise RepackError(f"{use.spec.path}: {exc.reason} (key {exc.key!r})") from exc
+    return delta * use.spec.strength
 
 
 # ---------------------------------------------------------------------------------------------
 # fp8
-
-
-def quantize_fp8_rows(w: "torch.Tensor", *, inplace: bool = False) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Per-output-row symmetric e4m3fn: each row's largest magnitude maps onto FP8_MAX.
-
-    `inplace` lets repack scale its own float32 buffer instead of allocating two more copies.
-    """
-    import torch
-
-    w = w.float() if inplace and w.dtype == torch.float32 else w.float().clone()
-    amax = torch.linalg.vector_norm(w, ord=float("inf"), dim=1)
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax)).to(torch.float32)
-    w.div_(scale[:, None]).clamp_(-FP8_MAX, FP8_MAX)
-    return w.to(torch.float8_e4m3fn), scale
-
-
-def dequantize_fp8_rows(q: "torch.Tensor", scale: "torch.Tensor", dtype: "torch.dtype | None" = None) -> "torch.Tensor":
-    import torch
-
-    out = q.to(torch.float32) * scale.to(device=q.device, dtype=torch.float32)[:, None]
-    return out if dtype is None else out.to(dtype)
 
 
 def is_fp8_target(key: str, shape: tuple[int, ...], code: str) -> bool:
@@ -337,6 +255,8 @@ def repack(
     cast (or quantise), and stream the result into one bundle at `out`."""
     import torch
 
+    from worker.engine.formats.fp8 import quantize_rows
+
     if dtype not in BUNDLE_DTYPES:
         raise RepackError(f"dtype must be one of {BUNDLE_DTYPES}, not {dtype!r}")
     files = [Path(f) for f in dit_files]
@@ -347,10 +267,7 @@ def repack(
         entries, _ = read_header(f)
         for key, entry in entries.items():
             winners[key] = entry
-    lora_terms: dict[str, list[_LoraTerm]] = {}
-    for spec in loras:
-        for target, term in index_lora(spec, winners).items():
-            lora_terms.setdefault(target, []).append(term)
+    lora_terms = index_loras(loras, winners)
 
     compute = torch.bfloat16
     handles: dict[Path, BinaryIO] = {}
@@ -378,7 +295,7 @@ def repack(
                 for term in terms:
                     value = value + _lora_delta(term, entry.shape)
             if quant:
-                q, scale = quantize_fp8_rows(value, inplace=True)
+                q, scale = quantize_rows(value, inplace=True)
                 del value
                 last_quant[entry.key] = (q, scale)
                 return q if part == "q" else scale
@@ -403,20 +320,12 @@ def repack(
     config_text = ""
     if config_file is not None and Path(config_file).is_file():
         config_text = Path(config_file).read_text()
-    metadata = {
-        "format": BUNDLE_FORMAT,
-        "bundle_version": BUNDLE_VERSION,
-        "dtype": dtype,
-        "compute_dtype": "bfloat16",
-        "scale_suffix": SCALE_SUFFIX,
-        "scale_layout": "per-output-row",
-        "fp8_max": repr(FP8_MAX),
-        "sources": json.dumps([{"file": f.name, "size": f.stat().st_size} for f in files]),
-        "loras": json.dumps(
-            [{"file": s.path.name, "size": s.path.stat().st_size, "strength": s.strength} for s in loras]
-        ),
-        "dit_config": config_text,
-    }
+    metadata = bundle_metadata(
+        dtype,
+        sources=[{"file": f.name, "size": f.stat().st_size} for f in files],
+        loras=[{"file": s.path.name, "size": s.path.stat().st_size, "strength": s.strength} for s in loras],
+        dit_config=config_text,
+    )
     try:
         size = write_streamed(Path(out), plan, metadata)
     finally:

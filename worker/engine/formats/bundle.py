@@ -1,15 +1,29 @@
-"""Load a bundle made by `weights repack` into a module (the engine's side of the format).
+"""The bundle format, in one place: its names, its metadata, and loading it into a module.
 
-The format is described in `worker.weights.repack`, which writes it; its names are defined here, where the
-engine reads them, so the engine needs nothing from the weights tooling. Loading is strict, like the engine's own
-loader: a missing, unexpected or mis-shaped key is a `WeightLoadError` naming the bundle and the
-key. fp8 matrices are moved to the target device as fp8 (a quarter of the fp32 bytes over PCIe)
-and dequantised there. torch is imported inside the functions so that importing this module has
-no side effects and needs no engine extras.
+A bundle is what `weights repack` (worker/weights/repack.py, the writer) makes of the published DiT: one
+`.safetensors` file holding exactly what the engine loads, merged and cast. `__metadata__` values are strings:
+  format          "infinitetalk-bundle"        bundle_version "1"
+  dtype           "bfloat16" | "float8_e4m3fn" (what the large block matrices are stored as)
+  compute_dtype   "bfloat16"                   (every other floating tensor is stored in it)
+  scale_suffix    ".scale"                     (fp8: `<key>.scale`, float32, one value per output row)
+  scale_layout    "per-output-row"
+  fp8_max         "448.0"                      (largest finite e4m3fn value; each row's max maps onto it)
+  sources, loras  JSON lists of {file, size} / {file, size, strength}
+  dit_config      the model folder's config.json, verbatim
+fp8 dequantisation is `q.float() * scale[:, None]` (fp8.py: `quantize_rows` / `dequantize_rows`). The error
+this introduces per element is at most half an e4m3 step: |w' - w| <= 2**-4 * |w| + 2**-10 * scale_row
+(FP8_REL_ERR / FP8_ABS_STEPS).
+
+Loading is strict, like the engine's own loader: a missing, unexpected or mis-shaped key is a
+`WeightLoadError` naming the bundle and the key. fp8 matrices are moved to the target device as fp8
+(a quarter of the fp32 bytes over PCIe) and dequantised there. torch is imported inside the functions so
+that importing this module has no side effects and needs no engine extras (the weights tooling imports
+the names from here).
 """
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +34,38 @@ if TYPE_CHECKING:
     from torch import nn
 
 BUNDLE_FORMAT = "infinitetalk-bundle"
+BUNDLE_VERSION = "1"
+BUNDLE_DTYPES = ("bfloat16", "float8_e4m3fn")
 SCALE_SUFFIX = ".scale"  # fp8: `<key>.scale`, float32, one value per output row
+FP8_MAX = 448.0  # largest finite float8_e4m3fn value
+# Half a step of e4m3's 3-bit mantissa, relative to the value, for normal numbers...
+FP8_REL_ERR = 2.0**-4
+# ...and half the subnormal step (2**-9 in units of the row scale) for values near zero.
+FP8_ABS_STEPS = 2.0**-10
+
+
+def bundle_metadata(
+    dtype: str,
+    *,
+    sources: Iterable[dict[str, Any]] = (),
+    loras: Iterable[dict[str, Any]] = (),
+    dit_config: str = "",
+) -> dict[str, str]:
+    """The `__metadata__` of a bundle whose large block matrices are stored as `dtype`."""
+    if dtype not in BUNDLE_DTYPES:
+        raise ValueError(f"dtype must be one of {BUNDLE_DTYPES}, not {dtype!r}")
+    return {
+        "format": BUNDLE_FORMAT,
+        "bundle_version": BUNDLE_VERSION,
+        "dtype": dtype,
+        "compute_dtype": "bfloat16",
+        "scale_suffix": SCALE_SUFFIX,
+        "scale_layout": "per-output-row",
+        "fp8_max": repr(FP8_MAX),
+        "sources": json.dumps(list(sources)),
+        "loras": json.dumps(list(loras)),
+        "dit_config": dit_config,
+    }
 
 
 def read_bundle_metadata(path: Path | str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ documented `_scaled_mm` contract and has not been run on a GPU here.
 
 Weight files read (`load_fp8_state`):
   ours     `weights repack --dtype float8_e4m3fn`: `<m>.weight` float8_e4m3fn + `<m>.weight.scale`
-           float32 [out] (see worker/weights/repack.py; dequantisation `q.float() * scale[:, None]`);
+           float32 [out] (the bundle format, bundle.py; dequantisation `q.float() * scale[:, None]`);
   upstream InfiniteTalk's `quant_models/*_fp8.safetensors` are optimum-quanto `requantize` files
            (with a `*.json` quantisation map): a quantised Linear stores `<m>.weight._data`
            (float8) and `<m>.weight._scale` ([out, 1]) plus `<m>.input_scale` / `<m>.output_scale`,
@@ -29,19 +29,31 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from worker.engine.errors import WeightLoadError
+from worker.engine.formats.bundle import FP8_MAX, SCALE_SUFFIX
 
 FP8 = torch.float8_e4m3fn
-FP8_MAX = 448.0
-SCALE_SUFFIX = ".scale"  # ours: `<m>.weight.scale`
 QUANTO_DATA, QUANTO_SCALE = "._data", "._scale"  # quanto: `<m>.weight._data`, `<m>.weight._scale`
 
 
-def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-row e4m3fn: each row's largest magnitude maps onto 448."""
+def quantize_rows(w: torch.Tensor, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-row e4m3fn: each row's largest magnitude maps onto FP8_MAX (448).
+
+    The one quantiser of the engine and the weights tooling (bundles are written with it). `inplace`
+    lets a caller that owns a float32 buffer have it scaled in place instead of allocating another copy.
+    """
     wf = w.detach().float()
-    amax = wf.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    return (wf / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale.float()
+    amax = torch.linalg.vector_norm(wf, ord=float("inf"), dim=1)  # max |w| per row, without an |w| copy
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax)).to(torch.float32)
+    if not (inplace and wf.data_ptr() == w.data_ptr()):
+        wf = wf.clone()
+    wf.div_(scale[:, None]).clamp_(-FP8_MAX, FP8_MAX)
+    return wf.to(FP8), scale
+
+
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`q.float() * scale[:, None]`, optionally cast to `dtype`."""
+    out = q.to(torch.float32) * scale.to(device=q.device, dtype=torch.float32)[:, None]
+    return out if dtype is None else out.to(dtype)
 
 
 # CUDA device index -> whether `torch._scaled_mm` runs fp8 there. Filled eagerly (`prime_fused`) when fp8

@@ -7,7 +7,7 @@ once costs nothing per forward, and the merged module is the plain DiT every oth
 
 Key naming understood (facts from the published files and the loaders that read them):
   prefixes   `diffusion_model.` (ComfyUI/Kijai exports: lightx2v, FusioniX), `model.diffusion_model.`,
-             `base_model.model.` (PEFT), none, or the underscored `lora_unet_blocks_0_self_attn_q`
+             `base_model.model.` (PEFT), `model.`, `transformer.`, none, or the underscored `lora_unet_blocks_0_self_attn_q`
              form (kohya, also seen half-underscored), matched against the model's own names with dots read as `_`;
   matrices   `<m>.lora_down.weight` / `<m>.lora_up.weight` or `<m>.lora_A.weight` / `<m>.lora_B.weight`
              (down/A is [rank, in], up/B is [out, rank]);
@@ -28,6 +28,7 @@ merge or removal rounds its weights to e4m3 once more (half a step, 2**-4 relati
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from torch import nn
 from worker.engine.errors import WeightLoadError
 from worker.engine.formats.fp8 import FP8Linear, quantize_rows
 
-PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "model.", "transformer.")
 KOHYA_PREFIX = "lora_unet_"
 _PAIRS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))
 
@@ -99,12 +100,7 @@ def _kohya_table(params: set[str]) -> dict[str, str]:
 
 
 def index_lora(path: Path | str, params: set[str]) -> LoraIndex:
-    """Map every tensor of a LoRA file to the model parameter it changes.
-
-    Every key must be understood and must target a parameter of the model: a LoRA made for another
-    model (Wan2.2, T2V, diffusers names) is refused with the first offending key instead of being
-    half-applied.
-    """
+    """Map every tensor of a LoRA file to the model parameter it changes (see `index_lora_keys`)."""
     path = Path(path)
     if not path.is_file():
         raise WeightLoadError(str(path), None, "LoRA file not found")
@@ -113,6 +109,17 @@ def index_lora(path: Path | str, params: set[str]) -> LoraIndex:
             keys = list(handle.keys())
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise WeightLoadError(str(path), None, f"corrupt LoRA file: {exc}") from exc
+    return index_lora_keys(path, keys, params)
+
+
+def index_lora_keys(path: Path | str, keys: Iterable[str], params: set[str]) -> LoraIndex:
+    """The one LoRA key parser (the engine's merge and the weights tooling's repack both use it).
+
+    Every key must be understood and must target a parameter of the model: a LoRA made for another
+    model (Wan2.2, T2V, diffusers names) is refused with the first offending key instead of being
+    half-applied.
+    """
+    path = Path(path)
     index = LoraIndex(path)
     kohya: dict[str, str] | None = None
     for key in keys:
@@ -145,15 +152,21 @@ def index_lora(path: Path | str, params: set[str]) -> LoraIndex:
     return index
 
 
-def _delta(handle, term: LoraTerm, shape: torch.Size, device: torch.device, path: Path) -> torch.Tensor:
+def lora_delta(
+    get: Callable[[str], torch.Tensor], term: LoraTerm, shape: tuple[int, ...] | torch.Size,
+    device: torch.device | str, path: Path | str,
+) -> torch.Tensor:
+    """The float32 change one file's term makes to a parameter of `shape` (before the caller's scale):
+    (alpha / rank) * up @ down, plus any full diff. `get(key)` reads a tensor of the LoRA file."""
+    path = Path(path)
     delta = torch.zeros(shape, dtype=torch.float32, device=device)
     if term.down is not None and term.up is not None:
-        down = handle.get_tensor(term.down).to(device=device, dtype=torch.float32)
-        up = handle.get_tensor(term.up).to(device=device, dtype=torch.float32)
+        down = get(term.down).to(device=device, dtype=torch.float32)
+        up = get(term.up).to(device=device, dtype=torch.float32)
         rank = down.shape[0]
         factor = 1.0
         if term.alpha is not None:
-            factor = float(handle.get_tensor(term.alpha).float().reshape(-1)[0]) / rank
+            factor = float(get(term.alpha).float().reshape(-1)[0]) / rank
         up = up.reshape(up.shape[0], -1)
         if up.shape[1] != rank:
             raise WeightLoadError(str(path), term.up, f"rank {up.shape[1]} does not match lora_down's {rank}")
@@ -163,7 +176,7 @@ def _delta(handle, term: LoraTerm, shape: torch.Size, device: torch.device, path
                                                         f"parameter shape {tuple(shape)}")
         delta += prod.reshape(shape) * factor
     if term.diff is not None:
-        diff = handle.get_tensor(term.diff).to(device=device, dtype=torch.float32)
+        diff = get(term.diff).to(device=device, dtype=torch.float32)
         if diff.numel() != delta.numel():
             raise WeightLoadError(str(path), term.diff, f"shape {tuple(diff.shape)} does not fit {tuple(shape)}")
         delta += diff.reshape(shape)
@@ -185,7 +198,7 @@ def merge_lora(module: nn.Module, path: Path | str, scale: float = 1.0) -> Merge
         for target, term in index.terms.items():
             if target in fp8:
                 m = fp8[target]
-                delta = _delta(handle, term, m.weight.shape, m.weight.device, path)
+                delta = lora_delta(handle.get_tensor, term, m.weight.shape, m.weight.device, path)
                 q, row_scale = quantize_rows(m.dequantized(torch.float32) + delta * scale)
                 m.weight.copy_(q)
                 m.weight_scale.copy_(row_scale)
@@ -195,7 +208,7 @@ def merge_lora(module: nn.Module, path: Path | str, scale: float = 1.0) -> Merge
             if p.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
                 raise WeightLoadError(str(path), target, f"cannot merge into a {p.dtype} parameter "
                                                          "(merge LoRAs before fp8 quantisation)")
-            delta = _delta(handle, term, p.shape, p.device, path)
+            delta = lora_delta(handle.get_tensor, term, p.shape, p.device, path)
             p.copy_((p.float() + delta * scale).to(p.dtype))
             del delta
     return MergeReport(str(path), float(scale), index.style, index.n_low_rank, index.n_diff)

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+from worker.engine.formats.bundle import FP8_MAX
+
 FP8 = torch.float8_e4m3fn
-FP8_MAX = 448.0
 # Attention shorter than this (text/image/audio cross-attention: <= 512 keys) stays in bf16: it is a
 # small share of the time and memory-bound, so fp8 would cost accuracy for nothing.
 MIN_FP8_TOKENS = 4096

@@ -369,181 +369,261 @@ def generate(
 
 
 def _generate(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, trace, resume=None) -> Iterator[ChunkResult]:
-    s = settings
-    if s.mode not in ("clip", "streaming"):
-        raise ValueError(f"mode must be 'clip' or 'streaming', got {s.mode!r}")
-    if not inputs.audio:
-        raise ValueError("at least one speaker's audio embedding is needed")
-    if len(inputs.audio) > 2:
-        raise ValueError(f"one or two speakers are supported, got {len(inputs.audio)}")
-    emit = trace or (lambda name, tensor: None)
+    yield from _GenerationRun(dit, vae, clip_encode, inputs, settings, on_step, should_cancel, trace, resume)
 
-    plan = plan_chunks([a.shape[0] for a in inputs.audio], s.frame_num, s.motion_frame, s.max_frames, s.mode)
-    frames = _FrameSource(inputs.cond)
-    first = frames.get(0)
-    src_h, src_w = first.height, first.width
-    th, tw = pick_bucket(src_h, src_w, s.bucket_table())
-    lat_h, lat_w = th // VAE_STRIDE[1], tw // VAE_STRIDE[2]
-    t_lat = latent_frames(s.frame_num)
 
-    if inputs.ref_target_masks is not None:
-        masks = inputs.ref_target_masks.float()
-    else:
-        masks = speaker_masks((src_h, src_w), (th, tw), len(inputs.audio), inputs.bboxes, inputs.face_scale)
+class _GenerationRun:
+    """One request's generation loop as numbered stages.
 
-    seed = s.seed if s.seed is not None and s.seed >= 0 else random.randint(0, MAX_SEED)
-    plan_key = (len(plan.chunks), plan.total_frames, s.frame_num, s.motion_frame)
-    if resume is not None:
-        if tuple(resume.plan) != plan_key or not 0 < resume.next_chunk < len(plan.chunks):
-            raise ValueError(f"resume state {resume.plan} @ {resume.next_chunk} does not fit this request {plan_key}")
-        seed = resume.seed
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    rng_calls = 0
-    if resume is not None:
-        gen.set_state(resume.rng_state)
-        rng_calls = resume.rng_calls
+    Set-up (once): 1 check the request, 2 plan the chunks (bucket, latent grid, speaker masks), 3 seed the
+    generator, 4 build the sampler (timesteps, guider, TeaCache, pass runner), 5 restore a resumed run's state.
+    Per chunk: 6 condition frame and CLIP features, 7 audio windows, 8 noise and VAE-encoded condition,
+    9 denoise (10 one step each), 11 decode and colour-match, 12 hand over the new frames.
+    The operation order is the reference's: every random draw and VAE call happens in the same sequence
+    (the golden tests trace them), so the counters `rng_calls` and `vae_calls` name them as it does.
+    """
 
-    def draw(shape: tuple[int, ...], kind: str) -> torch.Tensor:
-        nonlocal rng_calls
-        x = torch.randn(shape, generator=gen, dtype=torch.float32)
-        emit(f"rng{rng_calls}.{kind}", x)
-        rng_calls += 1
+    def __init__(self, dit, vae, clip_encode, inputs: GenerationInputs, settings: GenerationSettings,
+                 on_step, should_cancel, trace, resume: ResumeState | None) -> None:
+        self.dit, self.vae, self.clip_encode, self.inputs, self.s = dit, vae, clip_encode, inputs, settings
+        self.on_step, self.should_cancel, self.trace, self.resume = on_step, should_cancel, trace, resume
+        self.emit: Trace = trace or (lambda name, tensor: None)
+        self._check()
+        self._plan()
+        self._seed()
+        self._sampler()
+        self._restore()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _check(self) -> None:
+        """1. The request is one the loop can render."""
+        s, inputs = self.s, self.inputs
+        if s.mode not in ("clip", "streaming"):
+            raise ValueError(f"mode must be 'clip' or 'streaming', got {s.mode!r}")
+        if not inputs.audio:
+            raise ValueError("at least one speaker's audio embedding is needed")
+        if len(inputs.audio) > 2:
+            raise ValueError(f"one or two speakers are supported, got {len(inputs.audio)}")
+
+    def _plan(self) -> None:
+        """2. Chunk plan, output bucket, latent grid and speaker masks (from the first condition frame)."""
+        s, inputs = self.s, self.inputs
+        self.plan = plan_chunks([a.shape[0] for a in inputs.audio], s.frame_num, s.motion_frame, s.max_frames, s.mode)
+        self.frames = _FrameSource(inputs.cond)
+        first = self.frames.get(0)
+        src_h, src_w = first.height, first.width
+        self.th, self.tw = pick_bucket(src_h, src_w, s.bucket_table())
+        self.lat_h, self.lat_w = self.th // VAE_STRIDE[1], self.tw // VAE_STRIDE[2]
+        self.t_lat = latent_frames(s.frame_num)
+        if inputs.ref_target_masks is not None:
+            self.masks = inputs.ref_target_masks.float()
+        else:
+            self.masks = speaker_masks((src_h, src_w), (self.th, self.tw), len(inputs.audio), inputs.bboxes,
+                                       inputs.face_scale)
+        self.plan_key = (len(self.plan.chunks), self.plan.total_frames, s.frame_num, s.motion_frame)
+
+    def _seed(self) -> None:
+        """3. One CPU generator, seeded once (or at a resumed run's saved position)."""
+        s, resume = self.s, self.resume
+        self.seed = s.seed if s.seed is not None and s.seed >= 0 else random.randint(0, MAX_SEED)
+        if resume is not None:
+            if tuple(resume.plan) != self.plan_key or not 0 < resume.next_chunk < len(self.plan.chunks):
+                raise ValueError(f"resume state {resume.plan} @ {resume.next_chunk} does not fit this request "
+                                 f"{self.plan_key}")
+            self.seed = resume.seed
+        self.gen = torch.Generator(device="cpu").manual_seed(self.seed)
+        self.rng_calls = 0
+        if resume is not None:
+            self.gen.set_state(resume.rng_state)
+            self.rng_calls = resume.rng_calls
+        self.vae_calls = 0
+
+    def _sampler(self) -> None:
+        """4. Timesteps, guider, TeaCache and the pass runner."""
+        s, inputs = self.s, self.inputs
+        self.device = next(self.dit.parameters()).device
+        self.ts = timesteps(s.sample_steps, s.sample_shift)
+        self.guider = Guider(s.guidance)
+        self.cache = TeaCache.for_model(s.teacache_model, s.teacache_thresh) if s.use_teacache else None
+        self.runner = _PassRunner(self.dit, s.guidance.branches, inputs.context, inputs.context_null, s.batch_passes,
+                                  self.cache)
+
+    def _restore(self) -> None:
+        """5. Carried state: the colour reference, the last motion frames, the frame count."""
+        self.color_ref: LabReference | None = None
+        self.color_ref_image: torch.Tensor | None = None
+        self.motion_pixels: torch.Tensor | None = None  # last motion_frame corrected frames of the previous chunk
+        self.cond_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (frame, CLIP, y latent)
+        self.emitted = 0
+        self.masks_dev = self.masks.to(self.device)
+        resume = self.resume
+        if resume is not None:
+            self.motion_pixels, self.emitted = resume.motion_pixels.float(), resume.emitted
+            if self.s.color_correction_strength > 0.0:  # the reference is chunk 0's condition frame, recomputed
+                ref_cond = resize_to_target(self.frames.get(self.plan.chunks[0].audio_start), (self.th, self.tw))
+                self.color_ref, self.color_ref_image = lab_reference(ref_cond.to(self.device)), ref_cond
+
+    # ------------------------------------------------------------------ the chunks
+
+    def __iter__(self) -> Iterator[ChunkResult]:
+        with torch.no_grad():
+            for spec in self.plan.chunks:
+                if spec.emit == 0 and spec.index > 0:
+                    break  # everything from here on would be cut by the final truncation
+                if self.resume is not None and spec.index < self.resume.next_chunk:
+                    continue
+                cond, clip_fea, same_cond = self._condition(spec)
+                audio = self._audio(spec)
+                noise, y, motion = self._latents(spec, cond, clip_fea, same_cond)
+                latent = self._denoise(spec, noise, motion, clip_fea, y, audio)
+                video = self._decode(spec, latent)
+                yield self._result(spec, video)
+                self.emitted += spec.emit
+                del video, latent
+
+    def _draw(self, shape: tuple[int, ...], kind: str) -> torch.Tensor:
+        x = torch.randn(shape, generator=self.gen, dtype=torch.float32)
+        self.emit(f"rng{self.rng_calls}.{kind}", x)
+        self.rng_calls += 1
         return x
 
-    vae_calls = 0
-
-    def encode(video: torch.Tensor, cached: torch.Tensor | None = None) -> torch.Tensor:
+    def _encode(self, video: torch.Tensor, cached: torch.Tensor | None = None) -> torch.Tensor:
         """VAE encode, or a cached result of the same input (still traced under its call index, so a trace
         lines up with the reference's call order and a golden check covers the cache too)."""
-        nonlocal vae_calls
-        out = vae.encode(video) if cached is None else cached
-        emit(f"vae_encode{vae_calls}.in", video[0])
-        emit(f"vae_encode{vae_calls}.out", out[0])
-        vae_calls += 1
+        out = self.vae.encode(video) if cached is None else cached
+        self.emit(f"vae_encode{self.vae_calls}.in", video[0])
+        self.emit(f"vae_encode{self.vae_calls}.out", out[0])
+        self.vae_calls += 1
         return out
 
-    device = next(dit.parameters()).device
-    ts = timesteps(s.sample_steps, s.sample_shift)
-    guider = Guider(s.guidance)
-    cache = TeaCache.for_model(s.teacache_model, s.teacache_thresh) if s.use_teacache else None
-    runner = _PassRunner(dit, s.guidance.branches, inputs.context, inputs.context_null, s.batch_passes, cache)
-    color_ref: LabReference | None = None
-    color_ref_image: torch.Tensor | None = None
-    motion_pixels: torch.Tensor | None = None  # last motion_frame corrected frames of the previous chunk
-    cond_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (frame, CLIP features, y latent)
-    emitted = 0
-    masks_dev = masks.to(device)
-    if resume is not None:
-        motion_pixels, emitted = resume.motion_pixels.float(), resume.emitted
-        if s.color_correction_strength > 0.0:  # the reference is chunk 0's condition frame, recomputed
-            ref_cond = resize_to_target(frames.get(plan.chunks[0].audio_start), (th, tw))
-            color_ref, color_ref_image = lab_reference(ref_cond.to(device)), ref_cond
+    def _condition(self, spec: ChunkSpec) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """6. The chunk's condition frame (source frame at its audio start) and its CLIP features.
 
-    with torch.no_grad():
-        for spec in plan.chunks:
-            if spec.emit == 0 and spec.index > 0:
-                break  # everything from here on would be cut by the final truncation
-            i = spec.index
-            if resume is not None and i < resume.next_chunk:
-                continue
-            cond = resize_to_target(frames.get(spec.audio_start), (th, tw))  # [1, 3, 1, th, tw]
-            if i == 0 and s.color_correction_strength > 0.0:
-                color_ref, color_ref_image = lab_reference(cond.to(device)), cond
-            emit(f"chunk{i}.clip_input", cond)
-            # CLIP features and the condition latent depend on the condition frame alone: an image input (the
-            # same frame every chunk) computes them once a job, not once a chunk.
-            same_cond = cond_cache is not None and torch.equal(cond_cache[0], cond)
-            if same_cond:
-                clip_fea = cond_cache[1]
-            else:
-                clip_fea = clip_encode(cond).to(device=device, dtype=torch.float32)
+        CLIP features and the condition latent depend on the condition frame alone: an image input (the
+        same frame every chunk) computes them once a job, not once a chunk."""
+        i = spec.index
+        cond = resize_to_target(self.frames.get(spec.audio_start), (self.th, self.tw))  # [1, 3, 1, th, tw]
+        if i == 0 and self.s.color_correction_strength > 0.0:
+            self.color_ref, self.color_ref_image = lab_reference(cond.to(self.device)), cond
+        self.emit(f"chunk{i}.clip_input", cond)
+        same_cond = self.cond_cache is not None and torch.equal(self.cond_cache[0], cond)
+        if same_cond:
+            clip_fea = self.cond_cache[1]
+        else:
+            clip_fea = self.clip_encode(cond).to(device=self.device, dtype=torch.float32)
+        return cond, clip_fea, same_cond
 
-            audio = chunk_audio(inputs.audio, spec, s.frame_num)  # [speakers, F, 5, 12, 768]
-            emit(f"chunk{i}.audio_windows", audio)
+    def _audio(self, spec: ChunkSpec) -> torch.Tensor:
+        """7. The chunk's audio windows, [speakers, F, 5, 12, 768]."""
+        audio = chunk_audio(self.inputs.audio, spec, self.s.frame_num)
+        self.emit(f"chunk{spec.index}.audio_windows", audio)
+        return audio
 
-            noise = draw((LATENT_CHANNELS, t_lat, lat_h, lat_w), "randn")
+    def _latents(self, spec: ChunkSpec, cond: torch.Tensor, clip_fea: torch.Tensor, same_cond: bool):
+        """8. Fresh noise, the condition latent `y` (mask channels + VAE of the padded frame) and the clean
+        motion latents (the condition frame in chunk 0, the previous chunk's last frames after)."""
+        s, i, th, tw = self.s, spec.index, self.th, self.tw
+        noise = self._draw((LATENT_CHANNELS, self.t_lat, self.lat_h, self.lat_w), "randn")
+        cond_dev = cond.to(self.device)
+        traced = self.trace is not None
+        if not same_cond or traced:
+            padded = torch.cat([cond_dev, cond_dev.new_zeros(1, 3, s.frame_num - 1, th, tw)], dim=2)
+        if same_cond:
+            y_lat = self._encode(padded if traced else cond_dev, cached=self.cond_cache[2])
+        else:
+            y_lat = self._encode(padded)
+            self.cond_cache = (cond, clip_fea, y_lat)
+        if i == 0:
+            motion = self._encode(cond_dev)[0].float()
+        else:
+            motion = self._encode(self.motion_pixels)[0].float()
+        # built where the latent lives: no host round trip of the [1, 20, T, h, w] condition each chunk
+        mask = _condition_mask(self.t_lat, self.lat_h, self.lat_w).to(y_lat.device)
+        y = torch.cat([mask, y_lat.float()], dim=1).to(self.device)
+        self.emit(f"chunk{i}.y", y)
+        self.emit(f"chunk{i}.ref_target_masks", self.masks)
+        return noise, y, motion.to(self.device)
 
-            cond_dev = cond.to(device)
-            if not same_cond or trace is not None:
-                padded = torch.cat([cond_dev, cond_dev.new_zeros(1, 3, s.frame_num - 1, th, tw)], dim=2)
-            if same_cond:
-                y_lat = encode(padded if trace is not None else cond_dev, cached=cond_cache[2])
-            else:
-                y_lat = encode(padded)
-                cond_cache = (cond, clip_fea, y_lat)
-            if i == 0:
-                motion = encode(cond_dev)[0].float()
-            else:
-                motion = encode(motion_pixels)[0].float()
-            # built where the latent lives: no host round trip of the [1, 20, T, h, w] condition each chunk
-            y = torch.cat([_condition_mask(t_lat, lat_h, lat_w).to(y_lat.device), y_lat.float()], dim=1).to(device)
-            emit(f"chunk{i}.y", y)
-            emit(f"chunk{i}.ref_target_masks", masks)
-            motion = motion.to(device)
-            n_motion = spec.motion_latent_frames
+    def _denoise(self, spec: ChunkSpec, noise: torch.Tensor, motion: torch.Tensor, clip_fea: torch.Tensor,
+                 y: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """9. The chunk's sampling steps from fresh noise, the first latent frames pinned to `motion`."""
+        i = spec.index
+        latent = noise.to(self.device)
+        if i > 0:
+            self._draw(tuple(motion.shape), "randn_like")  # overwritten by the clean motion latents
+        self.guider.reset()
+        if self.cache is not None:
+            self.cache.reset()
+        for step in range(self.s.sample_steps):
+            latent = self._step(spec, step, latent, motion, clip_fea, y, audio)
+        self.emit(f"chunk{i}.final_latent", latent)
+        return latent
 
-            latent = noise.to(device)
-            if i > 0:
-                draw(tuple(motion.shape), "randn_like")  # overwritten by the clean motion latents
-            guider.reset()
-            if cache is not None:
-                cache.reset()
-            for step in range(s.sample_steps):
-                if cache is not None:
-                    cache.begin_step(step)
-                if should_cancel is not None and should_cancel():
-                    raise GenerationCancelled(f"cancelled before step {step + 1} of chunk {i + 1}")
-                latent[:, :n_motion] = motion
-                t_now = ts[step : step + 1]
-                emit(f"chunk{i}.step{step}.t", t_now)
-                full = guider.config.full_step(step)
-                preds = runner(latent, t_now, clip_fea, y, audio, masks_dev, None if full else (COND,))
-                for b in preds:
-                    emit(f"chunk{i}.step{step}.{b}.x", latent)
-                    emit(f"chunk{i}.step{step}.{b}.out", preds[b][None])
-                pred = guider.combine(preds) if full else guider.reuse(preds[COND])
-                latent = euler_step(latent, pred, t_now.to(device), ts[step + 1 : step + 2].to(device),
-                                    NUM_TRAIN_TIMESTEPS)
-                if i > 0:
-                    draw(tuple(motion.shape), "randn_like")
-                latent[:, :n_motion] = motion
-                if on_step is not None:
-                    on_step(StepInfo(i, len(plan.chunks), step, s.sample_steps, float(t_now)))
-            emit(f"chunk{i}.final_latent", latent)
+    def _step(self, spec: ChunkSpec, step: int, latent: torch.Tensor, motion: torch.Tensor, clip_fea: torch.Tensor,
+              y: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """10. One step: the guidance passes (or the conditional one, between guidance steps), then Euler."""
+        i, n_motion = spec.index, spec.motion_latent_frames
+        if self.cache is not None:
+            self.cache.begin_step(step)
+        if self.should_cancel is not None and self.should_cancel():
+            raise GenerationCancelled(f"cancelled before step {step + 1} of chunk {i + 1}")
+        latent[:, :n_motion] = motion
+        t_now = self.ts[step : step + 1]
+        self.emit(f"chunk{i}.step{step}.t", t_now)
+        full = self.guider.config.full_step(step)
+        preds = self.runner(latent, t_now, clip_fea, y, audio, self.masks_dev, None if full else (COND,))
+        for b in preds:
+            self.emit(f"chunk{i}.step{step}.{b}.x", latent)
+            self.emit(f"chunk{i}.step{step}.{b}.out", preds[b][None])
+        pred = self.guider.combine(preds) if full else self.guider.reuse(preds[COND])
+        latent = euler_step(latent, pred, t_now.to(self.device), self.ts[step + 1 : step + 2].to(self.device),
+                            NUM_TRAIN_TIMESTEPS)
+        if i > 0:
+            self._draw(tuple(motion.shape), "randn_like")
+        latent[:, :n_motion] = motion
+        if self.on_step is not None:
+            self.on_step(StepInfo(i, len(self.plan.chunks), step, self.s.sample_steps, float(t_now)))
+        return latent
 
-            video = vae.decode(latent[None]).float()  # [1, 3, F, H, W], stays on the device
-            emit(f"chunk{i}.decoded", video[0])
-            if color_ref is not None:
-                emit(f"chunk{i}.color_in", video)
-                emit(f"chunk{i}.color_ref", color_ref_image)
-                video = match_colors(video, color_ref, s.color_correction_strength)
-                emit(f"chunk{i}.color_out", video)
-            if not spec.is_last:
-                motion_pixels = video[:, :, -s.motion_frame :].clone()
+    def _decode(self, spec: ChunkSpec, latent: torch.Tensor) -> torch.Tensor:
+        """11. VAE decode and colour matching; keeps the last `motion_frame` frames for the next chunk."""
+        i = spec.index
+        video = self.vae.decode(latent[None]).float()  # [1, 3, F, H, W], stays on the device
+        self.emit(f"chunk{i}.decoded", video[0])
+        if self.color_ref is not None:
+            self.emit(f"chunk{i}.color_in", video)
+            self.emit(f"chunk{i}.color_ref", self.color_ref_image)
+            video = match_colors(video, self.color_ref, self.s.color_correction_strength)
+            self.emit(f"chunk{i}.color_out", video)
+        if not spec.is_last:
+            self.motion_pixels = video[:, :, -self.s.motion_frame :].clone()
+        return video
 
-            new = video[0, :, spec.skip : spec.skip + spec.emit].contiguous()
-            last = spec.is_last or plan.chunks[i + 1].emit == 0
-            state = None
-            if not last:
-                state = ResumeState(
-                    next_chunk=i + 1,
-                    emitted=emitted + spec.emit,
-                    seed=seed,
-                    rng_state=gen.get_state(),
-                    rng_calls=rng_calls,
-                    motion_pixels=motion_pixels,
-                    plan=plan_key,
-                )
-            yield ChunkResult(
-                index=i,
-                n_chunks=len(plan.chunks),
-                first_frame=emitted,
-                total_frames=plan.total_frames,
-                is_last=last,
-                seed=seed,
-                frames=new,
-                frames_uint8=to_uint8_frames(new),
-                state=state,
+    def _result(self, spec: ChunkSpec, video: torch.Tensor) -> ChunkResult:
+        """12. The chunk's new frames, with the state a resumed run would start from."""
+        i, chunks = spec.index, self.plan.chunks
+        new = video[0, :, spec.skip : spec.skip + spec.emit].contiguous()
+        last = spec.is_last or chunks[i + 1].emit == 0
+        state = None
+        if not last:
+            state = ResumeState(
+                next_chunk=i + 1,
+                emitted=self.emitted + spec.emit,
+                seed=self.seed,
+                rng_state=self.gen.get_state(),
+                rng_calls=self.rng_calls,
+                motion_pixels=self.motion_pixels,
+                plan=self.plan_key,
             )
-            emitted += spec.emit
-            del video, latent
+        return ChunkResult(
+            index=i,
+            n_chunks=len(chunks),
+            first_frame=self.emitted,
+            total_frames=self.plan.total_frames,
+            is_last=last,
+            seed=self.seed,
+            frames=new,
+            frames_uint8=to_uint8_frames(new),
+            state=state,
+        )
