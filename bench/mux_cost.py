@@ -4,7 +4,7 @@
 
 Frames: the example portrait resized to the 480p / 720p 16:9 frame, moved by a small sub-pixel drift and
 per-frame sensor noise so that the encoder sees motion (a still image encodes far faster than video).
-Each chunk is 72 new frames (a streaming chunk after the first) written through `worker.mux.Mp4Writer`
+Each chunk is 72 new frames (a streaming chunk after the first) written through `worker.media.mux.Mp4Writer`
 with the worker's settings (libx264, preset veryfast, crf 18); the median of `--repeats` chunks is the
 figure. Runs anywhere (no GPU); the chunk time is a CPU figure of the machine it runs on.
 """
@@ -25,7 +25,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.mux import Mp4Writer  # noqa: E402
+from worker.media.mux import Mp4Writer  # noqa: E402
 
 SIZES = {"480p": (480, 832), "720p": (720, 1280)}
 CHUNK_FRAMES = 72

@@ -7,7 +7,6 @@ a per-job folder that is removed whatever happens; the MP4 is renamed into place
 """
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import tempfile
@@ -18,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from worker.background import SerialBackground
 from configuration import AppConfig
 from worker.resolve import ResolvedJobConfig, apply_job_overrides, build_request
-from worker.engine.errors import (
+from worker.engine import (
     AudioDecodeError,
     EngineError,
     EngineOOMError,
@@ -39,16 +37,14 @@ from contract.errors import ErrorCode, JobError
 from worker.inputs.fetch import fetch_media
 from worker.inputs.media_guard import check_audio, check_image, check_video
 from worker.logging_setup import bind_job, get_logger
-from worker.media_frames import iter_video_frames
-from worker.mux import Mp4Writer, probe_mp4
+from worker.media.audio import cut_to_video, synthesized_tracks, uploaded_tracks
+from worker.media.media_frames import iter_video_frames
+from worker.media.mux import Mp4Writer, probe_mp4
 from worker.progress import ProgressReporter, Stage
 from contract.job import DEFAULT_NEGATIVE_PROMPT, JobInput, JobOutput, parse_job_input
 from worker.storage import make_store
 from worker.wiring import checkpoint_layout, engine_options, fetch_policy, media_limits, storage_settings
 
-
-# Kokoro voice packs used when a tts job names none (speaker 1, speaker 2).
-DEFAULT_VOICES = ("af_heart", "am_michael")
 
 log = get_logger("worker.job")
 _LOGGED_CONFIG = ("sampler", "size", "mode", "sample_steps", "frame_num", "max_duration_s", "seed", "output_target")
@@ -73,7 +69,7 @@ class EngineHolder:
         with self._lock:
             if self._engine is None:
                 start = time.perf_counter()
-                from worker.engine.runtime import Engine, EngineOptions
+                from worker.engine import Engine, EngineOptions  # the facade loads the torch side here
 
                 layout = checkpoint_layout(self.cfg)
                 if self.cfg.model.kind == "tiny":
@@ -85,7 +81,7 @@ class EngineHolder:
                 if par.ranks == 1:
                     self._engine = Engine.load(layout, options)
                 else:  # one process per GPU, this one is rank 0; the followers load beside it
-                    from worker.engine.parallel.leader import ParallelEngine, RankGroup
+                    from worker.engine import ParallelEngine, RankGroup
 
                     group = RankGroup(par.ranks, par.method, layout, options, timeout_s=par.timeout_s)
                     group.start(wait=False)
@@ -102,7 +98,7 @@ class EngineHolder:
         """The Kokoro voice model (worker.engine.models.tts.KokoroTTS), loaded on the first tts job and kept."""
         with self._tts_lock:
             if self._tts is None:
-                from worker.engine.models.tts import KokoroTTS
+                from worker.engine import KokoroTTS
 
                 folder = self.cfg.model.tts_dir
                 if not folder:
@@ -250,9 +246,9 @@ def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> d
     timer.enter("audio")
     progress.stage(Stage.AUDIO)
     if job.tts is not None:
-        tracks, soundtrack, dropped_s = _cut_audio(*_synthesize_speech(job, resolved, ctx, progress), resolved)
+        tracks, soundtrack, dropped_s = cut_to_video(*synthesized_tracks(job, resolved, ctx.engine.tts(), progress), resolved)
     else:
-        tracks, soundtrack, dropped_s = _prepare_audio(job, resolved, media)
+        tracks, soundtrack, dropped_s = uploaded_tracks(resolved, media)
     if dropped_s > 0:
         log.info("audio cut to the video's length", mode=resolved.mode, dropped_s=round(dropped_s, 3))
 
@@ -422,88 +418,6 @@ def _naming_field(exc: JobError, name: str) -> JobError:
         hint = f"{name}: {hint}" if hint else f"Check {name}."
     details = dict(exc.details) if isinstance(exc.details, dict) else ({} if exc.details is None else {"details": exc.details})
     return JobError(exc.code, message, hint, {**details, "field": name}, refresh_worker=exc.refresh_worker)
-
-
-def _prepare_audio(
-    job: JobInput, resolved: ResolvedJobConfig, media: dict[str, Path]
-) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
-    """Per-speaker 16 kHz tracks for the embedder and the soundtrack for the MP4, both cut to the
-    length the video will have (max_duration_s; one chunk in clip mode), and the seconds cut."""
-    from worker.engine.audio_io import merge_speakers, prepare_audio  # numpy/librosa only, no torch
-
-    try:
-        p1 = prepare_audio(media["audio.person1"])
-        if "audio.person2" in media:
-            merged = merge_speakers(p1, prepare_audio(media["audio.person2"]), resolved.audio_type or "add")
-            tracks: tuple[np.ndarray, ...] = (merged.person1, merged.person2)
-            soundtrack = merged.soundtrack
-        else:
-            tracks, soundtrack = (p1,), p1
-    except AudioDecodeError as exc:
-        raise JobError(ErrorCode.E_AUDIO_EMBEDDING, str(exc)) from exc
-    return _cut_audio(tracks, soundtrack, resolved)
-
-
-def _synthesize_speech(
-    job: JobInput, resolved: ResolvedJobConfig, ctx: JobContext, progress: ProgressReporter
-) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Kokoro speech laid out like uploaded audio: one track per speaker, turns one after the
-    other (as `add`), each track silent while the other speaker talks. Each speaker's speech is
-    loudness-normalised as a whole, as an uploaded file of that speaker would be."""
-    from worker.engine.audio_io import loudness_normalize
-    from worker.engine.models.tts import split_dialogue
-
-    spec = job.tts
-    assert spec is not None
-    voices = {1: spec.voice or DEFAULT_VOICES[0], 2: spec.voice2 or DEFAULT_VOICES[1]}
-    turns = split_dialogue(spec.text)
-    if not turns:
-        raise JobError(ErrorCode.E_INPUT_VALIDATION, "tts.text has no words to speak", hint="put the words in tts.text")
-    model = ctx.engine.tts()
-    speech: list[tuple[int, np.ndarray]] = []
-    for i, (who, text) in enumerate(turns):
-        wave = model.synthesize_16k(text, voices[who], seed=(resolved.seed + i) % 2**32)
-        speech.append((who, wave))
-        progress.update((i + 1) / len(turns), f"speech {i + 1}/{len(turns)} (speaker {who})")
-    normed_turns: dict[int, list[np.ndarray]] = {}
-    for who in (1, 2):
-        mine = [w for s, w in speech if s == who]
-        if not mine:
-            continue
-        normed = loudness_normalize(np.concatenate(mine))
-        bounds = np.cumsum([len(w) for w in mine])[:-1]
-        normed_turns[who] = list(np.split(normed, bounds))
-    people = 2 if job.speakers == 2 else 1
-    lanes: dict[int, list[np.ndarray]] = {1: [], 2: []}
-    for who, wave in speech:
-        seg = normed_turns[who].pop(0)
-        for lane in lanes:
-            lanes[lane].append(seg if lane == who else np.zeros(len(seg), dtype=np.float32))
-    tracks = tuple(np.concatenate(lanes[p]).astype(np.float32, copy=False) for p in range(1, people + 1))
-    soundtrack = tracks[0] if people == 1 else (tracks[0] + tracks[1]).astype(np.float32, copy=False)
-    return tracks, soundtrack
-
-
-def _cut_audio(
-    tracks: tuple[np.ndarray, ...], soundtrack: np.ndarray, resolved: ResolvedJobConfig
-) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
-    """Both cut to the length the video will have (max_duration_s; one chunk in clip mode), plus the
-    seconds of speech cut off, which the result reports (`truncated_s`) so a cut is never silent."""
-    seconds = resolved.max_duration_s
-    if resolved.mode == "clip":
-        seconds = min(seconds, resolved.frame_num / FPS)
-    limit = int(math.floor(seconds * SAMPLE_RATE))
-    dropped_s = 0.0
-    if len(soundtrack) > limit:
-        dropped_s = (len(soundtrack) - limit) / SAMPLE_RATE
-        soundtrack = soundtrack[:limit]
-        tracks = tuple(t[:limit] for t in tracks)
-    if len(soundtrack) < SAMPLE_RATE // FPS * 2:
-        raise JobError(
-            ErrorCode.E_AUDIO_EMBEDDING, "the audio is too short to drive a video (under 80 ms)",
-            hint="send at least a fraction of a second of speech in audio (or tts.text)",
-        )
-    return tracks, soundtrack, dropped_s
 
 
 def _bboxes(job: JobInput) -> tuple[tuple[float, float, float, float], ...] | None:

@@ -273,7 +273,7 @@ def ingest(kind: str, raw: bytes, work: Path) -> Any:
             with Image.open(got.path) as im:
                 return im.convert("RGB").size
         if kind == "video":
-            from worker.media_frames import iter_video_frames
+            from worker.media.media_frames import iter_video_frames
 
             check_video(got.path, limits)
             return sum(1 for _, _f in zip(range(30), iter_video_frames(got.path)))

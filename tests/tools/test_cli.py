@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from worker.mux import probe_mp4
+from worker.media.mux import probe_mp4
 
 REPO = Path(__file__).resolve().parents[2]
 

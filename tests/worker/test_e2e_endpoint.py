@@ -16,8 +16,8 @@ import pytest
 
 from tests.processes import stop_process
 from tests.worker.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, free_port
-from tests.worker.test_local_endpoint import Server
-from worker.mux import probe_mp4
+from tests.tools.test_local_endpoint import Server
+from worker.media.mux import probe_mp4
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -11,8 +11,8 @@ import pytest
 from configuration import compose_config
 from contract.errors import ErrorCode, JobError
 from worker.job import JobContext, run_job
-from worker.mux import probe_mp4
-from tests.worker.test_errors import assert_human
+from worker.media.mux import probe_mp4
+from tests.contract.test_errors import assert_human
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

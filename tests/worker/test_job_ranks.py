@@ -13,7 +13,7 @@ from tests.contract.test_errors import assert_human
 from tests.worker.test_job import example, make_ctx, run
 from contract.errors import ErrorCode, JobError
 from worker.job import run_job
-from worker.mux import probe_mp4
+from worker.media.mux import probe_mp4
 
 TIMEOUT_S = 15
 

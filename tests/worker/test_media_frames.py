@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from contract.errors import ErrorCode, JobError
-from worker.media_frames import iter_video_frames
+from worker.media.media_frames import iter_video_frames
 
 
 def make_video(path, fps: int, n: int) -> None:

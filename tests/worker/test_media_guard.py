@@ -14,7 +14,7 @@ from PIL import Image
 
 from contract.errors import ErrorCode, JobError
 from worker.inputs.media_guard import MediaLimits, check_audio, check_image, check_video
-from worker.mux import Mp4Writer
+from worker.media.mux import Mp4Writer
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from contract.errors import ErrorCode, JobError
-from worker.mux import Mp4Writer, mp4_top_level_boxes, probe_mp4
+from worker.media.mux import Mp4Writer, mp4_top_level_boxes, probe_mp4
 
 
 def tone(seconds: float, rate: int = 16000) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 
 from tests.worker.test_segment import decode, smooth_frames
 from contract.errors import ErrorCode, JobError
-from worker.mux import probe_mp4
+from worker.media.mux import probe_mp4
 from worker.preview.partial import assemble_mp4
 from worker.preview.segment import SegmentPlan, encode_segment
 

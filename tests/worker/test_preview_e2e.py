@@ -23,8 +23,8 @@ import soundfile as sf
 
 from tests.worker.conftest import TEST_ACCESS_KEY
 from tests.worker.test_e2e_endpoint import data_uri
-from tests.worker.test_local_endpoint import Server
-from worker.mux import probe_mp4
+from tests.tools.test_local_endpoint import Server
+from worker.media.mux import probe_mp4
 from worker.preview.playlist import parse_playlist
 
 REPO = Path(__file__).resolve().parents[2]

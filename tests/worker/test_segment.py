@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from worker.mux import Mp4Writer
+from worker.media.mux import Mp4Writer
 from worker.preview.segment import ORIGIN_S, SegmentPlan, encode_segment
 
 

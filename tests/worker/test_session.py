@@ -13,7 +13,7 @@ from tests.worker.test_job import EXAMPLES, example, make_ctx
 from tests.worker.test_segment import decode
 from contract.errors import ErrorCode, JobError
 from worker.job import run_job
-from worker.mux import probe_mp4
+from worker.media.mux import probe_mp4
 from worker.preview.playlist import parse_playlist
 from worker.preview.session import INLINE_REASON
 

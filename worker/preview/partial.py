@@ -10,7 +10,7 @@ from pathlib import Path
 
 import av
 
-from worker.mux import _ffmpeg_error
+from worker.media.mux import _ffmpeg_error
 from worker.preview.segment import ORIGIN_S
 
 __all__ = ["assemble_mp4"]

@@ -5,7 +5,7 @@ it exists (a player fetches it while the next chunk samples). A fresh encoder fl
 segment's end starts every segment on an IDR frame and leaves nothing buffered for the next one;
 TS carries SPS/PPS and ADTS headers in-band, so no shared init segment has to agree with every
 later encode. Timestamps continue across segments (frame `start` has pts `start`), so a player
-sees one timeline. The final MP4 is encoded separately (worker/mux.py) and is unchanged by this.
+sees one timeline. The final MP4 is encoded separately (worker/media/mux.py) and is unchanged by this.
 
 The frame policy mirrors Mp4Writer: frames past `ceil(audio_s * fps)` are dropped, the last
 segment is padded with its last frame up to that count, odd sizes are padded by one pixel.
@@ -22,7 +22,7 @@ import numpy as np
 from av.audio.resampler import AudioResampler
 
 from contract.choices import AUDIO_SAMPLE_RATE, VIDEO_FPS
-from worker.mux import AUDIO_RATE_OUT, _ffmpeg_error
+from worker.media.mux import AUDIO_RATE_OUT, _ffmpeg_error
 
 # Every timestamp is shifted by one second: the encoders' first packets (B-frame reordering, AAC
 # priming) would otherwise fall before zero, and the TS muxer would move only those segments that

@@ -1,0 +1,49 @@
+"""worker/media/audio.py: the job's tracks are cut to the video's length, and the cut is reported."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from configuration import compose_config
+from contract.choices import AUDIO_SAMPLE_RATE, VIDEO_FPS
+from contract.errors import ErrorCode, JobError
+from contract.job import parse_job_input
+from worker.media.audio import cut_to_video
+from worker.resolve import apply_job_overrides
+
+CFG = compose_config(env={})
+
+
+def resolved(**fields):
+    job = parse_job_input({"image": "/runpod-volume/a.png", "audio": "/runpod-volume/a.wav", "seed": 1, **fields})
+    return apply_job_overrides(CFG, job)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seconds=st.floats(0.1, 20.0), limit_s=st.integers(1, 12), two=st.booleans())
+def test_streaming_cut_to_max_duration(seconds, limit_s, two):
+    n = int(seconds * AUDIO_SAMPLE_RATE)
+    track = np.linspace(-1, 1, n, dtype=np.float32)
+    tracks = (track, track * 0.5) if two else (track,)
+    got, soundtrack, dropped = cut_to_video(tracks, track, resolved(mode="streaming", max_duration_s=limit_s))
+    limit = limit_s * AUDIO_SAMPLE_RATE
+    assert len(soundtrack) == min(n, limit) and all(len(t) == len(soundtrack) for t in got)
+    assert dropped == pytest.approx(max(0, n - limit) / AUDIO_SAMPLE_RATE)
+    assert np.array_equal(soundtrack, track[: len(soundtrack)])
+
+
+def test_clip_mode_keeps_one_chunk_of_audio():
+    r = resolved(mode="clip", frame_num=33)
+    track = np.ones(5 * AUDIO_SAMPLE_RATE, dtype=np.float32)
+    _, soundtrack, dropped = cut_to_video((track,), track, r)
+    assert len(soundtrack) == 33 * AUDIO_SAMPLE_RATE // VIDEO_FPS
+    assert dropped == pytest.approx(5 - 33 / VIDEO_FPS)
+
+
+def test_too_short_audio_is_refused_with_its_code():
+    track = np.ones(AUDIO_SAMPLE_RATE // VIDEO_FPS, dtype=np.float32)  # one frame: under two
+    with pytest.raises(JobError) as ei:
+        cut_to_video((track,), track, resolved())
+    assert ei.value.code is ErrorCode.E_AUDIO_EMBEDDING and "too short" in ei.value.message

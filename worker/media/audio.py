@@ -1,0 +1,103 @@
+"""The job's audio: per-speaker 16 kHz tracks for the audio encoder and the soundtrack for the MP4.
+
+From uploaded files (decoded, resampled, loudness-normalised and, for two speakers, mixed as the job's
+audio_type says) or from Kokoro speech (turns laid out one after the other, each track silent while the other
+speaker talks), then cut to the length the video will have. The decoding and mixing primitives are the
+engine's (`worker.engine.prepare_audio`, `merge_speakers`, `loudness_normalize`: numpy/librosa, no torch).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import worker.engine as engine
+from contract.choices import AUDIO_SAMPLE_RATE, VIDEO_FPS
+from contract.errors import ErrorCode, JobError
+from contract.job import JobInput
+from worker.progress import ProgressReporter
+from worker.resolve import ResolvedJobConfig
+
+__all__ = ["DEFAULT_VOICES", "uploaded_tracks", "synthesized_tracks", "cut_to_video"]
+
+# Kokoro voice packs used when a tts job names none (speaker 1, speaker 2).
+DEFAULT_VOICES = ("af_heart", "am_michael")
+
+
+def uploaded_tracks(
+    resolved: ResolvedJobConfig, media: dict[str, Path]
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
+    """Per-speaker 16 kHz tracks for the embedder and the soundtrack for the MP4, both cut to the
+    length the video will have (max_duration_s; one chunk in clip mode), and the seconds cut."""
+    try:
+        p1 = engine.prepare_audio(media["audio.person1"])
+        if "audio.person2" in media:
+            merged = engine.merge_speakers(p1, engine.prepare_audio(media["audio.person2"]), resolved.audio_type or "add")
+            tracks: tuple[np.ndarray, ...] = (merged.person1, merged.person2)
+            soundtrack = merged.soundtrack
+        else:
+            tracks, soundtrack = (p1,), p1
+    except engine.AudioDecodeError as exc:
+        raise JobError(ErrorCode.E_AUDIO_EMBEDDING, str(exc)) from exc
+    return cut_to_video(tracks, soundtrack, resolved)
+
+
+def synthesized_tracks(
+    job: JobInput, resolved: ResolvedJobConfig, tts: Any, progress: ProgressReporter
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Kokoro speech laid out like uploaded audio: one track per speaker, turns one after the
+    other (as `add`), each track silent while the other speaker talks. Each speaker's speech is
+    loudness-normalised as a whole, as an uploaded file of that speaker would be. `tts` is the
+    engine's Kokoro model (built on first use by the job's engine holder)."""
+    spec = job.tts
+    assert spec is not None
+    voices = {1: spec.voice or DEFAULT_VOICES[0], 2: spec.voice2 or DEFAULT_VOICES[1]}
+    turns = engine.split_dialogue(spec.text)
+    if not turns:
+        raise JobError(ErrorCode.E_INPUT_VALIDATION, "tts.text has no words to speak", hint="put the words in tts.text")
+    speech: list[tuple[int, np.ndarray]] = []
+    for i, (who, text) in enumerate(turns):
+        wave = tts.synthesize_16k(text, voices[who], seed=(resolved.seed + i) % 2**32)
+        speech.append((who, wave))
+        progress.update((i + 1) / len(turns), f"speech {i + 1}/{len(turns)} (speaker {who})")
+    normed_turns: dict[int, list[np.ndarray]] = {}
+    for who in (1, 2):
+        mine = [w for s, w in speech if s == who]
+        if not mine:
+            continue
+        normed = engine.loudness_normalize(np.concatenate(mine))
+        bounds = np.cumsum([len(w) for w in mine])[:-1]
+        normed_turns[who] = list(np.split(normed, bounds))
+    people = 2 if job.speakers == 2 else 1
+    lanes: dict[int, list[np.ndarray]] = {1: [], 2: []}
+    for who, wave in speech:
+        seg = normed_turns[who].pop(0)
+        for lane in lanes:
+            lanes[lane].append(seg if lane == who else np.zeros(len(seg), dtype=np.float32))
+    tracks = tuple(np.concatenate(lanes[p]).astype(np.float32, copy=False) for p in range(1, people + 1))
+    soundtrack = tracks[0] if people == 1 else (tracks[0] + tracks[1]).astype(np.float32, copy=False)
+    return tracks, soundtrack
+
+
+def cut_to_video(
+    tracks: tuple[np.ndarray, ...], soundtrack: np.ndarray, resolved: ResolvedJobConfig
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
+    """Both cut to the length the video will have (max_duration_s; one chunk in clip mode), plus the
+    seconds of speech cut off, which the result reports (`truncated_s`) so a cut is never silent."""
+    seconds = resolved.max_duration_s
+    if resolved.mode == "clip":
+        seconds = min(seconds, resolved.frame_num / VIDEO_FPS)
+    limit = int(math.floor(seconds * AUDIO_SAMPLE_RATE))
+    dropped_s = 0.0
+    if len(soundtrack) > limit:
+        dropped_s = (len(soundtrack) - limit) / AUDIO_SAMPLE_RATE
+        soundtrack = soundtrack[:limit]
+        tracks = tuple(t[:limit] for t in tracks)
+    if len(soundtrack) < AUDIO_SAMPLE_RATE // VIDEO_FPS * 2:
+        raise JobError(
+            ErrorCode.E_AUDIO_EMBEDDING, "the audio is too short to drive a video (under 80 ms)",
+            hint="send at least a fraction of a second of speech in audio (or tts.text)",
+        )
+    return tracks, soundtrack, dropped_s
