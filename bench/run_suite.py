@@ -267,7 +267,7 @@ def main() -> None:
                     key, n = f"dit_{name}_{n}", n + 1
                 res[key] = forward_time(f"dit attention={name}", args.iters)
             elif part == "fp8":
-                from worker.engine.formats.fp8 import convert_linears
+                from worker.engine.kernels.fp8_linear import convert_linears
 
                 t0 = time.perf_counter()
                 with torch.no_grad():

@@ -120,7 +120,7 @@ def build_streamed_dit(stream_blocks: int, quant: str):
 
     from bench.common import GIB
     from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
-    from worker.engine.formats.fp8 import convert_linears
+    from worker.engine.kernels.fp8_linear import convert_linears
     from worker.engine.kernels.offload import HOST, BlockStreamer
 
     t0 = time.perf_counter()

@@ -62,7 +62,7 @@ def dit_inputs(speakers: int, batch: int = 2) -> dict:
 def run_dit(ctx: ParallelContext, speakers: int, fp8: bool = False) -> torch.Tensor:
     dit = tiny_dit()
     if fp8:  # fp8 block linears (the fp8 model variant) under the split
-        from worker.engine.formats.fp8 import convert_linears
+        from worker.engine.kernels.fp8_linear import convert_linears
 
         convert_linears(dit)
     dit = attach_parallel(dit, ctx)

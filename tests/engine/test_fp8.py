@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from worker.engine.models.dit import InfiniteTalkDiT
 from worker.engine.errors import WeightLoadError
-from worker.engine.formats.fp8 import FP8, FP8Linear, convert_linears, dequantize_rows, load_fp8_state, quantize_rows
+from worker.engine.formats.fp8 import FP8, dequantize_rows, load_fp8_state, quantize_rows
+from worker.engine.kernels.fp8_linear import FP8Linear, convert_linears
 from testkit.tiny import TINY_DIT
 
 from .test_offload import dit_inputs, tiny_dit

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from worker.engine.kernels import attention as attn_mod
 from worker.engine.kernels import fp8_attention as fa
 from worker.engine.kernels.attention import attention, backend_available, get_attention_backend, resolve_backend
-from worker.engine.formats.fp8 import FP8Linear, convert_linears
+from worker.engine.kernels.fp8_linear import FP8Linear, convert_linears
 
 from .test_offload import dit_inputs, tiny_dit
 

@@ -179,7 +179,8 @@ def test_engine_merges_at_load_and_switches_lazily(tmp_path):
 
 
 def test_lora_merges_into_an_fp8_dit_within_fp8_rounding(tmp_path):
-    from worker.engine.formats.fp8 import FP8, FP8Linear
+    from worker.engine.formats.fp8 import FP8
+    from worker.engine.kernels.fp8_linear import FP8Linear
     from worker.engine.runtime import Engine, EngineOptions
 
     root = tmp_path / "tiny"
@@ -214,7 +215,7 @@ def test_a_lora_baked_into_the_bundle_is_not_merged_again(tmp_path):
 
     from worker.engine.errors import WeightLoadError
     from worker.engine.runtime import Engine, EngineOptions
-    from worker.weights.repack import LoraSpec, repack
+    from tools.weights.repack import LoraSpec, repack
 
     root = tmp_path / "tiny"
     layout = ensure_tiny_checkpoint(root)

@@ -88,7 +88,7 @@ def test_truncated_shard_is_named(layout, tmp_path):
 def test_a_repacked_bundle_replaces_shards_and_adapter(layout, tmp_path):
     from dataclasses import replace
 
-    from worker.weights.repack import repack
+    from tools.weights.repack import repack
 
     bundle = tmp_path / "dit-bf16.safetensors"
     repack(layout.dit_files, bundle, dtype="bfloat16", config_file=layout.dit_config)
@@ -128,14 +128,14 @@ def _nbytes(module: torch.nn.Module) -> int:
 
 
 def _block_linears(dit) -> dict[str, torch.nn.Module]:
-    from worker.engine.formats.fp8 import FP8Linear
+    from worker.engine.kernels.fp8_linear import FP8Linear
 
     return {n: m for n, m in dit.named_modules() if n.startswith("blocks.") and isinstance(m, (torch.nn.Linear, FP8Linear))}
 
 
 @pytest.fixture(scope="module")
 def bundles(layout, tmp_path_factory):
-    from worker.weights.repack import repack
+    from tools.weights.repack import repack
 
     out = tmp_path_factory.mktemp("bundles")
     for dtype in ("float8_e4m3fn", "bfloat16"):
@@ -146,7 +146,8 @@ def bundles(layout, tmp_path_factory):
 def test_fp8_engine_keeps_the_bundles_fp8_block_linears_and_renders_close_to_fp32(layout, engine, bundles):
     from dataclasses import replace
 
-    from worker.engine.formats.fp8 import FP8, FP8Linear
+    from worker.engine.formats.fp8 import FP8
+    from worker.engine.kernels.fp8_linear import FP8Linear
 
     eng = Engine.load(replace(layout, dit_bundle=bundles["fp8"]), EngineOptions(quant="fp8", dtype="bfloat16"))
     linears = _block_linears(eng.dit)
@@ -175,7 +176,7 @@ def test_fp8_engine_keeps_the_bundles_fp8_block_linears_and_renders_close_to_fp3
 
 def test_fp8_dit_of_the_full_model_is_about_half_its_bf16_bytes():
     from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
-    from worker.engine.formats.fp8 import convert_linears
+    from worker.engine.kernels.fp8_linear import convert_linears
 
     with torch.device("meta"):  # sizes only, nothing allocated
         dit = InfiniteTalkDiT(DiTConfig.full_size()).to(torch.bfloat16)
@@ -188,7 +189,7 @@ def test_fp8_dit_of_the_full_model_is_about_half_its_bf16_bytes():
 def test_fp8_without_an_fp8_file_quantises_at_load_exactly_as_repack_does(layout, bundles):
     from dataclasses import replace
 
-    from worker.engine.formats.fp8 import FP8Linear
+    from worker.engine.kernels.fp8_linear import FP8Linear
 
     at_load = Engine.load(layout, EngineOptions(quant="fp8"))  # float32 shards, quantised per row here
     from_bundle = Engine.load(replace(layout, dit_bundle=bundles["fp8"]), EngineOptions(quant="fp8"))
@@ -207,7 +208,7 @@ def _quanto_file(src_dit, path, *, drop: str | None = None, extra: dict | None =
     `<m>.weight._scale` [out, 1], activation scales, everything else under its own name in bf16."""
     from safetensors.torch import save_file
 
-    from worker.engine.formats.fp8 import FP8Linear
+    from worker.engine.kernels.fp8_linear import FP8Linear
 
     sd = {}
     for name, m in src_dit.named_modules():
@@ -231,7 +232,7 @@ def _quanto_file(src_dit, path, *, drop: str | None = None, extra: dict | None =
 def quanto_source(engine):
     import copy
 
-    from worker.engine.formats.fp8 import convert_linears
+    from worker.engine.kernels.fp8_linear import convert_linears
 
     src = copy.deepcopy(engine.dit)
     # the blocks plus one Linear outside them: which modules are fp8 follows the file
@@ -242,7 +243,8 @@ def quanto_source(engine):
 def test_fp8_engine_reads_upstreams_quanto_file_as_stored(layout, quanto_source, tmp_path):
     from dataclasses import replace
 
-    from worker.engine.formats.fp8 import FP8, FP8Linear
+    from worker.engine.formats.fp8 import FP8
+    from worker.engine.kernels.fp8_linear import FP8Linear
 
     path = tmp_path / "infinitetalk_single_fp8.safetensors"
     _quanto_file(quanto_source, path)

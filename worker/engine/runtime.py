@@ -26,7 +26,8 @@ from worker.engine.models.clip_visual import CLIPVisionConfig, CLIPVisionTower
 from worker.engine.kernels.compile import compile_dit
 from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
 from worker.engine.errors import EngineOOMError, WeightLoadError
-from worker.engine.formats.fp8 import convert_linears, convert_stored, load_fp8_state, stored_fp8_modules
+from worker.engine.formats.fp8 import load_fp8_state, stored_fp8_modules
+from worker.engine.kernels.fp8_linear import convert_linears, convert_stored
 from worker.engine.sampling.generation import ChunkResult, GenerationInputs, ResumeState, StepInfo, generate
 from worker.engine.formats.layout import CheckpointLayout
 from worker.engine.formats.loaders import _materialise_leftovers, load_module

@@ -114,7 +114,7 @@ class EngineOptions:
 
     device: str = "cpu"
     dtype: str = "float32"
-    # "fp8": the DiT's block Linears are FP8Linear (fp8.py), one byte a weight, filled from an fp8
+    # "fp8": the DiT's block Linears are FP8Linear (kernels/fp8_linear.py), one byte a weight, filled from an fp8
     # bundle or upstream's quant file kept in fp8 (see `Engine._fill_fp8`); "none": `dtype` throughout.
     quant: str = "none"
     attention_backend: str = "sdpa"

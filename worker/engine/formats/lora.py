@@ -23,7 +23,7 @@ Deltas are computed in float32 on the parameter's device and added to a float32 
 weight, then cast back, so a bf16 model is rounded once. Removing a merged LoRA subtracts the
 same recomputed delta: exact up to float32 rounding on a float32 model, one extra bf16 rounding
 per weight on a bf16 model (see `Engine.use_lora` for why that is acceptable there).
-An fp8 Linear (fp8.py) is dequantised, the delta added in float32 and the row requantised: each
+An fp8 Linear (kernels/fp8_linear.py) is dequantised, the delta added in float32 and the row requantised: each
 merge or removal rounds its weights to e4m3 once more (half a step, 2**-4 relative, at most).
 """
 from __future__ import annotations
@@ -37,7 +37,8 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from worker.engine.errors import WeightLoadError
-from worker.engine.formats.fp8 import FP8Linear, quantize_rows
+from worker.engine.formats.fp8 import quantize_rows
+from worker.engine.kernels.fp8_linear import FP8Linear
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "model.", "transformer.")
 KOHYA_PREFIX = "lora_unet_"
