@@ -128,7 +128,7 @@ def write_bundle(path: Path, cfg: DiTConfig, config_text: str, gen: torch.Genera
     writer, so only one tensor is ever in host memory."""
     from worker.engine.formats.bundle import SCALE_SUFFIX, bundle_metadata
     from worker.engine.formats.fp8 import quantize_rows
-    from worker.weights.repack import OutTensor, is_fp8_target, write_streamed
+    from tools.weights.repack import OutTensor, is_fp8_target, write_streamed
 
     shapes = meta_shapes(lambda: InfiniteTalkDiT(cfg))
     plan = []
@@ -299,7 +299,7 @@ def run_child(root: Path, device: str, dtype: str, quant: str = "none") -> None:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    engine = Engine(layout_for(root), EngineOptions(device=device, dtype=dtype, attention_backend="sdpa", quant=quant))
+    engine = Engine(layout_for(root), EngineOptions(device=device, dtype=dtype, attention="sdpa", quant=quant))
     if profiler is not None:
         import io
         import pstats

@@ -55,7 +55,7 @@ if [ ! -f "$CKPT/.first_segment_ckpt" ]; then
 import json, sys
 from pathlib import Path
 import cold_start as cs
-import worker.weights.repack as rp
+import tools.weights.repack as rp
 
 root, scale, device, quant = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 LORA = "lightx2v_I2V_14B_480p_cfg_step_distill_rank128_bf16.safetensors"  # conf/sampler/turbo.yaml's lora_file
@@ -113,7 +113,7 @@ with tempfile.TemporaryDirectory(prefix="first-segment-") as tmp:
             result["engine"] = {
                 "class": type(eng).__name__, "ranks": holder_ctx.cfg.gpu.parallel.ranks,
                 "attention_backend": str(getattr(eng, "attention_backend", None)),
-                "compile_dit": eng.options.compile_dit, "load_s": holder_ctx.engine.load_seconds,
+                "compile_dit": eng.options.compile, "load_s": holder_ctx.engine.load_seconds,
                 "dist_initialized": torch.distributed.is_available() and torch.distributed.is_initialized(),
                 "torch": torch.__version__,
                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "serve":
         return cmd_serve(argv[1:])
     if argv and argv[0] == "weights":
-        from worker.weights.cli import main as weights_main
+        from tools.weights.cli import main as weights_main
 
         return weights_main(argv[1:]) or 0
     parser = build_parser()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.weights.conftest import tiny_layout, tiny_root  # noqa: F401 - the same session checkpoint
+from tests.tools.weights.conftest import tiny_layout, tiny_root  # noqa: F401 - the same session checkpoint
 from worker.engine.formats.bundle import (
     FP8_ABS_STEPS,
     FP8_REL_ERR,
@@ -17,7 +17,7 @@ from worker.engine.models.dit import InfiniteTalkDiT
 from worker.engine.errors import WeightLoadError
 from worker.engine.formats.loaders import load_module
 from testkit.tiny import TINY_DIT
-from worker.weights.repack import repack
+from tools.weights.repack import repack
 
 
 def _meta_dit() -> InfiniteTalkDiT:

@@ -1,6 +1,6 @@
 """The bundle format, in one place: its names, its metadata, and loading it into a module.
 
-A bundle is what `weights repack` (worker/weights/repack.py, the writer) makes of the published DiT: one
+A bundle is what `weights repack` (tools/weights/repack.py, the writer) makes of the published DiT: one
 `.safetensors` file holding exactly what the engine loads, merged and cast. `__metadata__` values are strings:
   format          "infinitetalk-bundle"        bundle_version "1"
   dtype           "bfloat16" | "float8_e4m3fn" (what the large block matrices are stored as)

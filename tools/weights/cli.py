@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from worker.weights.manifest import MANIFEST_NAME
+from tools.weights.manifest import MANIFEST_NAME
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp8": "float8_e4m3fn", "float8_e4m3fn": "float8_e4m3fn"}
 
@@ -20,7 +20,7 @@ def _say(msg: str) -> None:
 
 
 def _lora(spec: str):
-    from worker.weights.repack import LoraSpec
+    from tools.weights.repack import LoraSpec
 
     path, _, strength = spec.partition(":")
     return LoraSpec(Path(path), float(strength) if strength else 1.0)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.cmd == "fetch":
-        from worker.weights.fetch import fetch, plan
+        from tools.weights.fetch import fetch, plan
 
         sources = plan(args.model, args.dest)
         for s in sources:
@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.cmd == "verify":
-        from worker.weights.verify import verify
+        from tools.weights.verify import verify
 
         problems = verify(args.root, args.manifest, hashes=not args.sizes_only, progress=_say)
         for problem in problems:
@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.cmd == "manifest":
-        from worker.weights.manifest import build_manifest
+        from tools.weights.manifest import build_manifest
 
         path = build_manifest(args.root, hashes=not args.no_hashes).save(args.root / MANIFEST_NAME)
         _say(f"wrote {path}")
@@ -125,12 +125,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.cmd == "repack":
         from worker.engine.formats.layout import CheckpointLayout
-        from worker.weights.repack import repack
+        from tools.weights.repack import repack
 
         if args.model:
             if not args.root:
                 raise ValueError("--model needs --root")
-            from worker.weights.fetch import model_paths
+            from tools.weights.fetch import model_paths
 
             ckpt_dir, adapter = model_paths(args.model, args.root)
         elif args.ckpt_dir and args.adapter:
@@ -153,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
 
     if args.cmd == "upload-volume":
-        from worker.weights.upload_volume import make_client, runpod_endpoint, upload_volume
+        from tools.weights.upload_volume import make_client, runpod_endpoint, upload_volume
 
         endpoint = args.endpoint or runpod_endpoint(args.datacenter)
         client = make_client(endpoint, region=args.region or args.datacenter)
@@ -171,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.cmd == "make-tiny":
         from testkit.tiny import ensure_tiny_checkpoint
-        from worker.weights.manifest import build_manifest
+        from tools.weights.manifest import build_manifest
 
         layout = ensure_tiny_checkpoint(args.dest)
         build_manifest(args.dest).save(args.dest / MANIFEST_NAME)

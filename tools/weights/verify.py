@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.weights.manifest import MANIFEST_NAME, Manifest, sha256_file
-from worker.weights.repack import RepackError, read_header
+from tools.weights.manifest import MANIFEST_NAME, Manifest, sha256_file
+from tools.weights.repack import RepackError, read_header
 
 
 @dataclass(frozen=True)

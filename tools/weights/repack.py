@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from worker.engine.errors import WeightLoadError
 from worker.engine.formats.bundle import BUNDLE_DTYPES, SCALE_SUFFIX, bundle_metadata
 
-if TYPE_CHECKING:  # torch is imported lazily: `worker.weights` must import without the engine extras
+if TYPE_CHECKING:  # torch is imported lazily: `tools.weights` must import without the engine extras
     import torch
 
     from worker.engine.formats.lora import LoraTerm

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from worker.weights.manifest import MANIFEST_NAME, build_manifest
-from worker.weights.verify import verify
+from tools.weights.manifest import MANIFEST_NAME, build_manifest
+from tools.weights.verify import verify
 
 
 @pytest.fixture()
@@ -49,7 +49,7 @@ def test_altered_bytes_fail_the_hash_but_not_the_size_check(install):
 
 
 def test_corrupt_safetensors_header_is_caught_without_hashes(install):
-    from worker.weights.manifest import FileEntry, Manifest
+    from tools.weights.manifest import FileEntry, Manifest
 
     path = install / SHARD
     data = bytearray(path.read_bytes())

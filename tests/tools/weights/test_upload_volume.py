@@ -22,8 +22,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.processes import stop_process
-from worker.weights.manifest import MANIFEST_NAME, build_manifest
-from worker.weights.upload_volume import make_client, upload_volume
+from tools.weights.manifest import MANIFEST_NAME, build_manifest
+from tools.weights.upload_volume import make_client, upload_volume
 
 KiB = 1024
 MIN_PART = 256 * KiB

@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 from worker.engine.formats.bundle import FP8_ABS_STEPS, FP8_MAX, FP8_REL_ERR, SCALE_SUFFIX
 from worker.engine.formats.fp8 import dequantize_rows, quantize_rows
 from worker.engine.formats.loaders import read_state_dict
-from worker.weights.repack import LoraSpec, RepackError, read_header, repack
+from tools.weights.repack import LoraSpec, RepackError, read_header, repack
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _merged(layout) -> dict[str, torch.Tensor]:
@@ -141,7 +141,7 @@ _MEASURE = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import torch
-    from worker.weights.repack import repack
+    from tools.weights.repack import repack
 
     def status(field):
         for line in open("/proc/self/status"):

@@ -1,5 +1,5 @@
 import sys
 
-from worker.weights.cli import main
+from tools.weights.cli import main
 
 sys.exit(main(sys.argv[1:]))

@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from worker.weights.manifest import MANIFEST_NAME, FileEntry, Manifest, build_manifest
+from tools.weights.manifest import MANIFEST_NAME, FileEntry, Manifest, build_manifest
 
 
 def test_build_skips_leftovers_and_round_trips(tmp_path):

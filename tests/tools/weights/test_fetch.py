@@ -13,9 +13,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from worker.weights.fetch import Source, fetch, model_paths, plan
-from worker.weights.manifest import MANIFEST_NAME, Manifest
-from worker.weights.verify import verify
+from tools.weights.fetch import Source, fetch, model_paths, plan
+from tools.weights.manifest import MANIFEST_NAME, Manifest
+from tools.weights.verify import verify
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -211,7 +211,7 @@ def test_a_download_cut_off_midway_resumes_from_where_it_stopped(hub, tmp_path):
 
 
 def test_a_partial_file_left_by_an_earlier_run_is_continued(hub, tmp_path):
-    from worker.weights.fetch import list_remote
+    from tools.weights.fetch import list_remote
 
     from huggingface_hub import HfApi
 

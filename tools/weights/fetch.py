@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.weights.manifest import MANIFEST_NAME, FileEntry, Manifest, rel, sha256_file
+from tools.weights.manifest import MANIFEST_NAME, FileEntry, Manifest, rel, sha256_file
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 
 from worker.engine.formats.bundle import read_bundle_metadata
-from worker.weights.cli import main
+from tools.weights.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_make_tiny_verify_repack(tmp_path, capsys):
@@ -40,9 +40,9 @@ def test_fetch_dry_run_lists_the_conf_file_list(tmp_path, capsys):
 
 def test_module_entry_point_runs_without_torch_imported_for_help():
     res = subprocess.run(
-        [sys.executable, "-c", "import sys, worker.weights.cli, worker.engine.formats.bundle; print('torch' in sys.modules)"],
+        [sys.executable, "-c", "import sys, tools.weights.cli, worker.engine.formats.bundle; print('torch' in sys.modules)"],
         cwd=REPO, capture_output=True, text=True, check=True,
     )
     assert res.stdout.strip() == "False"
-    res = subprocess.run([sys.executable, "-m", "worker.weights", "--help"], cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "tools.weights", "--help"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0 and "upload-volume" in res.stdout

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.weights.manifest import MANIFEST_NAME, iter_files, rel
+from tools.weights.manifest import MANIFEST_NAME, iter_files, rel
 
 RUNPOD_MAX_PART_BYTES = 500 * 1000 * 1000  # "500 MB", read as the smaller decimal value
 S3_MIN_PART_BYTES = 5 * 2**20  # every part but the last, as in S3
