@@ -87,7 +87,7 @@ def main() -> None:
 
         from bench.gen_chunk import build_vae
 
-        set_attention_backend(opts["attention_backend"])
+        set_attention_backend(opts["attention"])
         vae = build_vae(seed=2)
         if opts["offload_vae"]:
             vae = OffloadedVAE(vae, "cuda")

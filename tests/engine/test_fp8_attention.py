@@ -216,7 +216,7 @@ def test_tiny_engine_frames_with_fp8_attention_against_the_exact_path(tmp_path):
                                   motion_frame=5, mode="streaming", max_frames=1000, seed=3, color_correction_strength=0.0)
 
     def frames(backend: str) -> torch.Tensor:
-        engine = Engine.load(layout, EngineOptions(attention_backend=backend))
+        engine = Engine.load(layout, EngineOptions(attention=backend))
         assert engine.attention_backend == backend
         req = EngineRequest(cond=image, audio_tracks=(audio,), prompt="a person talks", negative_prompt="",
                             settings=settings)

@@ -77,7 +77,7 @@ class Engine:
         self._fault_armed = options.fault == "oom@step"
         if options.quant not in QUANTS:
             raise ValueError(f"EngineOptions.quant must be one of {QUANTS}, not {options.quant!r}")
-        self.attention_backend = set_attention_backend(options.attention_backend, self.device,
+        self.attention_backend = set_attention_backend(options.attention, self.device,
                                                        fp8=options.quant == "fp8")
         layout.check()
         # transformers (tokenizer, wav2vec2) costs 5-15 s of cold imports; the DiT load waits on the disk, so
@@ -95,11 +95,11 @@ class Engine:
         self.text_encoder = self._timed("t5", self._load_t5)
         self.clip = self._timed("clip", self._load_clip)
         self.audio_embedder = self._timed("wav2vec2", self._load_wav2vec)
-        if options.compile_dit:
+        if options.compile:
             compile_dit(self.dit)  # lazy: the first forward of each shape compiles
         _log.info("engine kernels: attention=%s (asked %s), linears=%s, compile=%s, device=%s",
-                  self.attention_backend, options.attention_backend,
-                  "fp8" if options.quant == "fp8" else options.dtype, options.compile_dit, self.device)
+                  self.attention_backend, options.attention,
+                  "fp8" if options.quant == "fp8" else options.dtype, options.compile, self.device)
 
     @classmethod
     def load(cls, layout: CheckpointLayout, options: EngineOptions | None = None) -> Engine:

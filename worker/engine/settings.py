@@ -117,10 +117,10 @@ class EngineOptions:
     # "fp8": the DiT's block Linears are FP8Linear (kernels/fp8_linear.py), one byte a weight, filled from an fp8
     # bundle or upstream's quant file kept in fp8 (see `Engine._fill_fp8`); "none": `dtype` throughout.
     quant: str = "none"
-    attention_backend: str = "sdpa"
+    attention: str = "sdpa"  # sdpa | flash_attn | sageattention | xformers | auto (kernels/attention.py)
     offload_t5: bool = False  # keep umT5 on the CPU (it is used once per prompt)
     text_cache_size: int = 16
-    compile_dit: bool = False  # torch.compile each DiT block (compile.py): GPU tiers only
+    compile: bool = False  # torch.compile each DiT block (kernels/compile.py): GPU tiers only
     # LoRA merged at load (the worker's default preset): `lora_file` relative to `lora_dir` or absolute.
     # A request naming another LoRA switches lazily, see `Engine.use_lora`.
     lora_dir: str = ""

@@ -1,4 +1,4 @@
-"""Regional torch.compile of the DiT (GPU tiers; `EngineOptions.compile_dit`).
+"""Regional torch.compile of the DiT (GPU tiers; `EngineOptions.compile`).
 
 Only the transformer block is compiled, in place (`nn.Module.compile`), so state-dict keys, LoRA merging
 (in-place `copy_` into the parameters) and block streaming see the same modules as before. All 40 blocks
