@@ -5,11 +5,20 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from worker.engine.models.dit import InfiniteTalkDiT
 from worker.engine.errors import WeightLoadError
-from worker.engine.formats.lora import index_lora, merge_lora, resolve_lora_path
+from worker.engine.formats.lora import (
+    KOHYA_PREFIX,
+    PREFIXES,
+    index_lora,
+    index_lora_keys,
+    merge_lora,
+    resolve_lora_path,
+)
 from testkit.tiny import TINY_DIT, TINY_LORAS, ensure_tiny_checkpoint
 
 TARGETS = ("blocks.0.self_attn.q", "blocks.1.ffn.2", "blocks.0.cross_attn.k_img")
@@ -235,3 +244,43 @@ def test_a_lora_baked_into_the_bundle_is_not_merged_again(tmp_path):
     assert baked.baked_loras == {turbo: 1.0} and baked.lora is None
     with pytest.raises(WeightLoadError, match="merged at strength 1.0"):
         baked.use_lora(turbo, 0.5)
+
+
+MODULES = ("blocks.0.self_attn.q", "blocks.1.ffn.2", "blocks.0.cross_attn.k_img", "img_emb.proj.1", "head.head")
+PARAMS = {m + ".weight" for m in MODULES} | {m + ".bias" for m in MODULES}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    module=st.sampled_from(MODULES),
+    prefix=st.sampled_from(("", *PREFIXES)),
+    pair=st.sampled_from(((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))),
+    alpha=st.booleans(),
+    diff=st.sampled_from(("", ".diff", ".diff_b")),
+    kohya=st.booleans(),
+)
+def test_the_one_key_parser_maps_every_style_to_the_parameter(module, prefix, pair, alpha, diff, kohya):
+    """The engine's merge and `weights repack` share `index_lora_keys`: every key style it knows lands on the
+    parameter it names, whatever prefix, pair naming, alpha or diff the file uses."""
+    name = KOHYA_PREFIX + module.replace(".", "_") if kohya else prefix + module
+    keys = [name + pair[0], name + pair[1]] + ([name + ".alpha"] if alpha else []) + ([name + diff] if diff else [])
+    index = index_lora_keys("x.safetensors", keys, PARAMS)
+    term = index.terms[module + ".weight"]
+    assert (term.down, term.up) == (name + pair[0], name + pair[1])
+    assert term.alpha == (name + ".alpha" if alpha else None)
+    if diff == ".diff":
+        assert term.diff == name + ".diff" and set(index.terms) == {module + ".weight"}
+    elif diff == ".diff_b":
+        assert index.terms[module + ".bias"].diff == name + ".diff_b"
+    assert index.style == ("kohya" if kohya else "peft" if prefix == "base_model.model." else
+                           "diffusion_model" if prefix else "plain")
+
+
+@settings(max_examples=100, deadline=None)
+@given(module=st.text(alphabet="abcxyz_.0123", min_size=1, max_size=20), prefix=st.sampled_from(("", *PREFIXES)))
+def test_the_key_parser_refuses_keys_for_parameters_the_model_lacks(module, prefix):
+    if module + ".weight" in PARAMS:
+        return
+    with pytest.raises(WeightLoadError):
+        index_lora_keys("x.safetensors", [prefix + module + ".lora_down.weight", prefix + module + ".lora_up.weight"],
+                        PARAMS)
