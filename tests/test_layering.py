@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -141,3 +142,177 @@ def test_engine_imports_nothing_from_the_worker():
                 ):
                     offenders.append(f"{rel}: {target}")
     assert not offenders, offenders
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One name per setting, one definition per constant, and who may import the worker (issue 20, the contract side)
+
+
+# conf/ fields that are not engine settings, each with what it is for instead. Every other field of SamplerConf,
+# ModelConf and GpuConf must be a field of the engine's settings under the same name, with the same value.
+NOT_ENGINE_SETTINGS = {
+    "sampler": {
+        "name": "the preset's name (the job's `sampler`)",
+        "shift_480": "yaml-only source of sample_shift for infinitetalk-480 (worker/resolve.py picks by size)",
+        "shift_720": "yaml-only source of sample_shift for infinitetalk-720",
+    },
+    "model": {
+        "name": "the variant's name",
+        "kind": "which engine the worker builds (tiny or infinitetalk)",
+        "max_speakers": "a job limit (worker/resolve.py)",
+        "adapter": "names the adapter's files in conf/model (single | multi)",
+        "dtype": "the CPU tier's dtype (worker/wiring.py engine_options)",
+        "quant_dir": "folder of upstream's quant files (conf interpolation into quant_file)",
+        "tts_dir": "Kokoro's folder (the TTS voice, loaded by the worker)",
+        "weights": "what `infinitetalk weights fetch` downloads",
+    },
+    "gpu": {
+        "name": "the tier's name",
+        "dtype": "EngineOptions.dtype on GPU tiers (the CPU tier takes model.dtype)",
+        "cuda_alloc_conf": "PYTORCH_CUDA_ALLOC_CONF of the worker process",
+        "max_size": "a job limit (worker/resolve.py)",
+        "vram_gb": "sizing facts for infra",
+        "runpod_pools": "infra: endpoint GPU pools",
+        "runpod_gpu_type_ids": "infra: GPU type ids",
+        "price_per_hour_usd": "cost estimates",
+        "parallel": "the rank group the worker starts (worker/engine/parallel)",
+    },
+}
+
+
+def _fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_conf_settings_reach_the_engine_under_the_same_name():
+    from PIL import Image
+
+    from configuration import GpuConf, ModelConf, SamplerConf, compose_config
+    from contract.choices import group_options
+    from contract.job import parse_job_input
+    from worker.engine import EngineOptions, EngineRequest, GenerationSettings
+    from worker.engine.formats.layout import CheckpointLayout
+    from worker.resolve import apply_job_overrides, build_request
+    from worker.wiring import checkpoint_layout, engine_options
+
+    engine = _fields(GenerationSettings) | _fields(EngineOptions) | _fields(CheckpointLayout) | _fields(EngineRequest)
+    for group, schema in (("sampler", SamplerConf), ("model", ModelConf), ("gpu", GpuConf)):
+        not_engine = NOT_ENGINE_SETTINGS[group]
+        assert set(not_engine) <= _fields(schema), f"stale entries in NOT_ENGINE_SETTINGS[{group!r}]"
+        renamed = _fields(schema) - set(not_engine) - engine
+        assert not renamed, f"conf/{group} settings the engine's settings lack under that name: {sorted(renamed)}"
+
+    # sampler presets -> GenerationSettings (+ the request's LoRA), through the worker's own resolution
+    cfg = compose_config(env={})
+    image = Image.new("RGB", (8, 8))
+    compared = set()
+    for preset_name in group_options("sampler"):
+        preset = cfg.sampler_presets[preset_name]
+        job = parse_job_input({"image": "/runpod-volume/a.png", "audio": "/runpod-volume/a.wav", "sampler": preset_name})
+        request = build_request(cond=image, tracks=(), prompt="", negative_prompt="",
+                                resolved=apply_job_overrides(cfg, job), bboxes=None)
+        shared = _fields(SamplerConf) - set(NOT_ENGINE_SETTINGS["sampler"])
+        for name in shared:
+            got = getattr(request.settings, name) if name in _fields(GenerationSettings) else getattr(request, name)
+            want = getattr(preset, name)
+            assert got == (want if want is not None else ""), (preset_name, name, got, want)
+            compared.add(name)
+    assert {"sample_steps", "text_guide_scale", "audio_guide_scale", "guidance_every", "motion_frame",
+            "color_correction_strength", "teacache_thresh", "lora_file"} <= compared
+
+    # GPU tiers and model variants -> EngineOptions and the checkpoint layout, through the worker's wiring
+    for tier in group_options("gpu"):
+        for model in group_options("model"):
+            c = compose_config([f"gpu={tier}", f"model={model}"], env={})
+            options, layout = EngineOptions(**engine_options(c)), checkpoint_layout(c)
+            for group, conf in (("gpu", c.gpu), ("model", c.model)):
+                for name in _fields(type(conf)) - set(NOT_ENGINE_SETTINGS[group]):
+                    want = getattr(conf, name)
+                    if name in _fields(EngineOptions):
+                        got = getattr(options, name)
+                        want = want if want is not None else ""
+                    else:
+                        got = getattr(layout, name)
+                        want = Path(want) if want is not None else None
+                    assert got == want, (tier, model, group, name, got, want)
+
+
+def _py_files(*tops: str) -> list[Path]:
+    return sorted(p for top in tops for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+_NAME_OF_FPS = ("fps",)
+_NAME_OF_RATE = ("rate", "sr", "sample_rate")
+
+
+def _literal_strings(node: ast.AST) -> set[str] | None:
+    """The strings of a literal tuple/list/set of string constants (or of a Literal[...] subscript), else None."""
+    if isinstance(node, ast.Subscript) and getattr(node.value, "id", getattr(node.value, "attr", "")) == "Literal":
+        node = node.slice
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and node.elts and all(
+            isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+        return {e.value for e in node.elts}
+    return None
+
+
+def test_constants_and_choice_names_are_defined_once():
+    """fps, the audio sample rate, sampler preset names and storage targets live in contract/choices.py only
+    (preset and target names derived there from conf/); every other module imports them."""
+    from contract.choices import OUTPUT_TARGETS, SAMPLER_PRESETS
+
+    home = ROOT / "contract" / "choices.py"
+    offenders = []
+    files = _py_files("contract", "configuration", "worker", "client", "infra", "tools", "testkit", "bench")
+    assert len(files) > 100
+    for path in files:
+        if path == home:
+            continue
+        rel = path.relative_to(ROOT)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            pairs: list[tuple[str, ast.AST]] = []
+            if isinstance(node, ast.Assign):
+                pairs = [(getattr(t, "id", getattr(t, "attr", "")), node.value) for t in node.targets]
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                pairs = [(getattr(node.target, "id", getattr(node.target, "attr", "")), node.value)]
+            elif isinstance(node, ast.arguments):
+                args = node.posonlyargs + node.args
+                pairs = [(a.arg, d) for a, d in zip(args[len(args) - len(node.defaults):], node.defaults)]
+                pairs += [(a.arg, d) for a, d in zip(node.kwonlyargs, node.kw_defaults) if d is not None]
+            for name, value in pairs:
+                low = name.lower()
+                if isinstance(value, ast.Constant) and not isinstance(value.value, bool):
+                    if value.value == 25 and any(k in low for k in _NAME_OF_FPS):
+                        offenders.append(f"{rel}:{node.lineno if hasattr(node, 'lineno') else value.lineno} {name} = 25")
+                    if value.value == 16000 and (low in _NAME_OF_RATE or any(k in low for k in ("rate", "sample_rate"))):
+                        offenders.append(f"{rel}:{value.lineno} {name} = 16000")
+            strings = _literal_strings(node)
+            if strings and len(strings) >= 2 and (strings <= set(SAMPLER_PRESETS) or strings <= set(OUTPUT_TARGETS)):
+                offenders.append(f"{rel}:{node.lineno} {sorted(strings)}")
+    assert not offenders, offenders
+
+
+def test_contract_configuration_client_infra_import_nothing_from_the_worker():
+    """`farm-studio look`'s rule, by test: these packages never import back into the worker (tools may; the
+    contract imports pydantic and the standard library only)."""
+    offenders, contract_deps = [], set()
+    files = _py_files("contract", "configuration", "client", "infra")
+    assert len(files) > 30
+    for path in files:
+        rel = path.relative_to(ROOT).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        if rel.name == "__init__":
+            module += ".__init__"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                targets = [_absolute(module, node)]
+            else:
+                continue
+            for target in targets:
+                if target == "worker" or target.startswith("worker."):
+                    offenders.append(f"{rel}: {target}")
+                if rel.parts[0] == "contract" and target:
+                    contract_deps.add(target.split(".")[0])
+    assert not offenders, offenders
+    assert contract_deps - set(sys.stdlib_module_names) <= {"pydantic", "contract", "__future__"}, contract_deps
