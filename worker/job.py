@@ -1,5 +1,6 @@
-"""One job from payload to stored MP4: validate → download → audio → load → encode → sampling
-→ decode → mux → upload, with a progress dict at every stage and one error code per failure.
+"""One job from payload to stored MP4 in ten numbered stages (`_JobRun.run`, one method each): validate →
+fetch → audio → load → encode → sample → decode → mux → store → respond, with a progress dict at every stage
+and one error code per failure.
 
 The engine is reached through `EngineHolder`, which imports torch only when the load stage
 runs, so validation and download failures never pay for it. Every file the job writes lives in
@@ -7,6 +8,7 @@ a per-job folder that is removed whatever happens; the MP4 is renamed into place
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import tempfile
@@ -226,132 +228,168 @@ def _work_root(cfg: AppConfig) -> Path:
 
 
 def _run(job_id, payload, ctx: JobContext, sink, work: Path, should_cancel) -> dict[str, Any]:
-    cfg = ctx.cfg
-    progress = ProgressReporter(sink, min_interval_s=0.5)
-    timer = _Timer()
-    deadline = _Deadline(cfg.server.job_timeout_s, should_cancel)
+    return _JobRun(job_id, payload, ctx, sink, work, should_cancel).run()
 
-    timer.enter("validate")
-    progress.stage(Stage.VALIDATE)
-    job = parse_job_input(payload, allow_http=cfg.server.allow_http)
-    resolved = apply_job_overrides(cfg, job)
-    # The whole resolved config goes back in the result; the log line keeps what tells jobs apart.
-    log.info("job accepted", job=job.log_summary(), config={k: getattr(resolved, k) for k in _LOGGED_CONFIG})
 
-    timer.enter("download")
-    progress.stage(Stage.DOWNLOAD)
-    media = _download(job, ctx, work, progress)
-    deadline.check()
+class _JobRun:
+    """One job's state as it moves through the numbered stages of `run` (one method per stage)."""
 
-    timer.enter("audio")
-    progress.stage(Stage.AUDIO)
-    if job.tts is not None:
-        tracks, soundtrack, dropped_s = cut_to_video(*synthesized_tracks(job, resolved, ctx.engine.tts(), progress), resolved)
-    else:
-        tracks, soundtrack, dropped_s = uploaded_tracks(resolved, media)
-    if dropped_s > 0:
-        log.info("audio cut to the video's length", mode=resolved.mode, dropped_s=round(dropped_s, 3))
+    def __init__(self, job_id: str, payload: Any, ctx: JobContext, sink, work: Path, should_cancel) -> None:
+        self.job_id, self.payload, self.ctx, self.cfg, self.work = job_id, payload, ctx, ctx.cfg, work
+        self.progress = ProgressReporter(sink, min_interval_s=0.5)
+        self.timer = _Timer()
+        self.deadline = _Deadline(self.cfg.server.job_timeout_s, should_cancel)
+        self.frames_written = 0
 
-    timer.enter("load")
-    progress.stage(Stage.LOAD, "loading model" if not ctx.engine.loaded else "model is warm")
-    engine = ctx.engine.get()
-    deadline.check()
+    def run(self) -> dict[str, Any]:
+        self.validate()  # 1. the payload against the contract, then this worker's limits
+        self.fetch()  # 2. media into the job's folder, each file checked
+        self.audio()  # 3. per-speaker tracks and the soundtrack (uploaded or spoken), cut to the video
+        self.load()  # 4. the engine, once per worker process
+        self.encode()  # 5. the engine's request; checkpoint, store and preview opened
+        # A job stopped after some chunks names the video made so far (worker/preview/session.py).
+        try:
+            with Mp4Writer(self.out_path, self.soundtrack, fps=FPS, audio_rate=SAMPLE_RATE) as writer, \
+                    SerialBackground() as host:  # encoder and checkpoints work on chunk n while the GPU samples n+1
+                self.sample(writer, host)  # 6. chunks sampled; 7. each decoded as it comes (stage at the last)
+                self.mux(host)  # 8. the MP4 finished
+            self.probe = probe_mp4(self.out_path)
+            self.store()  # 9. the MP4 to its target
+        except BaseException as exc:
+            raise self.preview.stopped(_engine_error(exc)) from exc
+        return self.respond()  # 10. the result
 
-    timer.enter("encode")
-    progress.stage(Stage.ENCODE)
-    cond = Image.open(media["image"]).convert("RGB") if "image" in media else iter_video_frames(media["video"], FPS)
-    request = build_request(
-        cond=cond,
-        tracks=tracks,
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt if job.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
-        resolved=resolved,
-        bboxes=_bboxes(job),
-    )
-    out_path = work / "video.mp4"
-    ckpt, resume = _open_checkpoint(cfg, job_id, payload, resolved)
-    if resume is not None:
-        import dataclasses
+    def validate(self) -> None:
+        self.timer.enter("validate")
+        self.progress.stage(Stage.VALIDATE)
+        self.job = parse_job_input(self.payload, allow_http=self.cfg.server.allow_http)
+        self.resolved = apply_job_overrides(self.cfg, self.job)
+        # The whole resolved config goes back in the result; the log line keeps what tells jobs apart.
+        log.info("job accepted", job=self.job.log_summary(),
+                 config={k: getattr(self.resolved, k) for k in _LOGGED_CONFIG})
 
-        resolved = dataclasses.replace(resolved, seed=resume.seed)  # the interrupted run's seed, even if drawn
-        request = dataclasses.replace(request, settings=dataclasses.replace(request.settings, seed=resume.seed))
-        progress.stage(Stage.SAMPLING, f"resuming after chunk {resume.chunks} ({resume.frames} frames)")
+    def fetch(self) -> None:
+        self.timer.enter("download")
+        self.progress.stage(Stage.DOWNLOAD)
+        self.media = _download(self.job, self.ctx, self.work, self.progress)
+        self.deadline.check()
 
-    def on_step(info) -> None:
-        progress.sampling(info.chunk + 1, info.n_chunks, info.step + 1, info.steps)
+    def audio(self) -> None:
+        self.timer.enter("audio")
+        self.progress.stage(Stage.AUDIO)
+        job, resolved = self.job, self.resolved
+        if job.tts is not None:
+            spoken = synthesized_tracks(job, resolved, self.ctx.engine.tts(), self.progress)
+            self.tracks, self.soundtrack, self.dropped_s = cut_to_video(*spoken, resolved)
+        else:
+            self.tracks, self.soundtrack, self.dropped_s = uploaded_tracks(resolved, self.media)
+        if self.dropped_s > 0:
+            log.info("audio cut to the video's length", mode=resolved.mode, dropped_s=round(self.dropped_s, 3))
 
-    def cancel() -> bool:
-        return deadline.check()
+    def load(self) -> None:
+        self.timer.enter("load")
+        self.progress.stage(Stage.LOAD, "loading model" if not self.ctx.engine.loaded else "model is warm")
+        self.engine = self.ctx.engine.get()
+        self.deadline.check()
 
-    store = make_store(
-        storage_settings(
-            cfg, resolved.output_target, key_prefix=resolved.key_prefix, presign_expiry_s=resolved.presign_expiry_s
+    def encode(self) -> None:
+        self.timer.enter("encode")
+        self.progress.stage(Stage.ENCODE)
+        job, media, cfg = self.job, self.media, self.cfg
+        cond = Image.open(media["image"]).convert("RGB") if "image" in media else iter_video_frames(media["video"], FPS)
+        self.request = build_request(
+            cond=cond,
+            tracks=self.tracks,
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt if job.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
+            resolved=self.resolved,
+            bboxes=_bboxes(job),
         )
-    )
-    key = f"{resolved.key_prefix.strip('/') + '/' if resolved.key_prefix.strip('/') else ''}{_safe_id(job_id)}.mp4"
-    preview = _open_preview(job_id, job, resolved, ctx, store, key, soundtrack, work, ckpt, resume, progress)
+        self.out_path = self.work / "video.mp4"
+        self.ckpt, self.resume = _open_checkpoint(cfg, self.job_id, self.payload, self.resolved)
+        if self.resume is not None:
+            seed = self.resume.seed  # the interrupted run's seed, even if drawn
+            self.resolved = dataclasses.replace(self.resolved, seed=seed)
+            self.request = dataclasses.replace(self.request, settings=dataclasses.replace(self.request.settings, seed=seed))
+            self.progress.stage(Stage.SAMPLING, f"resuming after chunk {self.resume.chunks} ({self.resume.frames} frames)")
+        resolved = self.resolved
+        self.store_ = make_store(
+            storage_settings(
+                cfg, resolved.output_target, key_prefix=resolved.key_prefix, presign_expiry_s=resolved.presign_expiry_s
+            )
+        )
+        prefix = resolved.key_prefix.strip("/")
+        self.key = f"{prefix + '/' if prefix else ''}{_safe_id(self.job_id)}.mp4"
+        self.preview = _open_preview(self.job_id, job, resolved, self.ctx, self.store_, self.key, self.soundtrack,
+                                     self.work, self.ckpt, self.resume, self.progress)
 
-    def keep(chunk) -> None:  # on the background thread, in chunk order
-        preview.add_chunk(chunk.frames_uint8, last=chunk.is_last)  # first: the watcher's latency
-        writer.write_frames(chunk.frames_uint8)
-        if ckpt is not None and chunk.state is not None:
-            ckpt.save(chunk.index, chunk.frames_uint8, chunk.state.to_bytes(), seed=chunk.seed)
+    def sample(self, writer: Mp4Writer, host: SerialBackground) -> None:
+        self.timer.enter("sampling")
+        preview, ckpt, resume = self.preview, self.ckpt, self.resume
 
-    timer.enter("sampling")
-    frames_written = 0
-    # The encoder and the checkpoint store work on chunk n while the GPU samples chunk n+1.
-    try:  # a job stopped after some chunks names the video made so far (worker/preview/session.py)
-        with Mp4Writer(out_path, soundtrack, fps=FPS, audio_rate=SAMPLE_RATE) as writer, SerialBackground() as host:
-            if resume is not None:
-                for i, done in enumerate(ckpt.frames()):
-                    host.submit(preview.add_resumed, i, done)
-                    host.submit(writer.write_frames, done)
-                    frames_written += int(done.shape[0])
-            for chunk in engine.generate(
-                request, on_step=on_step, should_cancel=cancel, **({"resume": resume.state} if resume else {})
-            ):
-                host.submit(keep, chunk)
-                frames_written += int(chunk.frames_uint8.shape[0])
-                if chunk.is_last:
-                    timer.enter("decode")
-                    progress.stage(Stage.DECODE, f"decoded {frames_written} frames")
-            timer.enter("mux")
-            progress.stage(Stage.MUX)
-            host.drain()
-        probe = probe_mp4(out_path)
+        def keep(chunk) -> None:  # on the background thread, in chunk order
+            preview.add_chunk(chunk.frames_uint8, last=chunk.is_last)  # first: the watcher's latency
+            writer.write_frames(chunk.frames_uint8)
+            if ckpt is not None and chunk.state is not None:
+                ckpt.save(chunk.index, chunk.frames_uint8, chunk.state.to_bytes(), seed=chunk.seed)
 
-        timer.enter("upload")
-        progress.stage(Stage.UPLOAD)
-        stored = store.put(out_path, key)
-    except BaseException as exc:
-        raise preview.stopped(_engine_error(exc)) from exc
-    timings = timer.close()
-    output = JobOutput(
-        video_url=stored.url,
-        video_path=stored.path,
-        video_base64=stored.base64,
-        storage=stored.location,
-        bucket=cfg.storage.s3.bucket if stored.location == "s3" else None,
-        key=stored.key,
-        duration_s=round(probe.duration_s, 3),
-        num_frames=probe.num_frames,
-        fps=probe.fps,
-        width=probe.width,
-        height=probe.height,
-        seed=resolved.seed,
-        truncated=dropped_s > 0,
-        truncated_s=round(dropped_s, 3),
-        config=resolved.to_dict(),
-        timings_s=timings,
-    )
-    result = output.model_dump(exclude_none=True)
-    preview.completed(result)
-    result.update(preview.result_fields())
-    if ckpt is not None:
-        ckpt.clear()
-    progress.done()
-    log.info("job done", duration_s=output.duration_s, frames=output.num_frames, timings=timings)
-    return result
+        def on_step(info) -> None:
+            self.progress.sampling(info.chunk + 1, info.n_chunks, info.step + 1, info.steps)
+
+        if resume is not None:
+            for i, done in enumerate(ckpt.frames()):
+                host.submit(preview.add_resumed, i, done)
+                host.submit(writer.write_frames, done)
+                self.frames_written += int(done.shape[0])
+        for chunk in self.engine.generate(
+            self.request, on_step=on_step, should_cancel=self.deadline.check,
+            **({"resume": resume.state} if resume else {}),
+        ):
+            host.submit(keep, chunk)
+            self.frames_written += int(chunk.frames_uint8.shape[0])
+            if chunk.is_last:
+                self.timer.enter("decode")
+                self.progress.stage(Stage.DECODE, f"decoded {self.frames_written} frames")
+
+    def mux(self, host: SerialBackground) -> None:
+        self.timer.enter("mux")
+        self.progress.stage(Stage.MUX)
+        host.drain()
+
+    def store(self) -> None:
+        self.timer.enter("upload")
+        self.progress.stage(Stage.UPLOAD)
+        self.stored = self.store_.put(self.out_path, self.key)
+
+    def respond(self) -> dict[str, Any]:
+        timings = self.timer.close()
+        stored, probe, resolved = self.stored, self.probe, self.resolved
+        output = JobOutput(
+            video_url=stored.url,
+            video_path=stored.path,
+            video_base64=stored.base64,
+            storage=stored.location,
+            bucket=self.cfg.storage.s3.bucket if stored.location == "s3" else None,
+            key=stored.key,
+            duration_s=round(probe.duration_s, 3),
+            num_frames=probe.num_frames,
+            fps=probe.fps,
+            width=probe.width,
+            height=probe.height,
+            seed=resolved.seed,
+            truncated=self.dropped_s > 0,
+            truncated_s=round(self.dropped_s, 3),
+            config=resolved.to_dict(),
+            timings_s=timings,
+        )
+        result = output.model_dump(exclude_none=True)
+        self.preview.completed(result)
+        result.update(self.preview.result_fields())
+        if self.ckpt is not None:
+            self.ckpt.clear()
+        self.progress.done()
+        log.info("job done", duration_s=output.duration_s, frames=output.num_frames, timings=timings)
+        return result
 
 
 def _open_preview(job_id, job, resolved, ctx: JobContext, store, key, soundtrack, work: Path, ckpt, resume, progress):
