@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from configuration import AppConfig, s3_input_prefixes
-from worker.engine.formats.layout import CheckpointLayout
+from worker.engine import CheckpointLayout  # the facade: torch-free
 from worker.inputs.fetch import FetchPolicy
 from worker.inputs.media_guard import MediaLimits
 from worker.inputs.netguard import NetPolicy
@@ -131,7 +131,7 @@ def compile_cache_dir(cfg: AppConfig) -> Path | None:
 
 
 def engine_options(cfg: AppConfig) -> dict[str, Any]:
-    """Keyword arguments of `worker.engine.runtime.EngineOptions` (built there, where torch lives)."""
+    """Keyword arguments of `worker.engine.EngineOptions` (same names as conf/gpu where the setting is the same)."""
     gpu = cfg.gpu
     return {
         "device": gpu.device,
