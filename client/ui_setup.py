@@ -54,7 +54,7 @@ def visible_inputs(label: str | None) -> dict[str, bool]:
 
 # Kokoro-82M voice packs (the model's published names), grouped by the language letter the worker's
 # phonemizer table (worker.engine.models.tts) maps to espeak-ng. The tiny test model carries af_heart and
-# am_michael only, which are also the worker's defaults for speakers 1 and 2 (worker.job.DEFAULT_VOICES).
+# am_michael only, which are also the worker's defaults for speakers 1 and 2 (worker.media.audio.DEFAULT_VOICES).
 KOKORO_VOICES: tuple[str, ...] = (
     "af_heart", "af_alloy", "af_aoede", "af_bella", "af_jessica", "af_kore", "af_nicole", "af_nova", "af_river",
     "af_sarah", "af_sky", "am_adam", "am_echo", "am_eric", "am_fenrir", "am_liam", "am_michael", "am_onyx",

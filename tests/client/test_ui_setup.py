@@ -28,7 +28,7 @@ def test_an_unknown_label_falls_back_to_the_first_setup() -> None:
 def test_voice_list_covers_the_workers_voices_and_languages() -> None:
     from testkit.tiny import TINY_VOICES
     from worker.engine.models.tts import _ESPEAK_LANGUAGE
-    from worker.job import DEFAULT_VOICES as WORKER_DEFAULTS
+    from worker.media.audio import DEFAULT_VOICES as WORKER_DEFAULTS
 
     assert set(TINY_VOICES) <= set(KOKORO_VOICES) and tuple(WORKER_DEFAULTS) == DEFAULT_VOICES
     assert len(set(KOKORO_VOICES)) == len(KOKORO_VOICES)

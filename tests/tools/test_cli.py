@@ -93,7 +93,8 @@ def test_schema_describes_every_field_with_the_stock_workers_default():
     env unset) really uses for a job that leaves the field out -- never null where a default exists."""
     from configuration import compose_config
     from worker.resolve import apply_job_overrides
-    from worker.job import DEFAULT_NEGATIVE_PROMPT, DEFAULT_VOICES
+    from worker.job import DEFAULT_NEGATIVE_PROMPT
+    from worker.media.audio import DEFAULT_VOICES
     from contract.job import job_input_json_schema, parse_job_input
 
     schema = job_input_json_schema()

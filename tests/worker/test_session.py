@@ -81,15 +81,25 @@ def test_preview_false_turns_it_off(env):
 
 
 def test_timed_out_job_names_its_partial_video(env, tmp_path):
-    """server.job_timeout_s (E_TIMEOUT) between sampling steps: the error names the MP4 made so far."""
-    _, tmp = env
+    """server.job_timeout_s (E_TIMEOUT) between sampling steps: the error names the MP4 made so far.
+
+    The deadline is set from this machine's own speed (three times a warm one-chunk job), so the
+    40 s job cannot finish inside it on a fast machine, and one chunk is done before it on a slow one."""
+    import time
+
+    ctx0, tmp = env
     wave, rate = sf.read(EXAMPLES / "media" / "speech_person1.wav", dtype="float32")
-    sf.write(tmp / "very_long.wav", np.tile(wave, 12)[: 40 * rate], rate)  # 40 s: far more than the deadline allows
-    ctx = make_ctx(tmp_path, tmp / "cache", f"server.allowed_roots=[{tmp}]", "server.job_timeout_s=14")
+    sf.write(tmp / "very_long.wav", np.tile(wave, 12)[: 40 * rate], rate)  # 40 s: 14 chunks
+    run_job("warm1", job(tmp, max_duration_s=3.0, preview=False), ctx0, lambda p: None)  # compile/warm caches
+    start = time.perf_counter()
+    run_job("warm2", job(tmp, max_duration_s=3.0, preview=False), ctx0, lambda p: None)
+    one_chunk_s = time.perf_counter() - start
+    deadline = round(max(3.0 * one_chunk_s, 1.0), 2)
+    ctx = make_ctx(tmp_path, tmp / "cache", f"server.allowed_roots=[{tmp}]", f"server.job_timeout_s={deadline}")
     ctx.engine.get()  # warm: the deadline is spent on sampling
     with pytest.raises(JobError) as err:
         run_job("late1", job(tmp, audio=str(tmp / "very_long.wav")), ctx, lambda p: None)
     e = err.value
-    assert e.code is ErrorCode.E_TIMEOUT and e.details["job_timeout_s"] == 14
+    assert e.code is ErrorCode.E_TIMEOUT and e.details["job_timeout_s"] == deadline
     probe = probe_mp4(Path(e.details["partial_video_path"]))
     assert probe.faststart and probe.num_frames >= 81 and probe.duration_s < 40
