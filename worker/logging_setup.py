@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, MutableMapping, TextIO
 
 import structlog
 
-from contract.errors import is_secret_name
+from contract.errors import clean_text, is_secret_name
 
 __all__ = [
     "REDACTED",
@@ -84,6 +84,8 @@ def _data_sub(m: re.Match[str]) -> str:
 
 
 def redact_text(text: str) -> str:
+    # Lone surrogates (a user's string logged before validation) could not be written to a UTF-8 stream.
+    text = clean_text(text)
     pattern = _secret_re
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
@@ -99,7 +101,8 @@ def redact_value(value: Any, _depth: int = 0) -> Any:
         return redact_text(value)
     if isinstance(value, dict):
         return {
-            k: (REDACTED if isinstance(k, str) and is_secret_name(k) and v not in (None, "") else redact_value(v, _depth + 1))
+            (clean_text(k) if isinstance(k, str) else k): (
+                REDACTED if isinstance(k, str) and is_secret_name(k) and v not in (None, "") else redact_value(v, _depth + 1))
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):

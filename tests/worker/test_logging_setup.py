@@ -95,3 +95,27 @@ def test_level_filtering():
     log.warning("shown")
     assert [l["event"] for l in lines(buf)] == ["shown"]
     structlog.reset_defaults()
+
+
+def test_lone_surrogates_in_logged_fields_never_break_a_utf8_stream():
+    """A caller's string may hold lone surrogates (JSON's \\ud800 escape); every log line must still encode."""
+    from hypothesis import given, settings, strategies as st
+
+    lone = st.integers(0xD800, 0xDFFF).map(chr)
+    surrogate_text = st.tuples(st.text(max_size=6), lone, st.text(max_size=6)).map("".join)
+
+    @settings(max_examples=60, deadline=None)
+    @given(value=surrogate_text, key=surrogate_text, event=surrogate_text)
+    def check(value, key, event):
+        raw = io.BytesIO()
+        out = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+        configure_logging("DEBUG", stream=out, capture_stdlib=False)
+        try:
+            get_logger("test").info(event, field=value, nested={key: [value]})
+            line = json.loads(raw.getvalue().decode("utf-8"))
+        finally:
+            structlog.reset_defaults()
+        assert "field" in line and isinstance(line["event"], str)
+        assert not any(0xD800 <= ord(c) <= 0xDFFF for c in json.dumps(line, ensure_ascii=False))
+
+    check()

@@ -27,7 +27,7 @@ from worker.engine.kernels.compile import compile_dit
 from worker.engine.models.dit import DiTConfig, InfiniteTalkDiT
 from worker.engine.errors import EngineOOMError, WeightLoadError
 from worker.engine.formats.fp8 import load_fp8_state, stored_fp8_modules
-from worker.engine.kernels.fp8_linear import convert_linears, convert_stored
+from worker.engine.kernels.fp8_linear import convert_linears, convert_stored, prime_fused
 from worker.engine.sampling.generation import ChunkResult, GenerationInputs, ResumeState, StepInfo, generate
 from worker.engine.formats.layout import CheckpointLayout
 from worker.engine.formats.loaders import _materialise_leftovers, load_module
@@ -156,6 +156,7 @@ class Engine:
         if stored:
             convert_stored(dit, stored)
             load_fp8_state(dit, [source], device=self.device, dtype=self.dtype)
+            prime_fused(self.device)  # the fp8 matmul path is decided once per device, before the first forward
             _materialise_leftovers(dit, self.device)
             return
         if bundle is None and quant_file is not None:

@@ -56,11 +56,12 @@ def load_fp8_state(module: nn.Module, files: Iterable[Path | str], device="cpu",
 
     fp8 matrices stay fp8 on `device`; everything else is cast to `dtype` (None: the module's dtype).
     """
-    from worker.engine.kernels.fp8_linear import FP8Linear, prime_fused  # the layer lives with the kernels
-
     device = torch.device(device)
     expected = dict(module.state_dict(keep_vars=True))
-    fp8_modules = {n for n, m in module.named_modules() if isinstance(m, FP8Linear)}
+    # An fp8 layer is known by its state (`<m>.weight` in e4m3 beside `<m>.weight_scale`), not by its class:
+    # the layer (kernels/fp8_linear.py) depends on this module's quantiser, so this one must not import it.
+    fp8_modules = {k[: -len(".weight_scale")] for k in expected
+                   if k.endswith(".weight_scale") and getattr(expected.get(k[: -len("_scale")]), "dtype", None) == FP8}
     loaded: dict[str, torch.Tensor] = {}
     for f in files:
         path = Path(f)
@@ -97,7 +98,6 @@ def load_fp8_state(module: nn.Module, files: Iterable[Path | str], device="cpu",
     if missing:
         raise WeightLoadError(", ".join(str(f) for f in files), missing[0], f"missing key ({len(missing)} in all)")
     module.load_state_dict(loaded, strict=True, assign=True)
-    prime_fused(device)
     return module
 
 

@@ -5,7 +5,7 @@ directly, the activations quantised per row on the fly; everywhere else (CPU, ol
 the fused call refuses the shapes) the weight is dequantised per forward, `q.float() * scale[:, None]`
 cast to the activation dtype, and F.linear runs as usual. The fused path was written from the
 documented `_scaled_mm` contract and has not been run on a GPU here. Weights are quantised and read by
-`worker.engine.formats.fp8` (`quantize_rows`, `load_fp8_state`).
+`worker.engine.formats.fp8` (`quantize_rows`, `load_fp8_state`), which knows these layers by their state, not by this class.
 """
 from __future__ import annotations
 
