@@ -22,7 +22,12 @@ These are estimates, not measurements of this worker. The model:
 - chunks: `streaming` (the default) covers the audio, 81 frames first and 72 new frames (9 motion
   frames carried) per further chunk, at 25 fps; `clip` renders one chunk of 81 frames.
 - price: `price_per_hour_usd` from conf/gpu/<tier>.yaml (a snapshot of Runpod's serverless
-  flex prices), with the same numbers built in for clients installed without conf/.
+  flex prices, per GPU), with the same numbers built in for clients installed without conf/.
+- several GPUs (tiers with `parallel.ranks` > 1, read from conf/gpu/<tier>.yaml the same way): the
+  worker's price is the per-GPU price x GPUs; billed GPU-seconds = the one-GPU seconds / scaling
+  efficiency, wall time = billed / GPUs. ASSUMPTION: the efficiency is 85%, the sequence-parallelism
+  issue's target, NOT a measurement (no multi-GPU machine has run bench/parallel_scaling.py yet); the
+  whole job, encoders and I/O included, is taken to scale alike. The cold start is paid on every GPU.
 """
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ from contract.choices import VIDEO_FPS
 
 __all__ = [
     "GPU_TIERS",
+    "GPU_COUNTS",
+    "PARALLEL_EFFICIENCY",
+    "load_gpu_counts",
     "PRESETS",
     "Estimate",
     "estimate_job",
@@ -63,10 +71,16 @@ PRESETS: dict[str, tuple[int, bool]] = {"quality": (40, True), "fast": (8, False
 # presets whose audio guidance is 1 as well: one DiT pass a step (conf/sampler/lightning.yaml)
 NO_GUIDANCE_PRESETS = frozenset({"lightning"})
 
-# tier -> (speed relative to an H100, price per hour in USD, largest size it serves)
+# ASSUMED (the sequence-parallelism issue's target, not measured): several-GPU speed-up = GPUs x this
+PARALLEL_EFFICIENCY = 0.85
+
+# tier -> (speed of one of its GPUs relative to an H100, price per GPU-hour in USD, largest size it serves)
 _BUILTIN_TIERS: dict[str, tuple[float, float, str]] = {
     "h200_141": (1.0, 5.58, "infinitetalk-720"),
+    "h200_141x4": (1.0, 5.58, "infinitetalk-720"),
+    "h200_141x8": (1.0, 5.58, "infinitetalk-720"),
     "h100_80": (1.0, 4.176, "infinitetalk-720"),
+    "h100_80x8": (1.0, 4.176, "infinitetalk-720"),
     "a100_80": (0.32, 2.736, "infinitetalk-720"),
     "l40s_48": (0.33, 1.908, "infinitetalk-720"),
     "rtx4090_24": (0.15, 1.116, "infinitetalk-480"),
@@ -79,26 +93,70 @@ COLD_START_S: dict[str, float] = {
     "a100_80": LOAD_S + COMPILE_FIRST_S,
     "l40s_48": LOAD_S,
     "rtx4090_24": LOAD_S,
+    "h200_141x4": LOAD_S,  # the several-GPU tiers do not compile (conf/gpu); same load time assumed
+    "h200_141x8": LOAD_S,
+    "h100_80x8": LOAD_S,
 }
+# tier -> GPUs a worker holds (conf/gpu/<tier>.yaml parallel.ranks); built in for clients without conf/
+_BUILTIN_GPUS: dict[str, int] = {"h200_141x4": 4, "h200_141x8": 8, "h100_80x8": 8}
 
 _CONF_GPU = Path(__file__).resolve().parents[1] / "conf" / "gpu"
 
 
+def _scan(f: Path, pattern: str, seen: frozenset[Path] = frozenset()) -> str | None:
+    """The first match of `pattern` in a tier's yaml, else in the tier it extends (a `- <tier>` entry of its
+    defaults list naming a sibling file, as conf/gpu/h200_141x4.yaml extends h200_141): the client has no Hydra."""
+    text = f.read_text()
+    m = re.search(pattern, text, re.M)
+    if m:
+        return m.group(1)
+    for parent in re.findall(r"^\s*-\s*([A-Za-z0-9_]+)\s*$", text, re.M):
+        p = f.with_name(f"{parent}.yaml")
+        if p.is_file() and p not in seen:
+            found = _scan(p, pattern, seen | {f})
+            if found is not None:
+                return found
+    return None
+
+
 def load_gpu_prices(conf_dir: Path = _CONF_GPU) -> dict[str, float]:
-    """price_per_hour_usd per tier from conf/gpu/*.yaml (a line scan; the client has no Hydra)."""
+    """price_per_hour_usd (per GPU) per tier from conf/gpu/*.yaml (a line scan; the client has no Hydra)."""
     prices: dict[str, float] = {}
     if not conf_dir.is_dir():
         return prices
     for f in sorted(conf_dir.glob("*.yaml")):
-        m = re.search(r"^price_per_hour_usd:\s*([0-9.]+)", f.read_text(), re.M)
-        if m:
-            prices[f.stem] = float(m.group(1))
+        v = _scan(f, r"^price_per_hour_usd:\s*([0-9.]+)")
+        if v is not None:
+            prices[f.stem] = float(v)
     return prices
 
 
+def load_gpu_counts(conf_dir: Path = _CONF_GPU) -> dict[str, int]:
+    """GPUs per tier (its `ranks:` under `parallel:`) from conf/gpu/*.yaml, by the same line scan as prices;
+    tiers that do not set it hold one GPU."""
+    counts: dict[str, int] = {}
+    if not conf_dir.is_dir():
+        return counts
+    for f in sorted(conf_dir.glob("*.yaml")):
+        v = _scan(f, r"^\s+ranks:\s*([0-9]+)")
+        counts[f.stem] = int(v) if v is not None else 1
+    return counts
+
+
+def _gpus() -> dict[str, int]:
+    counts = load_gpu_counts()
+    return {name: counts.get(name, _BUILTIN_GPUS.get(name, 1)) for name in _BUILTIN_TIERS}
+
+
+# tier -> GPUs one worker holds (one job runs on all of them)
+GPU_COUNTS = _gpus()
+
+
 def _tiers() -> dict[str, tuple[float, float, str]]:
+    """tier -> (speed per GPU, the WORKER's price per hour = per-GPU price x GPUs, largest size)."""
     prices = load_gpu_prices()
-    return {name: (speed, prices.get(name, price), size) for name, (speed, price, size) in _BUILTIN_TIERS.items()}
+    return {name: (speed, prices.get(name, price) * GPU_COUNTS[name], size)
+            for name, (speed, price, size) in _BUILTIN_TIERS.items()}
 
 
 GPU_TIERS = _tiers()
@@ -127,6 +185,17 @@ class Estimate:
     warning: str | None = None
     guidance_every: int = 1
     audio_seconds: float = 0.0
+    gpus: int = 1
+    scaling: float = 1.0  # assumed parallel efficiency (1.0 on one GPU)
+
+    @property
+    def wall_seconds(self) -> float:
+        """How long a warm job takes: billed GPU-seconds spread over the worker's GPUs."""
+        return self.gpu_seconds / self.gpus
+
+    @property
+    def wall_seconds_cold(self) -> float:
+        return self.gpu_seconds_cold / self.gpus
 
     @property
     def cold_start_s(self) -> float:
@@ -146,15 +215,15 @@ class Estimate:
 
     @property
     def cost_usd(self) -> float:
-        return self.gpu_seconds * self.price_per_hour_usd / 3600.0
+        return self.wall_seconds * self.price_per_hour_usd / 3600.0
 
     @property
     def cost_usd_cold(self) -> float:
-        return self.gpu_seconds_cold * self.price_per_hour_usd / 3600.0
+        return self.wall_seconds_cold * self.price_per_hour_usd / 3600.0
 
     @property
     def cold_start_usd(self) -> float:
-        return self.cold_start_s * self.price_per_hour_usd / 3600.0
+        return self.cold_start_s / self.gpus * self.price_per_hour_usd / 3600.0
 
 
 def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "fast", size: str = "infinitetalk-480",
@@ -186,13 +255,16 @@ def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "fast",
     forward = FORWARD_S_480_H100[2 if speakers >= 2 else 1] * SIZE_FACTOR[size] * (fn / FIRST_CHUNK_FRAMES)
     shape = Estimate(tier, chunks, steps, passes, 0.0, 0.0, price, 0.0, None, every)
     per_chunk = shape.forwards_per_chunk * forward + CHUNK_OVERHEAD_S[size]
-    warm = (chunks * per_chunk + JOB_OVERHEAD_S) / speed
-    cold = warm + COLD_START_S[tier]
+    gpus = GPU_COUNTS[tier]
+    scaling = PARALLEL_EFFICIENCY if gpus > 1 else 1.0
+    warm = (chunks * per_chunk + JOB_OVERHEAD_S) / speed / scaling  # billed GPU-seconds, all GPUs together
+    cold = warm + COLD_START_S[tier] * gpus  # every GPU is held while the model loads
     video_s = min(fn / VIDEO_FPS, audio_s) if mode == "clip" else audio_s
     warning = None
     if SIZE_FACTOR[size] > SIZE_FACTOR[max_size]:
         warning = f"{tier} serves up to {max_size}; the worker will refuse {size}"
-    return Estimate(tier, chunks, steps, passes, warm, cold, price, video_s, warning, every, float(audio_s))
+    return Estimate(tier, chunks, steps, passes, warm, cold, price, video_s, warning, every, float(audio_s), gpus,
+                    scaling)
 
 
 def format_estimate(est: Estimate) -> str:
@@ -205,6 +277,10 @@ def format_estimate(est: Estimate) -> str:
         + f", {est.video_seconds:.1f} s of video"
         f" (${est.price_per_hour_usd:.3f}/h; rough model, see client/estimate.py)"
     )
+    if est.gpus > 1:
+        text += (f"\n{est.gpus} GPUs per job: ≈ {_duration(est.wall_seconds)} wall time warm,"
+                 f" ≈ {_duration(est.wall_seconds_cold)} cold; GPU time is summed over the {est.gpus} GPUs"
+                 f" (assumes {est.scaling:.0%} scaling, not measured)")
     if est.truncated_s > 0.005:
         text += f"\n⚠ clip mode renders {est.video_seconds:.1f} s and leaves out {est.truncated_s:.1f} s of the audio"
     if est.warning:

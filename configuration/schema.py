@@ -65,7 +65,7 @@ class ModelConf:
 @dataclass(frozen=True)
 class ParallelConf:
     """Sequence parallelism over the GPUs of one worker (worker/engine/parallel/): `ranks` processes, one per
-    GPU; 1 is the single-GPU path. The endpoint must give the worker that many GPUs (gpuCount)."""
+    GPU; 1 is the single-GPU path. The endpoint gets exactly that many GPUs (its gpuCount, infra/component.py)."""
 
     ranks: int = 1
     method: str = "auto"  # auto | ulysses | ring (auto: Ulysses when the 40 heads divide over the ranks)
@@ -176,7 +176,7 @@ class DeployConf:
     container_disk_gb: int = 40
     volume_size_gb: int = 150
     datacenter: str = "EU-RO-1"
-    gpu_count: int = 1
+    # (no gpu_count: the endpoint gets gpu.parallel.ranks GPUs, one name per setting)
     scaler_type: str = "QUEUE_DELAY"
     scaler_value: int = 4
 

@@ -131,7 +131,7 @@ class InfiniteTalkDeployment(pulumi.ComponentResource):
             template_image=self.template.image,
             template_env=self.template.env,
             gpu_pools=list(sizing_cfg.gpu.runpod_pools),
-            gpu_count=d.gpu_count,
+            gpu_count=int(sizing_cfg.gpu.parallel.ranks),  # one worker = all the ranks of one job
             workers_min=d.workers_min,
             workers_max=d.workers_max,
             idle_timeout_s=d.idle_timeout_s,

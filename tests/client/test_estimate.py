@@ -5,8 +5,12 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from client.estimate import GPU_COUNTS, PARALLEL_EFFICIENCY, PRESETS, load_gpu_counts
 from client.estimate import GPU_TIERS, count_chunks, estimate_job, format_estimate, load_gpu_prices, media_duration_s
+from configuration import compose_config
 from tests.client.conftest import MEDIA, REPO_ROOT
 
 
@@ -20,9 +24,11 @@ def test_chunks() -> None:
 
 def test_prices_come_from_conf_gpu() -> None:
     prices = load_gpu_prices(REPO_ROOT / "conf" / "gpu")
+    counts = load_gpu_counts(REPO_ROOT / "conf" / "gpu")
     for tier, (_, price, _) in GPU_TIERS.items():
-        text = (REPO_ROOT / "conf" / "gpu" / f"{tier}.yaml").read_text()
-        assert float(re.search(r"price_per_hour_usd:\s*([0-9.]+)", text).group(1)) == price == prices[tier]
+        gpu = compose_config([f"gpu={tier}"], env={}).gpu  # what Hydra composes, extended tiers included
+        assert gpu.price_per_hour_usd == prices[tier] and price == pytest.approx(prices[tier] * GPU_COUNTS[tier])
+        assert GPU_COUNTS[tier] == counts[tier] == gpu.parallel.ranks
 
 
 def test_cost_model_direction() -> None:
@@ -90,3 +96,37 @@ def test_audio_duration(tmp_path: Path) -> None:
     assert media_duration_s(MEDIA / "portrait.png") in (None, pytest.approx(0.04, abs=0.05))
     (tmp_path / "x.wav").write_bytes(b"not audio")
     assert media_duration_s(tmp_path / "x.wav") is None
+
+
+def test_gpu_counts_come_from_the_tiers_ranks() -> None:
+    assert (GPU_COUNTS["h200_141x4"], GPU_COUNTS["h200_141x8"], GPU_COUNTS["h100_80x8"]) == (4, 8, 8)
+    assert GPU_COUNTS["h100_80"] == GPU_COUNTS["h200_141"] == 1
+    assert load_gpu_counts(REPO_ROOT / "no-such-dir") == {}  # a client without conf/ keeps its built-ins
+
+
+MULTI = [("h200_141", "h200_141x4"), ("h200_141", "h200_141x8"), ("h100_80", "h100_80x8")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(pair=st.sampled_from(MULTI), audio_s=st.floats(0.5, 600), preset=st.sampled_from(sorted(PRESETS)),
+       size=st.sampled_from(["infinitetalk-480", "infinitetalk-720"]), speakers=st.sampled_from([1, 2]))
+def test_several_gpus_bill_more_gpu_seconds_and_take_less_wall_time(pair, audio_s, preset, size, speakers) -> None:
+    one_tier, many_tier = pair
+    kw = dict(audio_s=audio_s, preset=preset, size=size, speakers=speakers)
+    one, many = estimate_job(tier=one_tier, **kw), estimate_job(tier=many_tier, **kw)
+    n = GPU_COUNTS[many_tier]
+    assert many.gpus == n > 1 and one.gpus == 1
+    assert many.gpu_seconds >= one.gpu_seconds  # scaling is never better than linear
+    assert many.gpu_seconds == pytest.approx(one.gpu_seconds / PARALLEL_EFFICIENCY)
+    assert many.wall_seconds < one.wall_seconds and many.wall_seconds == pytest.approx(many.gpu_seconds / n)
+    assert many.price_per_hour_usd == pytest.approx(one.price_per_hour_usd * n)
+    # what the job costs = billed GPU-seconds x the per-GPU price
+    assert many.cost_usd == pytest.approx(many.gpu_seconds * one.price_per_hour_usd / 3600)
+    assert many.cost_usd_cold > many.cost_usd and many.wall_seconds_cold > many.wall_seconds
+
+
+def test_multi_gpu_estimate_text_states_the_assumption_and_wall_time() -> None:
+    many = estimate_job(audio_s=30, tier="h200_141x4", preset="quality")
+    text = format_estimate(many)
+    assert "assumes 85% scaling, not measured" in text and "4 GPUs" in text and "wall time" in text
+    assert "not measured" not in format_estimate(estimate_job(audio_s=30, tier="h200_141", preset="quality"))

@@ -202,7 +202,8 @@ def test_endpoint_sizing_comes_from_conf(which, aws_run, external_run):
     tpl = run.one("runpod:Template").inputs
     d = cfg.deploy
     assert ep["gpu_pools"] == list(cfg.gpu.runpod_pools) and ep["gpu_pools"]
-    assert (ep["gpu_count"], ep["workers_min"], ep["workers_max"]) == (d.gpu_count, d.workers_min, d.workers_max)
+    assert (ep["gpu_count"], ep["workers_min"], ep["workers_max"]) == (cfg.gpu.parallel.ranks, d.workers_min, d.workers_max)
+    assert ep["gpu_count"] == 1
     assert (ep["idle_timeout_s"], ep["scaler_type"], ep["scaler_value"]) == (d.idle_timeout_s, d.scaler_type, d.scaler_value)
     assert (ep["flashboot"], ep["execution_timeout_s"]) == ("FLASHBOOT" if d.flashboot else "OFF", d.execution_timeout_s)
     assert ep["min_cuda_version"] == "12.8"
@@ -315,3 +316,29 @@ def test_protected_resources_never_ask_for_replacement(aws_run):
     assert protected
     for r in protected:
         assert providers[r.type.rsplit(":", 1)[-1]].REPLACES == (), r.type
+
+
+def test_multi_gpu_tier_sizes_the_endpoint_from_its_ranks(rest_standin):
+    """gpu=h200_141x4: the one GPU count (gpu.parallel.ranks) reaches the endpoint the REST API creates."""
+    from infra.runpod_provider import EndpointProvider, NetworkVolumeProvider, TemplateProvider
+    from tests.infra.test_runpod_provider import endpoint_props, template_props, volume_props
+
+    run = _run_main({**AWS_CONFIG, "infinitetalk:overrides": json.dumps([*OVERRIDES[:1], "gpu=h200_141x4",
+                                                                          *OVERRIDES[2:]])})
+    ep = run.one("runpod:Endpoint").inputs
+    assert ep["gpu_count"] == 4 and ep["gpu_pools"] == ["HOPPER_141"]
+    rest_standin.mode = "rest"
+    tpl = TemplateProvider().create(template_props(rest_standin))
+    vol = NetworkVolumeProvider().create(volume_props(rest_standin))
+    end = EndpointProvider().create(endpoint_props(rest_standin, tpl.id, vol.id, gpu_count=ep["gpu_count"],
+                                                   gpu_pools=ep["gpu_pools"]))
+    assert rest_standin.endpoints[end.id]["gpu"]["count"] == 4
+    assert end.outs["gpu_count"] == 4
+
+
+def test_deploy_has_no_second_gpu_count():
+    """One name per setting: a deploy-level GPU count is refused, not silently ignored."""
+    from configuration import ConfigError
+
+    with pytest.raises(ConfigError):
+        compose_config(["deploy.gpu_count=4"], env={})
