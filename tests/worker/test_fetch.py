@@ -208,6 +208,7 @@ def test_content_sniff_mismatch(server, tmp_path: Path) -> None:
     with pytest.raises(JobError) as ei:
         fetch_media(url + "/img.png", tmp_path, local_policy(), "audio")
     assert "image/png" in ei.value.message
+    assert ei.value.hint.startswith("Send an audio file (")  # the article follows the kind
     got = fetch_media(url + "/audio.wav", tmp_path, local_policy(), "audio")
     assert got.content_type == "audio/x-wav"
     assert no_leftovers(tmp_path)

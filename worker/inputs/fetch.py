@@ -601,7 +601,7 @@ def _sniff(path: Path, kind: str, shown: str) -> tuple[str, str]:
             kind,
             shown,
             f"content is {found}, not a supported {kind}",
-            hint=f"Send a {kind} file ({', '.join(accepted)}).",
+            hint=f"Send {'an' if kind[0] in 'aeiou' else 'a'} {kind} file ({', '.join(accepted)}).",
             reason="wrong_type",
             detected=mime,
         )
