@@ -20,6 +20,8 @@ __all__ = [
     "SIZES",
     "SIZE_RANK",
     "DEFAULT_SIZE",
+    "ASPECTS",
+    "SIZE_PIXELS",
     "MODES",
     "SAMPLER_PRESETS",
     "OUTPUT_TARGETS",
@@ -35,6 +37,10 @@ AUDIO_SAMPLE_RATE = 16000
 SIZE_RANK = {"infinitetalk-480": 480, "infinitetalk-720": 720}
 SIZES = tuple(SIZE_RANK)
 DEFAULT_SIZE = "infinitetalk-480"
+# A tier's pixel budget for free framing (aspect, width/height): its square bucket's pixel count.
+SIZE_PIXELS = {"infinitetalk-480": 640 * 640, "infinitetalk-720": 960 * 960}
+# Framing presets, width:height.
+ASPECTS = ("16:9", "9:16", "1:1", "4:5")
 MODES = ("clip", "streaming")
 
 

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract.choices import MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
+from contract.choices import ASPECTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
 from contract.errors import InputProblem, JobError, error_from_pydantic, safe_preview
 
 __all__ = [
@@ -61,6 +61,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 # Literals built from contract.choices (conf/'s option names), so the schema's enums follow conf/.
 Size = Literal[SIZES]  # type: ignore[valid-type]
+Aspect = Literal[ASPECTS]  # type: ignore[valid-type]
 Mode = Literal[MODES]  # type: ignore[valid-type]
 SamplerPreset = Literal[SAMPLER_PRESETS]  # type: ignore[valid-type]
 OutputTarget = Literal[OUTPUT_TARGETS]  # type: ignore[valid-type]
@@ -331,6 +332,21 @@ class JobInput(BaseModel):
         default=None, description="Output bucket: infinitetalk-480 or infinitetalk-720 (capped by the GPU tier; DEFAULT_SIZE).",
         json_schema_extra={"default": "infinitetalk-480"},
     )
+    aspect: Aspect | None = Field(
+        default=None,
+        description="Output framing, width:height (16:9, 9:16, 1:1 or 4:5), the largest multiple-of-16 frame within "
+        "the size's pixel budget; the input is scaled and centre-cropped to it. Default: the size's bucket nearest "
+        "the input's own aspect.",
+    )
+    width: int | None = Field(
+        default=None, gt=0,
+        description="Output width in pixels, a multiple of 16, given with height; width*height at most the size's "
+        "pixel budget (640*640 for infinitetalk-480, 960*960 for infinitetalk-720). Default: from the bucket.",
+    )
+    height: int | None = Field(
+        default=None, gt=0,
+        description="Output height in pixels, a multiple of 16, given with width (see width). Default: from the bucket.",
+    )
     mode: Mode | None = Field(
         default=None,
         description="streaming renders the whole audio chunk by chunk (one chunk when it fits one); clip renders "
@@ -447,6 +463,14 @@ class JobInput(BaseModel):
             raise ValueError(f"frame_num must be 4n+1 (5, 9, …, 81, …, 201), got {v}")
         return v
 
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_16(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v % 16 != 0:
+            raise InputProblem(info.field_name, f"{info.field_name} must be a multiple of 16, got {v}",
+                               hint=f"Use {max(16, v // 16 * 16)} or {v // 16 * 16 + 16}.")
+        return v
+
     @field_validator("motion_frame")
     @classmethod
     def _motion_frame(cls, v: int | None) -> int | None:
@@ -494,6 +518,15 @@ class JobInput(BaseModel):
         if self.audio is not None and self.tts is not None:
             raise InputProblem("tts", "audio and tts are both given; the speech comes from one of them",
                                hint="Keep audio (a recording) or tts (text to speak), not both.")
+        if (self.width is None) != (self.height is None):
+            missing = "height" if self.height is None else "width"
+            raise InputProblem(missing, "width and height go together: give both or neither",
+                               hint=f"Add {missing}, or use aspect for a preset framing.")
+        if self.aspect is not None and self.width is not None and self.height is not None:
+            aw, ah = (int(p) for p in self.aspect.split(":"))
+            if self.width * ah != self.height * aw:
+                raise InputProblem("aspect", f"aspect {self.aspect} does not match width {self.width} x height "
+                                   f"{self.height}", hint="Give aspect or width/height, not both.")
         speakers = self.speakers
         if speakers == 2 and self.audio is not None and self.audio_type is None:
             raise InputProblem("audio_type", "two speakers need audio_type",

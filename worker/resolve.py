@@ -19,6 +19,7 @@ from configuration.compose import results_overlap_inputs
 from configuration.schema import AppConfig
 from contract.errors import ErrorCode, JobError
 from worker.engine import EngineRequest, GenerationSettings  # torch-free facade
+from worker.framing import frame_size
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,6 +61,7 @@ class ResolvedJobConfig:
     key_prefix: str
     presign_expiry_s: int
     guidance_every: int = 1
+    frame_size: Optional[tuple[int, int]] = None  # (height, width) from aspect or width/height; None: buckets
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,6 +170,7 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
         output_target=target,
         key_prefix=_pick(out.key_prefix if out else None, cfg.storage.key_prefix),
         presign_expiry_s=int(expiry),
+        frame_size=frame_size(size, job.aspect, job.width, job.height),
     )
 
 

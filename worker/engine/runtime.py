@@ -250,8 +250,9 @@ class Engine:
 
     # ------------------------------------------------------------------ encoders
 
-    def bucket_table(self, size: str) -> dict:
-        table = BUCKET_TABLES[size]
+    def bucket_table(self, size: str, frame_size: tuple[int, int] | None = None) -> dict:
+        """The tier's table, or the job's one framed size (scaled like the table for a small model)."""
+        table = BUCKET_TABLES[size] if frame_size is None else {"1.00": ([frame_size[0], frame_size[1]], 1)}
         scale = float(self._components.get("bucket_scale", 1.0))
         return table if scale == 1.0 else _bucket_scale(table, scale)
 
@@ -293,7 +294,7 @@ class Engine:
         if request.lora_file is not None:
             self.use_lora(request.lora_file, request.lora_scale)
         if isinstance(settings.bucket, str):
-            settings = replace(settings, bucket=self.bucket_table(settings.bucket))
+            settings = replace(settings, bucket=self.bucket_table(settings.bucket, settings.frame_size))
         embeddings = self.embed_audio(request.audio_tracks)
         if max(e.shape[0] for e in embeddings) <= settings.frame_num:
             settings = replace(settings, mode="clip")  # all of it fits one chunk

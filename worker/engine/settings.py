@@ -77,6 +77,7 @@ class GenerationSettings:
     mode: str = "streaming"  # "clip" | "streaming"
     color_correction_strength: float = 1.0
     bucket: str | Mapping[str, Any] = "infinitetalk-480"  # tier name or an explicit bucket table
+    frame_size: tuple[int, int] | None = None  # (height, width) in real pixels: one bucket replacing the tier's table
     use_apg: bool = False
     apg_momentum: float = -0.75
     apg_norm_threshold: float = 55.0
@@ -100,6 +101,9 @@ class GenerationSettings:
     def bucket_table(self) -> Mapping[str, tuple[list[int], int]]:
         from worker.engine.sampling.buckets import BUCKET_TABLES  # torch side: only when a generation runs
 
+        if isinstance(self.bucket, str) and self.frame_size is not None:
+            h, w = self.frame_size
+            return {f"{h / w:.2f}": ([h, w], 1)}  # the job's framing: every input maps onto this one size
         if isinstance(self.bucket, str):
             try:
                 return BUCKET_TABLES[self.bucket]
