@@ -26,6 +26,7 @@ from worker.engine.sampling.buckets import pick_bucket, resize_and_center_crop_m
 from worker.engine.sampling.color import LabReference, lab_reference, match_colors
 from worker.engine.errors import EngineOOMError, GenerationCancelled
 from worker.engine.sampling.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND, Guider, euler_step
+from worker.engine.sampling.masks import latent_motion_mask, pin_outside
 from worker.engine.sampling.schedule import NUM_TRAIN_TIMESTEPS, timesteps
 from worker.engine.settings import GenerationSettings
 from worker.engine.sampling.teacache import TeaCache
@@ -62,6 +63,7 @@ class GenerationInputs:
     ref_target_masks: torch.Tensor | None = None
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
     face_scale: float = 0.05
+    motion_mask: np.ndarray | None = None  # bool [H, W] at source resolution: where motion is allowed (masks.py)
 
 
 @dataclass(frozen=True)
@@ -421,6 +423,7 @@ class _GenerationRun:
         else:
             self.masks = speaker_masks((src_h, src_w), (self.th, self.tw), len(inputs.audio), inputs.bboxes,
                                        inputs.face_scale)
+        self.motion_mask = None if inputs.motion_mask is None else latent_motion_mask(inputs.motion_mask, (self.th, self.tw))
         self.plan_key = (len(self.plan.chunks), self.plan.total_frames, s.frame_num, s.motion_frame)
 
     def _seed(self) -> None:
@@ -543,6 +546,7 @@ class _GenerationRun:
         y = torch.cat([mask, y_lat.float()], dim=1).to(self.device)
         self.emit(f"chunk{i}.y", y)
         self.emit(f"chunk{i}.ref_target_masks", self.masks)
+        self.still = y_lat[0, :, :1].float().to(self.device)  # the condition frame's latent (motion mask)
         return noise, y, motion.to(self.device)
 
     def _denoise(self, spec: ChunkSpec, noise: torch.Tensor, motion: torch.Tensor, clip_fea: torch.Tensor,
@@ -550,6 +554,7 @@ class _GenerationRun:
         """9. The chunk's sampling steps from fresh noise, the first latent frames pinned to `motion`."""
         i = spec.index
         latent = noise.to(self.device)
+        self.chunk_noise = latent.clone() if self.motion_mask is not None else None
         if i > 0:
             self._draw(tuple(motion.shape), "randn_like")  # overwritten by the clean motion latents
         self.guider.reset()
@@ -579,6 +584,8 @@ class _GenerationRun:
         pred = self.guider.combine(preds) if full else self.guider.reuse(preds[COND])
         latent = euler_step(latent, pred, t_now.to(self.device), self.ts[step + 1 : step + 2].to(self.device),
                             NUM_TRAIN_TIMESTEPS)
+        if self.motion_mask is not None:  # outside the mask: the condition latent at the next step's noise level
+            latent = pin_outside(latent, self.motion_mask, self.still, self.chunk_noise, self.ts[step + 1])
         if i > 0:
             self._draw(tuple(motion.shape), "randn_like")
         latent[:, :n_motion] = motion

@@ -1,0 +1,77 @@
+"""Motion mask (worker/engine/sampling/masks.py) on the tiny model: outside the mask the latents end as the
+condition frame's latent, inside they move; an all-ones mask is the unmasked run bit for bit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from worker.engine.runtime import Engine
+from worker.engine.sampling.generation import GenerationInputs, GenerationSettings, generate
+from worker.engine.sampling.masks import latent_motion_mask, pin_outside
+from testkit.tiny import ensure_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return Engine.load(ensure_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny"))
+
+
+def _image() -> Image.Image:
+    rng = np.random.default_rng(5)
+    return Image.fromarray(rng.integers(0, 255, (160, 120, 3), dtype=np.uint8))
+
+
+def _run(engine, mask):
+    t = np.arange(16000) / 16000
+    (emb,) = engine.embed_audio(((0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32),))
+    inputs = GenerationInputs(cond=_image(), audio=(emb,), context=engine.encode_text("a person talks"),
+                              context_null=engine.encode_text("blurry"), motion_mask=mask)
+    s = GenerationSettings(sample_steps=3, frame_num=17, motion_frame=5, seed=3, mode="clip",
+                           bucket=engine.bucket_table("infinitetalk-480"))
+    traced: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        chunks = list(generate(engine.dit, engine.vae, engine.encode_clip, inputs, s,
+                               trace=lambda n, x: traced.__setitem__(n, x.clone())))
+    return traced, chunks
+
+
+def test_outside_the_mask_the_latent_ends_as_the_reference_inside_it_moves(engine):
+    mask = np.zeros((160, 120), bool)
+    mask[:, :60] = True  # the left half may move
+    traced, _ = _run(engine, mask)
+    final, still = traced["chunk0.final_latent"], traced["chunk0.y"][0, 4:, :1]
+    grid = latent_motion_mask(mask, (final.shape[-2] * 8, final.shape[-1] * 8)).bool()
+    assert grid.any() and (~grid).any()
+    outside = final[:, :, ~grid]
+    torch.testing.assert_close(outside, still[:, :, ~grid].expand_as(outside), rtol=0, atol=0)
+    assert not torch.equal(final[:, 1:, grid], still[:, :, grid].expand_as(final[:, 1:, grid]))
+    plain, _ = _run(engine, None)  # without a mask the same region moves: the pinning is the mask's doing
+    assert not torch.equal(plain["chunk0.final_latent"][:, 1:, ~grid],
+                           still[:, :, ~grid].expand_as(final[:, 1:, ~grid]))
+
+
+def test_an_all_ones_mask_is_the_unmasked_run(engine):
+    full, chunks = _run(engine, np.ones((160, 120), bool))
+    plain, plain_chunks = _run(engine, None)
+    torch.testing.assert_close(full["chunk0.final_latent"], plain["chunk0.final_latent"], rtol=0, atol=0)
+    torch.testing.assert_close(chunks[0].frames, plain_chunks[0].frames, rtol=0, atol=0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0, 1000))
+def test_pin_outside_keeps_the_inside_and_noises_the_outside_to_the_level(seed, t):
+    g = torch.Generator().manual_seed(seed)
+    latent, noise = torch.randn(4, 3, 5, 6, generator=g), torch.randn(4, 3, 5, 6, generator=g)
+    still = torch.randn(4, 1, 5, 6, generator=g)
+    mask = (torch.rand(5, 6, generator=g) > 0.5).float()
+    out = pin_outside(latent, mask, still, noise, torch.tensor([t]))
+    inside = mask.bool()
+    assert torch.equal(out[:, :, inside], latent[:, :, inside])
+    s = t / 1000
+    want = (1 - s) * still + s * noise
+    torch.testing.assert_close(out[:, :, ~inside], want[:, :, ~inside])
+    if t == 0:
+        assert torch.equal(out[:, :, ~inside], still.expand_as(out)[:, :, ~inside])
