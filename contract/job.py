@@ -398,6 +398,31 @@ class JobInput(BaseModel):
         "(1 to 10; 1 = every step).",
         json_schema_extra={"default": 1},
     )
+    silence_handling: bool | None = Field(
+        default=None,
+        description="Let the face rest in pauses, true or false: frames in a run of at least silence_min_s seconds "
+        "below silence_threshold_db get the audio embedding of true silence, and each chunk's audio guidance moves "
+        "toward silence_audio_guide_scale by its share of silent frames (all speakers silent).",
+        json_schema_extra={"default": False},
+    )
+    silence_threshold_db: float | None = Field(
+        default=None, ge=-120, le=0,
+        description="Level below which a 40 ms frame counts as silent, in dBFS (RMS; 0 = full scale), -120 to 0; "
+        "used with silence_handling.",
+        json_schema_extra={"default": -45.0},
+    )
+    silence_min_s: float | None = Field(
+        default=None, ge=0.04, le=10,
+        description="Shortest pause that counts as silence, in seconds (0.04 to 10; shorter dips are gaps between "
+        "words); used with silence_handling.",
+        json_schema_extra={"default": 0.3},
+    )
+    silence_audio_guide_scale: float | None = Field(
+        default=None, ge=0, le=20,
+        description="Audio guidance of a fully silent chunk, 0 to 20 (1 = no audio guidance); used with "
+        "silence_handling.",
+        json_schema_extra={"default": 1.0},
+    )
     frame_num: int | None = Field(
         default=None, ge=5, le=201, description="Frames per chunk, 4n+1 from 5 to 201 (81 = 3.24 s at 25 fps).",
         json_schema_extra={"default": 81},

@@ -61,6 +61,10 @@ class ResolvedJobConfig:
     key_prefix: str
     presign_expiry_s: int
     guidance_every: int = 1
+    silence_handling: bool = False
+    silence_threshold_db: float = -45.0
+    silence_min_s: float = 0.3
+    silence_audio_guide_scale: float = 1.0
     frame_size: Optional[tuple[int, int]] = None  # (height, width) from aspect or width/height; None: buckets
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,6 +164,10 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
         use_teacache=bool(_pick(job.use_teacache, cfg.job_defaults.use_teacache)),
         teacache_thresh=float(_pick(job.teacache_thresh, preset.teacache_thresh)),
         guidance_every=int(_pick(job.guidance_every, preset.guidance_every)),
+        silence_handling=bool(_pick(job.silence_handling, False)),
+        silence_threshold_db=float(_pick(job.silence_threshold_db, -45.0)),
+        silence_min_s=float(_pick(job.silence_min_s, 0.3)),
+        silence_audio_guide_scale=float(_pick(job.silence_audio_guide_scale, 1.0)),
         frame_num=int(frame_num),
         motion_frame=int(motion_frame),
         max_duration_s=float(max_duration),

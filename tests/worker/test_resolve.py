@@ -108,3 +108,13 @@ def test_guidance_every_reaches_the_guider():
     assert generation_settings(resolved(sampler="turbo")).guidance.guidance_every == 1
     s = generation_settings(resolved(sampler="turbo", guidance_every=2))
     assert s.guidance_every == 2 and s.guidance.guidance_every == 2
+
+
+def test_silence_handling_is_off_by_default_and_its_settings_reach_the_engine():
+    s = generation_settings(resolved())
+    assert (s.silence_handling, s.silence_threshold_db, s.silence_min_s, s.silence_audio_guide_scale) == (
+        False, -45.0, 0.3, 1.0)
+    s = generation_settings(resolved(silence_handling=True, silence_threshold_db=-50, silence_min_s=0.5,
+                                     silence_audio_guide_scale=1.5))
+    assert (s.silence_handling, s.silence_threshold_db, s.silence_min_s, s.silence_audio_guide_scale) == (
+        True, -50.0, 0.5, 1.5)

@@ -34,6 +34,7 @@ from worker.engine.formats.loaders import _materialise_leftovers, load_module
 from worker.engine.formats.lora import merge_lora, resolve_lora_path
 from worker.engine.kernels.offload import HOST, BlockStreamer, OffloadedVAE, resident
 from worker.engine.settings import QUANTS, EngineOptions, EngineRequest
+from worker.engine.sampling.silence import silent_frames
 from worker.engine.models.t5 import T5Config, T5TextEncoder, UMT5Encoder
 from worker.engine.models.vae import VAEConfig, WanVAE, WanVAEModel
 
@@ -259,6 +260,27 @@ class Engine:
     def embed_audio(self, tracks: Iterable[np.ndarray]) -> tuple[torch.Tensor, ...]:
         return tuple(self.audio_embedder.embed(t) for t in tracks)
 
+    def silence_audio(
+        self, tracks: Iterable[np.ndarray], embeddings: tuple[torch.Tensor, ...], settings: Any
+    ) -> tuple[tuple[torch.Tensor, ...], np.ndarray]:
+        """Silence handling (sampling/silence.py): each track's silent frames get the wav2vec2 embedding of true
+        silence (zeros of the same length, so the frames line up); returns the embeddings and the frames where
+        every speaker is silent (what the chunk guidance follows)."""
+        out, masks = [], []
+        for track, emb in zip(tracks, embeddings):
+            mask = silent_frames(track, emb.shape[0], settings.silence_threshold_db, settings.silence_min_s)
+            if mask.any():
+                quiet = self.audio_embedder.embed(np.zeros_like(np.asarray(track)), seq_len=emb.shape[0])
+                emb = emb.clone()
+                emb[torch.from_numpy(mask)] = quiet[torch.from_numpy(mask)]
+            out.append(emb)
+            masks.append(mask)
+        n = max(m.shape[0] for m in masks)
+        every = np.ones(n, dtype=bool)
+        for m in masks:
+            every[: m.shape[0]] &= m
+        return tuple(out), every
+
     def encode_text(self, text: str) -> torch.Tensor:
         """T5 context `[L, dim]` on the compute device; cached per prompt (prompts repeat across jobs)."""
         hit = self._text_cache.get(text)
@@ -296,6 +318,9 @@ class Engine:
         if isinstance(settings.bucket, str):
             settings = replace(settings, bucket=self.bucket_table(settings.bucket, settings.frame_size))
         embeddings = self.embed_audio(request.audio_tracks)
+        silent = None
+        if settings.silence_handling:
+            embeddings, silent = self.silence_audio(request.audio_tracks, embeddings, settings)
         if max(e.shape[0] for e in embeddings) <= settings.frame_num:
             settings = replace(settings, mode="clip")  # all of it fits one chunk
         audio = tuple(_extend_short_audio(a, settings.frame_num + 1) for a in embeddings)
@@ -305,6 +330,7 @@ class Engine:
             context=self.encode_text(request.prompt),
             context_null=self.encode_text(request.negative_prompt),
             bboxes=request.bboxes,
+            silent=None if silent is None else _pad_false(silent, max(a.shape[0] for a in audio)),
         )
         if self._fault_armed:
             self._fault_armed = False
@@ -320,6 +346,12 @@ class Engine:
                 should_cancel=should_cancel,
                 resume=ResumeState.from_bytes(resume) if resume is not None else None,
             )
+
+
+def _pad_false(mask: np.ndarray, length: int) -> np.ndarray:
+    out = np.zeros(max(length, mask.shape[0]), dtype=bool)
+    out[: mask.shape[0]] = mask
+    return out
 
 
 def _extend_short_audio(embedding: torch.Tensor, min_frames: int) -> torch.Tensor:

@@ -86,6 +86,13 @@ class GenerationSettings:
     teacache_thresh: float = 0.2
     teacache_model: str = "infinitetalk-480"  # which upstream rescale polynomial applies
     guidance_every: int = 1  # guidance branches every k-th step, the correction reused between (guidance.py)
+    # Silence handling (sampling/silence.py), when silence_handling: frames in a run of at least silence_min_s
+    # seconds below silence_threshold_db dBFS get the embedding of true silence, and a chunk's audio guidance
+    # moves toward silence_audio_guide_scale by its share of silent frames.
+    silence_handling: bool = False
+    silence_threshold_db: float = -45.0
+    silence_min_s: float = 0.3
+    silence_audio_guide_scale: float = 1.0
 
     @property
     def guidance(self) -> GuidanceConfig:

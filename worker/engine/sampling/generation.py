@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Union
 
 import numpy as np
@@ -29,6 +29,7 @@ from worker.engine.sampling.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND,
 from worker.engine.sampling.masks import latent_motion_mask, pin_outside
 from worker.engine.sampling.schedule import NUM_TRAIN_TIMESTEPS, timesteps
 from worker.engine.settings import GenerationSettings
+from worker.engine.sampling.silence import chunk_audio_scale
 from worker.engine.sampling.teacache import TeaCache
 
 LATENT_CHANNELS = 16
@@ -64,6 +65,7 @@ class GenerationInputs:
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
     face_scale: float = 0.05
     motion_mask: np.ndarray | None = None  # bool [H, W] at source resolution: where motion is allowed (masks.py)
+    silent: np.ndarray | None = None  # bool per audio frame: every speaker silent (silence.py); None: no handling
 
 
 @dataclass(frozen=True)
@@ -560,6 +562,11 @@ class _GenerationRun:
         self.guider.reset()
         if self.cache is not None:
             self.cache.reset()
+        if self.inputs.silent is not None:  # silence handling: this chunk's own audio guidance (silence.py)
+            scale = chunk_audio_scale(self.inputs.silent, spec.audio_start, self.s.frame_num,
+                                      self.s.audio_guide_scale, self.s.silence_audio_guide_scale)
+            self.guider = Guider(replace(self.s.guidance, audio_guide_scale=scale))
+            self.emit(f"chunk{i}.audio_guide_scale", torch.tensor([scale]))
         for step in range(self.s.sample_steps):
             latent = self._step(spec, step, latent, motion, clip_fea, y, audio)
         self.emit(f"chunk{i}.final_latent", latent)
@@ -577,7 +584,8 @@ class _GenerationRun:
         t_now = self.ts[step : step + 1]
         self.emit(f"chunk{i}.step{step}.t", t_now)
         full = self.guider.config.full_step(step)
-        preds = self.runner(latent, t_now, clip_fea, y, audio, self.masks_dev, None if full else (COND,))
+        preds = self.runner(latent, t_now, clip_fea, y, audio, self.masks_dev,
+                            self.guider.config.branches if full else (COND,))
         for b in preds:
             self.emit(f"chunk{i}.step{step}.{b}.x", latent)
             self.emit(f"chunk{i}.step{step}.{b}.out", preds[b][None])
