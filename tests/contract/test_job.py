@@ -288,3 +288,12 @@ def test_strict_contract_keeps_json_numbers_and_the_seed_guides_aliases():
                            "bbox": {"person1": [0, 0, 10, 10]}})
     assert (job.seed, job.text_guide_scale, job.max_duration_s, job.use_apg, job.sample_steps) == (42, 5.0, 30.0, True, 8)
     assert job.negative_prompt == "blurry" and job.image == "/runpod-volume/a.png"
+
+
+def test_mask_polygon_rules():
+    square = [[0, 0], [10, 0], [10, 10], [0, 10]]
+    assert parse_job_input(base(mask=square)).mask == square
+    assert parse_job_input(base()).mask is None  # default: no mask
+    for polygon in ([[0, 0], [10, 0]], [[0, 0], [5, 5], [10, 10]], [[1, 1], [1, 1], [1, 1]],
+                    [[-1, 0], [10, 0], [10, 10]], [[0, 0], [10, 0, 1], [10, 10]], [[0, 0]] * 257):
+        assert any(f.startswith("mask") for f in fields_of(bad(base(mask=polygon)))), polygon

@@ -75,3 +75,25 @@ def test_pin_outside_keeps_the_inside_and_noises_the_outside_to_the_level(seed, 
     torch.testing.assert_close(out[:, :, ~inside], want[:, :, ~inside])
     if t == 0:
         assert torch.equal(out[:, :, ~inside], still.expand_as(out)[:, :, ~inside])
+
+
+def test_the_engine_request_carries_the_mask_to_the_sampler(engine):
+    import dataclasses
+
+    from worker.engine.runtime import EngineRequest
+
+    t = np.arange(16000) / 16000
+    req = EngineRequest(cond=_image(), audio_tracks=((0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32),),
+                        prompt="a person talks", negative_prompt="blurry",
+                        settings=GenerationSettings(sample_steps=2, frame_num=17, motion_frame=5, seed=3))
+    frames = lambda r: torch.cat([c.frames for c in engine.generate(r)], dim=1)  # noqa: E731
+    plain = frames(req)
+    ones = frames(dataclasses.replace(req, motion_mask=np.ones((160, 120), bool)))
+    torch.testing.assert_close(ones, plain, rtol=0, atol=0)  # default path: no change
+    half = np.zeros((160, 120), bool)
+    half[:, :60] = True
+    masked = frames(dataclasses.replace(req, motion_mask=half))
+    assert not torch.equal(masked, plain)
+    # the still half moves less over time than in the unmasked video
+    still = lambda v: float((v[:, 1:, :, -20:] - v[:, :1, :, -20:]).abs().mean())  # noqa: E731
+    assert still(masked) < still(plain)

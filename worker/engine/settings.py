@@ -161,10 +161,8 @@ class EngineRequest:
     negative_prompt: str
     settings: GenerationSettings
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
+    motion_mask: np.ndarray | None = None  # bool [H, W] source pixels: where motion is allowed (job field mask)
     # The preset's LoRA (relative to EngineOptions.lora_dir): None keeps whatever the engine has
     # merged, "" asks for the plain model.
     lora_file: str | None = None
     lora_scale: float = 1.0
-    # Per-scene prompts: (first audio frame at 25 fps, text), sorted; a chunk starting at or after a scene's
-    # frame (and before the next) samples with its text, earlier chunks with `prompt`.
-    scenes: tuple[tuple[int, str], ...] = ()
