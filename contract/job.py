@@ -347,6 +347,12 @@ class JobInput(BaseModel):
         "image; outside it every frame stays the reference frame (a latent blend, like inpainting). Default: no mask, "
         "the whole frame may move.",
     )
+    masks: dict[Person, Polygon] | None = Field(
+        default=None,
+        description='Where each of two speakers is, as polygons {"person1": [[x, y], …], "person2": […]} in source '
+        "pixels (the same rules as mask): an alternative to bbox for shapes a box does not fit, so bystanders stay "
+        "still. Not together with bbox. Default: bbox, else the left and right halves.",
+    )
 
     # generation
     size: Size | None = Field(
@@ -581,6 +587,13 @@ class JobInput(BaseModel):
             if speakers < 2 and "person2" in self.bbox:
                 raise InputProblem("bbox.person2", "bbox.person2 is given but there is only one speaker",
                                    hint="Remove bbox.person2, or add audio.person2 for a second speaker.")
+        if self.masks is not None:
+            if self.bbox:
+                raise InputProblem("masks", "bbox and masks are both given; each says where the speakers are",
+                                   hint="Keep bbox (boxes) or masks (polygons), not both.")
+            if speakers < 2 or set(self.masks) != {"person1", "person2"}:
+                raise InputProblem("masks", "masks needs two speakers and a polygon for each of person1 and person2",
+                                   hint="Give masks.person1 and masks.person2 with audio.person1 and audio.person2.")
         if self.frame_num is not None and self.motion_frame is not None and self.motion_frame >= self.frame_num:
             raise InputProblem("motion_frame", f"motion_frame ({self.motion_frame}) must be smaller than frame_num ({self.frame_num})",
                                hint="Use a motion_frame below frame_num, e.g. 9 with frame_num 81.")

@@ -331,6 +331,7 @@ class Engine:
             context_null=self.encode_text(request.negative_prompt),
             bboxes=request.bboxes,
             motion_mask=request.motion_mask,
+            speaker_regions=request.speaker_regions,
             silent=None if silent is None else _pad_false(silent, max(a.shape[0] for a in audio)),
         )
         if self._fault_armed:

@@ -162,6 +162,7 @@ class EngineRequest:
     settings: GenerationSettings
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
     motion_mask: np.ndarray | None = None  # bool [H, W] source pixels: where motion is allowed (job field mask)
+    speaker_regions: tuple[np.ndarray, ...] | None = None  # bool [H, W] per speaker (job field masks; not with bboxes)
     # The preset's LoRA (relative to EngineOptions.lora_dir): None keeps whatever the engine has
     # merged, "" asks for the plain model.
     lora_file: str | None = None

@@ -65,6 +65,7 @@ class GenerationInputs:
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
     face_scale: float = 0.05
     motion_mask: np.ndarray | None = None  # bool [H, W] at source resolution: where motion is allowed (masks.py)
+    speaker_regions: tuple[np.ndarray, ...] | None = None  # bool [H, W] per speaker, source pixels: instead of bboxes
     silent: np.ndarray | None = None  # bool per audio frame: every speaker silent (silence.py); None: no handling
 
 
@@ -173,6 +174,7 @@ def speaker_masks(
     n_speakers: int,
     bboxes: Sequence[Sequence[float]] | None = None,
     face_scale: float = 0.05,
+    regions: Sequence[np.ndarray] | None = None,
 ) -> torch.Tensor:
     """[3, th/8, tw/8] float masks (speaker 1, speaker 2, background) at latent resolution.
 
@@ -187,7 +189,11 @@ def speaker_masks(
         masks = torch.ones(3, h, w)
     elif n_speakers == 2:
         people = []
-        if bboxes is not None:
+        if regions is not None:  # per-speaker masks, already rasterized at source resolution
+            if len(regions) != 2:
+                raise ValueError("two speakers need two masks")
+            people = [torch.from_numpy(np.asarray(r, dtype=np.float32)) for r in regions]
+        elif bboxes is not None:
             if len(bboxes) != 2:
                 raise ValueError("two speakers need two bounding boxes")
             for a, b, c, d in bboxes:
@@ -424,7 +430,7 @@ class _GenerationRun:
             self.masks = inputs.ref_target_masks.float()
         else:
             self.masks = speaker_masks((src_h, src_w), (self.th, self.tw), len(inputs.audio), inputs.bboxes,
-                                       inputs.face_scale)
+                                       inputs.face_scale, inputs.speaker_regions)
         self.motion_mask = None if inputs.motion_mask is None else latent_motion_mask(inputs.motion_mask, (self.th, self.tw))
         self.plan_key = (len(self.plan.chunks), self.plan.total_frames, s.frame_num, s.motion_frame)
 
