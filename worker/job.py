@@ -311,6 +311,7 @@ class _JobRun:
             negative_prompt=job.negative_prompt if job.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
             resolved=self.resolved,
             bboxes=_bboxes(job),
+            scenes=[(p.from_s, p.text) for p in job.prompts or ()],
         )
         self.out_path = self.work / "video.mp4"
         if motion_mask is not None:

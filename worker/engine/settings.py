@@ -167,3 +167,6 @@ class EngineRequest:
     # merged, "" asks for the plain model.
     lora_file: str | None = None
     lora_scale: float = 1.0
+    # Per-scene prompts: (first audio frame at 25 fps, text), sorted; a chunk starting at or after a scene's
+    # frame (and before the next) samples with its text, earlier chunks with `prompt`.
+    scenes: tuple[tuple[int, str], ...] = ()

@@ -27,6 +27,7 @@ from worker.engine.sampling.color import LabReference, lab_reference, match_colo
 from worker.engine.errors import EngineOOMError, GenerationCancelled
 from worker.engine.sampling.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND, Guider, euler_step
 from worker.engine.sampling.masks import latent_motion_mask, pin_outside
+from worker.engine.sampling.scenes import chunk_context
 from worker.engine.sampling.schedule import NUM_TRAIN_TIMESTEPS, timesteps
 from worker.engine.settings import GenerationSettings
 from worker.engine.sampling.silence import chunk_audio_scale
@@ -64,6 +65,7 @@ class GenerationInputs:
     ref_target_masks: torch.Tensor | None = None
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
     face_scale: float = 0.05
+    scene_contexts: tuple[tuple[int, torch.Tensor], ...] = ()  # (first frame, context) per scene (scenes.py)
     motion_mask: np.ndarray | None = None  # bool [H, W] at source resolution: where motion is allowed (masks.py)
     speaker_regions: tuple[np.ndarray, ...] | None = None  # bool [H, W] per speaker, source pixels: instead of bboxes
     silent: np.ndarray | None = None  # bool per audio frame: every speaker silent (silence.py); None: no handling
@@ -566,6 +568,10 @@ class _GenerationRun:
         if i > 0:
             self._draw(tuple(motion.shape), "randn_like")  # overwritten by the clean motion latents
         self.guider.reset()
+        if self.inputs.scene_contexts:  # per-scene prompts: the text of the scene this chunk starts in
+            context = chunk_context(self.inputs.context, self.inputs.scene_contexts, spec.audio_start)
+            self.runner.ctx[COND] = self.runner.ctx[DROP_AUDIO] = context
+            self.emit(f"chunk{i}.context", context)
         if self.cache is not None:
             self.cache.reset()
         if self.inputs.silent is not None:  # silence handling: this chunk's own audio guidance (silence.py)
