@@ -65,6 +65,7 @@ class ResolvedJobConfig:
     silence_threshold_db: float = -45.0
     silence_min_s: float = 0.3
     silence_audio_guide_scale: float = 1.0
+    dub_strength: float = 1.0
     frame_size: Optional[tuple[int, int]] = None  # (height, width) from aspect or width/height; None: buckets
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,6 +169,7 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
         silence_threshold_db=float(_pick(job.silence_threshold_db, -45.0)),
         silence_min_s=float(_pick(job.silence_min_s, 0.3)),
         silence_audio_guide_scale=float(_pick(job.silence_audio_guide_scale, 1.0)),
+        dub_strength=float(_pick(job.dub_strength, 1.0)),
         frame_num=int(frame_num),
         motion_frame=int(motion_frame),
         max_duration_s=float(max_duration),
@@ -207,10 +209,8 @@ def build_request(
     negative_prompt: str,
     resolved: ResolvedJobConfig,
     bboxes: tuple[tuple[float, float, float, float], ...] | None,
-    scenes: "Iterable[tuple[float, str]]" = (),
 ) -> EngineRequest:
-    """The engine's request: the job's media and prompt with its resolved settings and LoRA; `scenes`:
-    (from_s, text) per-scene prompts, passed on at the frame each starts."""
+    """The engine's request: the job's media and prompt with its resolved settings and LoRA."""
     return EngineRequest(
         cond=cond,
         audio_tracks=tracks,
@@ -220,5 +220,4 @@ def build_request(
         bboxes=bboxes,
         lora_file=resolved.lora_file or "",
         lora_scale=resolved.lora_scale,
-        scenes=tuple((round(from_s * VIDEO_FPS), text) for from_s, text in scenes),
     )

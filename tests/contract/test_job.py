@@ -142,6 +142,16 @@ def test_bounds(name, ok, ko):
         assert name in fields_of(bad(base(**{name: v}))), (name, v)
 
 
+def test_dub_strength_needs_a_video_and_lies_in_0_1():
+    video = {"video": "https://example.com/v.mp4", "audio": AUD}
+    for v in (0.05, 0.5, 1):
+        assert parse_job_input({**video, "dub_strength": v}).dub_strength == v
+    for v in (0, -0.5, 1.5, "half"):
+        assert "dub_strength" in fields_of(bad({**video, "dub_strength": v})), v
+    assert fields_of(bad(base(dub_strength=0.5))) == {"dub_strength"}  # an image has no motion to keep
+    assert parse_job_input(video).dub_strength is None
+
+
 def test_motion_frame_below_frame_num():
     bad(base(frame_num=9, motion_frame=9))
     assert parse_job_input(base(frame_num=9, motion_frame=5)).motion_frame == 5
@@ -297,15 +307,3 @@ def test_mask_polygon_rules():
     for polygon in ([[0, 0], [10, 0]], [[0, 0], [5, 5], [10, 10]], [[1, 1], [1, 1], [1, 1]],
                     [[-1, 0], [10, 0], [10, 10]], [[0, 0], [10, 0, 1], [10, 10]], [[0, 0]] * 257):
         assert any(f.startswith("mask") for f in fields_of(bad(base(mask=polygon)))), polygon
-
-
-def test_per_speaker_masks_rules():
-    two = dict(audio={"person1": "https://e.com/a.wav", "person2": "https://e.com/b.wav"}, audio_type="para")
-    tri = [[0, 0], [10, 0], [0, 10]]
-    ok = parse_job_input(base(**two, masks={"person1": tri, "person2": tri}))
-    assert ok.masks == {"person1": tri, "person2": tri} and parse_job_input(base(**two)).masks is None
-    assert "masks" in fields_of(bad(base(**two, masks={"person1": tri, "person2": tri},
-                                         bbox={"person1": [0, 0, 5, 5], "person2": [5, 0, 9, 5]})))
-    assert "masks" in fields_of(bad(base(**two, masks={"person1": tri})))  # both speakers' polygons
-    assert "masks" in fields_of(bad(base(masks={"person1": tri, "person2": tri})))  # one speaker
-    assert any(f.startswith("masks.person2") for f in fields_of(bad(base(**two, masks={"person1": tri, "person2": tri[:2]}))))

@@ -118,3 +118,9 @@ def test_silence_handling_is_off_by_default_and_its_settings_reach_the_engine():
                                      silence_audio_guide_scale=1.5))
     assert (s.silence_handling, s.silence_threshold_db, s.silence_min_s, s.silence_audio_guide_scale) == (
         True, -50.0, 0.5, 1.5)
+
+
+def test_dub_strength_defaults_to_sampling_from_noise_and_reaches_the_engine():
+    assert generation_settings(resolved()).dub_strength == 1.0
+    job = parse_job_input({"video": "/runpod-volume/a.mp4", "audio": "/runpod-volume/a.wav", "dub_strength": 0.6})
+    assert generation_settings(apply_job_overrides(compose_config(), job)).dub_strength == 0.6

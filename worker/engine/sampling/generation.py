@@ -27,10 +27,10 @@ from worker.engine.sampling.color import LabReference, lab_reference, match_colo
 from worker.engine.errors import EngineOOMError, GenerationCancelled
 from worker.engine.sampling.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND, Guider, euler_step
 from worker.engine.sampling.masks import latent_motion_mask, pin_outside
-from worker.engine.sampling.scenes import chunk_context
 from worker.engine.sampling.schedule import NUM_TRAIN_TIMESTEPS, timesteps
 from worker.engine.settings import GenerationSettings
 from worker.engine.sampling.silence import chunk_audio_scale
+from worker.engine.sampling.dubbing import noised, start_step
 from worker.engine.sampling.teacache import TeaCache
 
 LATENT_CHANNELS = 16
@@ -65,9 +65,7 @@ class GenerationInputs:
     ref_target_masks: torch.Tensor | None = None
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
     face_scale: float = 0.05
-    scene_contexts: tuple[tuple[int, torch.Tensor], ...] = ()  # (first frame, context) per scene (scenes.py)
     motion_mask: np.ndarray | None = None  # bool [H, W] at source resolution: where motion is allowed (masks.py)
-    speaker_regions: tuple[np.ndarray, ...] | None = None  # bool [H, W] per speaker, source pixels: instead of bboxes
     silent: np.ndarray | None = None  # bool per audio frame: every speaker silent (silence.py); None: no handling
 
 
@@ -176,7 +174,6 @@ def speaker_masks(
     n_speakers: int,
     bboxes: Sequence[Sequence[float]] | None = None,
     face_scale: float = 0.05,
-    regions: Sequence[np.ndarray] | None = None,
 ) -> torch.Tensor:
     """[3, th/8, tw/8] float masks (speaker 1, speaker 2, background) at latent resolution.
 
@@ -191,11 +188,7 @@ def speaker_masks(
         masks = torch.ones(3, h, w)
     elif n_speakers == 2:
         people = []
-        if regions is not None:  # per-speaker masks, already rasterized at source resolution
-            if len(regions) != 2:
-                raise ValueError("two speakers need two masks")
-            people = [torch.from_numpy(np.asarray(r, dtype=np.float32)) for r in regions]
-        elif bboxes is not None:
+        if bboxes is not None:
             if len(bboxes) != 2:
                 raise ValueError("two speakers need two bounding boxes")
             for a, b, c, d in bboxes:
@@ -242,6 +235,8 @@ class _FrameSource:
         self._iter: Iterator[Frame] | None = None
         self._pos = -1
         self._last: Image.Image | None = None
+        self.keep = 0  # frames kept for look-back (iterator sources only)
+        self._recent: dict[int, Image.Image] = {}
         if isinstance(cond, np.ndarray) and cond.ndim == 4:
             cond = list(cond)  # a stacked [n, H, W, 3] clip
         if isinstance(cond, (Image.Image, np.ndarray)):
@@ -258,6 +253,8 @@ class _FrameSource:
             return self._single
         if self._seq is not None:
             return _as_pil(self._seq[min(index, len(self._seq) - 1)])
+        if index < self._pos and index in self._recent:
+            return self._recent[index]
         if index < self._pos:
             raise ValueError("frames of an iterator source must be requested in increasing order")
         while self._pos < index:
@@ -267,6 +264,9 @@ class _FrameSource:
                 break
             self._last = _as_pil(nxt)
             self._pos += 1
+            if self.keep:  # a look-back window (dubbing strength reads a chunk's frames, then the next start)
+                self._recent[self._pos] = self._last
+                self._recent.pop(self._pos - self.keep, None)
         if self._last is None:
             raise ValueError("no condition frames given")
         return self._last
@@ -411,6 +411,8 @@ class _GenerationRun:
     def _check(self) -> None:
         """1. The request is one the loop can render."""
         s, inputs = self.s, self.inputs
+        if s.dub_strength < 1.0 and isinstance(inputs.cond, Image.Image):
+            raise ValueError("dub_strength below 1 needs a reference video, not an image")
         if s.mode not in ("clip", "streaming"):
             raise ValueError(f"mode must be 'clip' or 'streaming', got {s.mode!r}")
         if not inputs.audio:
@@ -423,6 +425,7 @@ class _GenerationRun:
         s, inputs = self.s, self.inputs
         self.plan = plan_chunks([a.shape[0] for a in inputs.audio], s.frame_num, s.motion_frame, s.max_frames, s.mode)
         self.frames = _FrameSource(inputs.cond)
+        self.frames.keep = s.frame_num if s.dub_strength < 1.0 else 0
         first = self.frames.get(0)
         src_h, src_w = first.height, first.width
         self.th, self.tw = pick_bucket(src_h, src_w, s.bucket_table())
@@ -432,7 +435,7 @@ class _GenerationRun:
             self.masks = inputs.ref_target_masks.float()
         else:
             self.masks = speaker_masks((src_h, src_w), (self.th, self.tw), len(inputs.audio), inputs.bboxes,
-                                       inputs.face_scale, inputs.speaker_regions)
+                                       inputs.face_scale)
         self.motion_mask = None if inputs.motion_mask is None else latent_motion_mask(inputs.motion_mask, (self.th, self.tw))
         self.plan_key = (len(self.plan.chunks), self.plan.total_frames, s.frame_num, s.motion_frame)
 
@@ -568,10 +571,6 @@ class _GenerationRun:
         if i > 0:
             self._draw(tuple(motion.shape), "randn_like")  # overwritten by the clean motion latents
         self.guider.reset()
-        if self.inputs.scene_contexts:  # per-scene prompts: the text of the scene this chunk starts in
-            context = chunk_context(self.inputs.context, self.inputs.scene_contexts, spec.audio_start)
-            self.runner.ctx[COND] = self.runner.ctx[DROP_AUDIO] = context
-            self.emit(f"chunk{i}.context", context)
         if self.cache is not None:
             self.cache.reset()
         if self.inputs.silent is not None:  # silence handling: this chunk's own audio guidance (silence.py)
@@ -579,10 +578,21 @@ class _GenerationRun:
                                       self.s.audio_guide_scale, self.s.silence_audio_guide_scale)
             self.guider = Guider(replace(self.s.guidance, audio_guide_scale=scale))
             self.emit(f"chunk{i}.audio_guide_scale", torch.tensor([scale]))
-        for step in range(self.s.sample_steps):
+        first = self.first_step = 0
+        if self.s.dub_strength < 1.0:  # dubbing strength: the last steps only, from the noised reference video
+            first = self.first_step = start_step(self.s.sample_steps, self.s.dub_strength)
+            latent = noised(self._reference_latents(spec), latent, self.ts[first : first + 1])
+            self.emit(f"chunk{i}.dub_start", latent)
+        for step in range(first, self.s.sample_steps):
             latent = self._step(spec, step, latent, motion, clip_fea, y, audio)
         self.emit(f"chunk{i}.final_latent", latent)
         return latent
+
+    def _reference_latents(self, spec: ChunkSpec) -> torch.Tensor:
+        """The VAE latents of the chunk's own source frames (dubbing strength), [16, T, h, w]."""
+        frames = [resize_to_target(self.frames.get(spec.audio_start + k), (self.th, self.tw))
+                  for k in range(self.s.frame_num)]
+        return self._encode(torch.cat(frames, dim=2).to(self.device))[0].float()
 
     def _step(self, spec: ChunkSpec, step: int, latent: torch.Tensor, motion: torch.Tensor, clip_fea: torch.Tensor,
               y: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
@@ -595,7 +605,7 @@ class _GenerationRun:
         latent[:, :n_motion] = motion
         t_now = self.ts[step : step + 1]
         self.emit(f"chunk{i}.step{step}.t", t_now)
-        full = self.guider.config.full_step(step)
+        full = self.guider.config.full_step(step - self.first_step)  # a chunk's first step always guides
         preds = self.runner(latent, t_now, clip_fea, y, audio, self.masks_dev,
                             self.guider.config.branches if full else (COND,))
         for b in preds:
