@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_SIZE",
     "ASPECTS",
     "SIZE_PIXELS",
+    "MAX_SCENE_PROMPTS",
     "MODES",
     "SAMPLER_PRESETS",
     "OUTPUT_TARGETS",
@@ -41,6 +42,8 @@ DEFAULT_SIZE = "infinitetalk-480"
 SIZE_PIXELS = {"infinitetalk-480": 640 * 640, "infinitetalk-720": 960 * 960}
 # Framing presets, width:height.
 ASPECTS = ("16:9", "9:16", "1:1", "4:5")
+# Per-scene prompts a job may give (each is one T5 encoding per job).
+MAX_SCENE_PROMPTS = 32
 MODES = ("clip", "streaming")
 
 

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from contract.choices import ASPECTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
+from contract.choices import ASPECTS, MAX_SCENE_PROMPTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
 from contract.errors import InputProblem, JobError, error_from_pydantic, safe_preview
 
 __all__ = [
@@ -227,6 +227,15 @@ class TtsSpec(BaseModel):
         return self
 
 
+class ScenePrompt(BaseModel):
+    """One scene's prompt: it applies to the chunks that start from `from_s` on (until the next scene)."""
+
+    model_config = _STRICT
+
+    from_s: float = Field(ge=0, le=86_400, description="Where the scene starts, in seconds of the audio (0 or more).")
+    text: str = Field(max_length=4000, description="What the video shows from from_s on, in words (up to 4000 characters).")
+
+
 class OutputSpec(BaseModel):
     model_config = _STRICT
 
@@ -331,6 +340,12 @@ class JobInput(BaseModel):
 
     # prompt and layout
     prompt: str = Field(default="", max_length=4000, description="What the video shows, in words (up to 4000 characters).")
+    prompts: list[ScenePrompt] | None = Field(
+        default=None, max_length=MAX_SCENE_PROMPTS,
+        description=f'Per-scene prompts, [{{"from_s": 0, "text": "…"}}, …] with from_s strictly increasing (up to '
+        f"{MAX_SCENE_PROMPTS}); each applies to the chunks that start in its span, and prompt covers the start when "
+        "the first from_s is above 0. Default: prompt throughout.",
+    )
     negative_prompt: str | None = Field(
         default=None, max_length=4000, validation_alias=_alias("negative_prompt", "n_prompt", "neg_prompt"),
         description="What to avoid; default: the negative prompt InfiniteTalk ships with.",
@@ -346,6 +361,12 @@ class JobInput(BaseModel):
         description="Where the video may move: a polygon [[x, y], …] of 3 to 256 points in source pixels, inside the "
         "image; outside it every frame stays the reference frame (a latent blend, like inpainting). Default: no mask, "
         "the whole frame may move.",
+    )
+    masks: dict[Person, Polygon] | None = Field(
+        default=None,
+        description='Where each of two speakers is, as polygons {"person1": [[x, y], …], "person2": […]} in source '
+        "pixels (the same rules as mask): an alternative to bbox for shapes a box does not fit, so bystanders stay "
+        "still. Not together with bbox. Default: bbox, else the left and right halves.",
     )
 
     # generation
@@ -583,6 +604,10 @@ class JobInput(BaseModel):
             if self.width * ah != self.height * aw:
                 raise InputProblem("aspect", f"aspect {self.aspect} does not match width {self.width} x height "
                                    f"{self.height}", hint="Give aspect or width/height, not both.")
+        starts = [p.from_s for p in self.prompts or ()]
+        if any(b <= a for a, b in zip(starts, starts[1:])):
+            raise InputProblem("prompts", "prompts must be in order of from_s, each starting after the one before",
+                               hint="Sort prompts by from_s and give each start once.")
         speakers = self.speakers
         if speakers == 2 and self.audio is not None and self.audio_type is None:
             raise InputProblem("audio_type", "two speakers need audio_type",
@@ -591,6 +616,13 @@ class JobInput(BaseModel):
             if speakers < 2 and "person2" in self.bbox:
                 raise InputProblem("bbox.person2", "bbox.person2 is given but there is only one speaker",
                                    hint="Remove bbox.person2, or add audio.person2 for a second speaker.")
+        if self.masks is not None:
+            if self.bbox:
+                raise InputProblem("masks", "bbox and masks are both given; each says where the speakers are",
+                                   hint="Keep bbox (boxes) or masks (polygons), not both.")
+            if speakers < 2 or set(self.masks) != {"person1", "person2"}:
+                raise InputProblem("masks", "masks needs two speakers and a polygon for each of person1 and person2",
+                                   hint="Give masks.person1 and masks.person2 with audio.person1 and audio.person2.")
         if self.frame_num is not None and self.motion_frame is not None and self.motion_frame >= self.frame_num:
             raise InputProblem("motion_frame", f"motion_frame ({self.motion_frame}) must be smaller than frame_num ({self.frame_num})",
                                hint="Use a motion_frame below frame_num, e.g. 9 with frame_num 81.")

@@ -40,7 +40,7 @@ from worker.inputs.fetch import fetch_media
 from worker.inputs.media_guard import check_audio, check_image, check_video
 from worker.logging_setup import bind_job, get_logger
 from worker.media.audio import cut_to_video, synthesized_tracks, uploaded_tracks
-from worker.media.masks import mask_for_condition
+from worker.media.masks import mask_for_condition, speaker_regions_for_condition
 from worker.media.media_frames import iter_video_frames
 from worker.media.mux import Mp4Writer, probe_mp4
 from worker.progress import ProgressReporter, Stage
@@ -301,6 +301,9 @@ class _JobRun:
         motion_mask = None
         if job.mask is not None:
             cond, motion_mask = mask_for_condition(job.mask, cond)
+        regions = None
+        if job.masks is not None and job.speakers == 2:
+            cond, regions = speaker_regions_for_condition(job.masks, cond)
         self.request = build_request(
             cond=cond,
             tracks=self.tracks,
@@ -308,10 +311,13 @@ class _JobRun:
             negative_prompt=job.negative_prompt if job.negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
             resolved=self.resolved,
             bboxes=_bboxes(job),
+            scenes=[(p.from_s, p.text) for p in job.prompts or ()],
         )
         self.out_path = self.work / "video.mp4"
         if motion_mask is not None:
             self.request = dataclasses.replace(self.request, motion_mask=motion_mask)
+        if regions is not None:
+            self.request = dataclasses.replace(self.request, speaker_regions=regions)
         self.ckpt, self.resume = _open_checkpoint(cfg, self.job_id, self.payload, self.resolved)
         if self.resume is not None:
             seed = self.resume.seed  # the interrupted run's seed, even if drawn

@@ -209,8 +209,10 @@ def build_request(
     negative_prompt: str,
     resolved: ResolvedJobConfig,
     bboxes: tuple[tuple[float, float, float, float], ...] | None,
+    scenes: "Iterable[tuple[float, str]]" = (),
 ) -> EngineRequest:
-    """The engine's request: the job's media and prompt with its resolved settings and LoRA."""
+    """The engine's request: the job's media and prompt with its resolved settings and LoRA; `scenes`:
+    (from_s, text) per-scene prompts, passed on at the frame each starts."""
     return EngineRequest(
         cond=cond,
         audio_tracks=tracks,
@@ -220,4 +222,5 @@ def build_request(
         bboxes=bboxes,
         lora_file=resolved.lora_file or "",
         lora_scale=resolved.lora_scale,
+        scenes=tuple((round(from_s * VIDEO_FPS), text) for from_s, text in scenes),
     )

@@ -307,3 +307,15 @@ def test_mask_polygon_rules():
     for polygon in ([[0, 0], [10, 0]], [[0, 0], [5, 5], [10, 10]], [[1, 1], [1, 1], [1, 1]],
                     [[-1, 0], [10, 0], [10, 10]], [[0, 0], [10, 0, 1], [10, 10]], [[0, 0]] * 257):
         assert any(f.startswith("mask") for f in fields_of(bad(base(mask=polygon)))), polygon
+
+
+def test_per_speaker_masks_rules():
+    two = dict(audio={"person1": "https://e.com/a.wav", "person2": "https://e.com/b.wav"}, audio_type="para")
+    tri = [[0, 0], [10, 0], [0, 10]]
+    ok = parse_job_input(base(**two, masks={"person1": tri, "person2": tri}))
+    assert ok.masks == {"person1": tri, "person2": tri} and parse_job_input(base(**two)).masks is None
+    assert "masks" in fields_of(bad(base(**two, masks={"person1": tri, "person2": tri},
+                                         bbox={"person1": [0, 0, 5, 5], "person2": [5, 0, 9, 5]})))
+    assert "masks" in fields_of(bad(base(**two, masks={"person1": tri})))  # both speakers' polygons
+    assert "masks" in fields_of(bad(base(masks={"person1": tri, "person2": tri})))  # one speaker
+    assert any(f.startswith("masks.person2") for f in fields_of(bad(base(**two, masks={"person1": tri, "person2": tri[:2]}))))

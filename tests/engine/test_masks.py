@@ -97,3 +97,46 @@ def test_the_engine_request_carries_the_mask_to_the_sampler(engine):
     # the still half moves less over time than in the unmasked video
     still = lambda v: float((v[:, 1:, :, -20:] - v[:, :1, :, -20:]).abs().mean())  # noqa: E731
     assert still(masked) < still(plain)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_per_speaker_regions_give_the_masks_the_same_boxes_give(seed):
+    from worker.engine.sampling.generation import speaker_masks
+
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(40, 200)), int(rng.integers(40, 200))
+    boxes, regions = [], []
+    for _ in range(2):
+        a, c = sorted(rng.choice(h + 1, 2, replace=False)); b, d = sorted(rng.choice(w + 1, 2, replace=False))
+        boxes.append((a, b, c, d))
+        r = np.zeros((h, w), bool); r[a:c, b:d] = True
+        regions.append(r)
+    target = (int(rng.integers(2, 12)) * 16, int(rng.integers(2, 12)) * 16)
+    assert torch.equal(speaker_masks((h, w), target, 2, regions=regions), speaker_masks((h, w), target, 2, boxes))
+
+
+def test_two_speakers_with_regions_get_the_attention_masks_of_the_same_boxes(engine):
+    t = np.arange(16000) / 16000
+    a = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    embs = engine.embed_audio((a, a[::-1].copy()))
+    s = GenerationSettings(sample_steps=1, frame_num=17, motion_frame=5, seed=3, mode="clip",
+                           bucket=engine.bucket_table("infinitetalk-480"))
+
+    def masks(**kw):
+        inputs = GenerationInputs(cond=_image(), audio=embs, context=engine.encode_text("two people talk"),
+                                  context_null=engine.encode_text("blurry"), **kw)
+        traced: dict[str, torch.Tensor] = {}
+        with torch.inference_mode():
+            list(generate(engine.dit, engine.vae, engine.encode_clip, inputs, s,
+                          trace=lambda n, x: traced.__setitem__(n, x.clone())))
+        return traced["chunk0.ref_target_masks"]
+
+    left, right = np.zeros((160, 120), bool), np.zeros((160, 120), bool)
+    left[10:150, 5:55], right[10:150, 65:115] = True, True
+    by_regions = masks(speaker_regions=(left, right))
+    assert torch.equal(by_regions, masks(bboxes=((10, 5, 150, 55), (10, 65, 150, 115))))
+    tri = np.zeros((160, 120), bool)
+    tri[100:160, 0:30] = True  # another shape for person1: its mask (and the background) change, person2's not
+    other = masks(speaker_regions=(tri, right))
+    assert not torch.equal(other[0], by_regions[0]) and torch.equal(other[1], by_regions[1])

@@ -45,3 +45,15 @@ def test_a_job_with_a_mask_point_off_the_image_fails_with_input_validation(tmp_p
     with pytest.raises(JobError) as e:
         run(ctx, payload)
     assert e.value.code is ErrorCode.E_INPUT_VALIDATION and "mask[1]" in e.value.message
+
+
+def test_per_speaker_polygons_are_named_by_speaker_when_off_the_image():
+    from worker.media.masks import speaker_regions_for_condition
+
+    img = Image.new("RGB", (30, 20))
+    tri = [[0, 0], [29, 0], [0, 19]]
+    _, (p1, p2) = speaker_regions_for_condition({"person1": tri, "person2": [[5, 5], [25, 5], [25, 15]]}, img)
+    assert p1.shape == (20, 30) and p1[0, 0] and not p2[0, 0] and p2[10, 20]
+    with pytest.raises(JobError) as e:
+        speaker_regions_for_condition({"person1": tri, "person2": [[0, 0], [31, 0], [0, 19]]}, img)
+    assert e.value.details["field"] == "masks.person2[1]"

@@ -293,6 +293,19 @@ class Engine:
             self._text_cache.popitem(last=False)
         return context
 
+    def _text_contexts(self, request: EngineRequest) -> dict[str, Any]:
+        """`context` and the per-scene contexts, each distinct prompt encoded once for the job."""
+        done: dict[str, torch.Tensor] = {}
+
+        def encode(text: str) -> torch.Tensor:
+            if text not in done:
+                done[text] = self.encode_text(text)
+            return done[text]
+
+        scenes = request.scenes
+        base = scenes[0][1] if scenes and scenes[0][0] == 0 else request.prompt  # the job's prompt only if used
+        return {"context": encode(base), "scene_contexts": tuple((first, encode(text)) for first, text in scenes)}
+
     def encode_clip(self, image: torch.Tensor) -> torch.Tensor:
         if self.options.offload_clip:
             with resident(self.clip, self.device):
@@ -327,10 +340,11 @@ class Engine:
         inputs = GenerationInputs(
             cond=request.cond,
             audio=audio,
-            context=self.encode_text(request.prompt),
+            **self._text_contexts(request),
             context_null=self.encode_text(request.negative_prompt),
             bboxes=request.bboxes,
             motion_mask=request.motion_mask,
+            speaker_regions=request.speaker_regions,
             silent=None if silent is None else _pad_false(silent, max(a.shape[0] for a in audio)),
         )
         if self._fault_armed:

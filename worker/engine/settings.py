@@ -165,7 +165,11 @@ class EngineRequest:
     settings: GenerationSettings
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
     motion_mask: np.ndarray | None = None  # bool [H, W] source pixels: where motion is allowed (job field mask)
+    speaker_regions: tuple[np.ndarray, ...] | None = None  # bool [H, W] per speaker (job field masks; not with bboxes)
     # The preset's LoRA (relative to EngineOptions.lora_dir): None keeps whatever the engine has
     # merged, "" asks for the plain model.
     lora_file: str | None = None
     lora_scale: float = 1.0
+    # Per-scene prompts: (first audio frame at 25 fps, text), sorted; a chunk starting at or after a scene's
+    # frame (and before the next) samples with its text, earlier chunks with `prompt`.
+    scenes: tuple[tuple[int, str], ...] = ()

@@ -15,22 +15,22 @@ from PIL import Image, ImageDraw
 from contract.errors import ErrorCode, JobError
 
 
-def rasterize_polygon(points: Sequence[Sequence[float]], size: tuple[int, int]) -> np.ndarray:
+def rasterize_polygon(points: Sequence[Sequence[float]], size: tuple[int, int], field: str = "mask") -> np.ndarray:
     """Bool [H, W], True inside the polygon; `size` is the source (width, height). A point outside the
     image is the caller's mistake: E_INPUT_VALIDATION naming `mask` and the point."""
     w, h = size
     for i, (x, y) in enumerate(points):
         if not (0 <= x <= w and 0 <= y <= h):
             raise JobError(ErrorCode.E_INPUT_VALIDATION,
-                           f"mask[{i}] = [{x:g}, {y:g}] lies outside the {w}x{h} image",
+                           f"{field}[{i}] = [{x:g}, {y:g}] lies outside the {w}x{h} image",
                            hint=f"Give mask points with 0 <= x <= {w} and 0 <= y <= {h} (source pixels).",
-                           details={"field": f"mask[{i}]"})
+                           details={"field": f"{field}[{i}]"})
     canvas = Image.new("1", (w, h), 0)
     ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in points], fill=1, outline=1)
     out = np.array(canvas, dtype=bool)
     if not out.any():
-        raise JobError(ErrorCode.E_INPUT_VALIDATION, "mask covers no pixel of the image",
-                       hint="Draw the mask polygon around the region that may move.", details={"field": "mask"})
+        raise JobError(ErrorCode.E_INPUT_VALIDATION, f"{field} covers no pixel of the image",
+                       hint="Draw the mask polygon around the region that may move.", details={"field": field})
     return out
 
 
@@ -44,3 +44,16 @@ def mask_for_condition(points: Sequence[Sequence[float]], cond):
     if first is None:
         return iter(()), None
     return itertools.chain([first], it), rasterize_polygon(points, first.size)
+
+
+def speaker_regions_for_condition(polygons: dict[str, Sequence[Sequence[float]]], cond):
+    """(cond, (person1, person2) rasters): per-speaker masks, an alternative to bbox."""
+    if isinstance(cond, Image.Image):
+        size = cond.size
+    else:
+        it = iter(cond)
+        first = next(it, None)
+        if first is None:
+            return iter(()), None
+        cond, size = itertools.chain([first], it), first.size
+    return cond, tuple(rasterize_polygon(polygons[p], size, f"masks.{p}") for p in ("person1", "person2"))

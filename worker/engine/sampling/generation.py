@@ -27,6 +27,7 @@ from worker.engine.sampling.color import LabReference, lab_reference, match_colo
 from worker.engine.errors import EngineOOMError, GenerationCancelled
 from worker.engine.sampling.guidance import COND, DROP_AUDIO, DROP_TEXT, UNCOND, Guider, euler_step
 from worker.engine.sampling.masks import latent_motion_mask, pin_outside
+from worker.engine.sampling.scenes import chunk_context
 from worker.engine.sampling.schedule import NUM_TRAIN_TIMESTEPS, timesteps
 from worker.engine.settings import GenerationSettings
 from worker.engine.sampling.silence import chunk_audio_scale
@@ -65,7 +66,9 @@ class GenerationInputs:
     ref_target_masks: torch.Tensor | None = None
     bboxes: tuple[tuple[float, float, float, float], ...] | None = None
     face_scale: float = 0.05
+    scene_contexts: tuple[tuple[int, torch.Tensor], ...] = ()  # (first frame, context) per scene (scenes.py)
     motion_mask: np.ndarray | None = None  # bool [H, W] at source resolution: where motion is allowed (masks.py)
+    speaker_regions: tuple[np.ndarray, ...] | None = None  # bool [H, W] per speaker, source pixels: instead of bboxes
     silent: np.ndarray | None = None  # bool per audio frame: every speaker silent (silence.py); None: no handling
 
 
@@ -174,6 +177,7 @@ def speaker_masks(
     n_speakers: int,
     bboxes: Sequence[Sequence[float]] | None = None,
     face_scale: float = 0.05,
+    regions: Sequence[np.ndarray] | None = None,
 ) -> torch.Tensor:
     """[3, th/8, tw/8] float masks (speaker 1, speaker 2, background) at latent resolution.
 
@@ -188,7 +192,11 @@ def speaker_masks(
         masks = torch.ones(3, h, w)
     elif n_speakers == 2:
         people = []
-        if bboxes is not None:
+        if regions is not None:  # per-speaker masks, already rasterized at source resolution
+            if len(regions) != 2:
+                raise ValueError("two speakers need two masks")
+            people = [torch.from_numpy(np.asarray(r, dtype=np.float32)) for r in regions]
+        elif bboxes is not None:
             if len(bboxes) != 2:
                 raise ValueError("two speakers need two bounding boxes")
             for a, b, c, d in bboxes:
@@ -435,7 +443,7 @@ class _GenerationRun:
             self.masks = inputs.ref_target_masks.float()
         else:
             self.masks = speaker_masks((src_h, src_w), (self.th, self.tw), len(inputs.audio), inputs.bboxes,
-                                       inputs.face_scale)
+                                       inputs.face_scale, inputs.speaker_regions)
         self.motion_mask = None if inputs.motion_mask is None else latent_motion_mask(inputs.motion_mask, (self.th, self.tw))
         self.plan_key = (len(self.plan.chunks), self.plan.total_frames, s.frame_num, s.motion_frame)
 
@@ -571,6 +579,10 @@ class _GenerationRun:
         if i > 0:
             self._draw(tuple(motion.shape), "randn_like")  # overwritten by the clean motion latents
         self.guider.reset()
+        if self.inputs.scene_contexts:  # per-scene prompts: the text of the scene this chunk starts in
+            context = chunk_context(self.inputs.context, self.inputs.scene_contexts, spec.audio_start)
+            self.runner.ctx[COND] = self.runner.ctx[DROP_AUDIO] = context
+            self.emit(f"chunk{i}.context", context)
         if self.cache is not None:
             self.cache.reset()
         if self.inputs.silent is not None:  # silence handling: this chunk's own audio guidance (silence.py)
