@@ -177,7 +177,7 @@ def page(ui_url: str, browser, request: pytest.FixtureRequest, artifacts_dir: Pa
 def _upload_inputs(page) -> None:
     page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "portrait.png"))
     page.locator("#input-audio1 input[type=file]").set_input_files(str(MEDIA / "speech_person1.wav"))
-    page.wait_for_function("document.querySelector('#estimate').innerText.includes('s of audio')")
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('s of audio')", timeout=90_000)
 
 
 def _watch_progress(page, until: str, timeout_s: float = 120) -> list[tuple[str, float]]:
@@ -325,7 +325,7 @@ def test_browser_ten_second_audio_by_default_with_locked_generate_and_history(
 def test_browser_example_preset_runs(page, artifacts_dir: Path) -> None:
     page.locator("#example-single-image").click()
     page.wait_for_function("document.querySelector('#prompt textarea').value.includes('orange space suit')")
-    page.wait_for_function("document.querySelector('#estimate').innerText.includes('s of audio')")
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('s of audio')", timeout=90_000)
     page.locator("#submit").click()
     seen = _watch_progress(page, "COMPLETED", timeout_s=300)
     assert seen[-1] == ("COMPLETED", 100.0), seen
@@ -408,7 +408,7 @@ def test_browser_worker_error_shows_code_and_hint(page, artifacts_dir: Path) -> 
     page.locator("#tts-text textarea").fill("Hello there.")
     page.locator("#voice1 input").fill("xx_nobody")
     page.locator("#voice1 input").press("Enter")
-    page.wait_for_function("document.querySelector('#estimate').innerText.includes('s of audio')")
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('s of audio')", timeout=90_000)
     page.locator("#submit").click()
     seen = _watch_progress(page, "FAILED", timeout_s=120)
     assert seen[-1][0] == "FAILED"
