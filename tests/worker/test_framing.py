@@ -103,4 +103,5 @@ def test_framing_sets_the_mp4_size_and_changes_nothing_else(ctx):  # noqa: F811
     seed_diff = abs(decoded(other["video_path"]) - decoded(default["video_path"]))
     # H.264's colour conversion of tiny frames is not bit-stable here (see test_job's same-seed test)
     # so the same frames are told apart from other frames by contrast: another seed differs by far more
-    assert diff.mean() < 1.5 and seed_diff.mean() > 5 * max(diff.mean(), 0.5), (diff.mean(), seed_diff.mean())
+    # (a clean-checkout CI run saw 2.5 grey levels of encoder noise against 39.5 for another seed)
+    assert diff.mean() < 4.0 and seed_diff.mean() > 8 * max(diff.mean(), 0.5), (diff.mean(), seed_diff.mean())
