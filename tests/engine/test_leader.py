@@ -23,6 +23,7 @@ from worker.engine.sampling.generation import GenerationSettings
 from worker.engine.parallel.leader import ParallelEngine, RankFailedError
 from worker.engine.runtime import Engine, EngineOptions, EngineRequest
 from testkit.tiny import ensure_tiny_checkpoint
+from tests.engine.test_runtime import request as runtime_request
 
 TIMEOUT_S = 15.0
 
@@ -38,17 +39,8 @@ def layout(tiny_root):
 
 
 def request(**settings) -> EngineRequest:
-    t = np.arange(int(16000 * 1.0)) / 16000
-    audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
-    base = dict(sample_steps=2, frame_num=9, motion_frame=5, mode="streaming", max_frames=1000, seed=3)
-    base.update(settings)
-    return EngineRequest(
-        cond=Image.new("RGB", (120, 160), (200, 120, 90)),
-        audio_tracks=(audio,),
-        prompt="a person talks",
-        negative_prompt="blurry",
-        settings=GenerationSettings(**base),
-    )
+    """One second of the runtime tests' speech-like tone, in 9-frame chunks."""
+    return runtime_request(1.0, **{"frame_num": 9, **settings})
 
 
 def frames(chunks) -> np.ndarray:
