@@ -19,7 +19,6 @@ import torch.distributed as dist
 from PIL import Image
 
 from worker.engine.errors import GenerationCancelled
-from worker.engine.sampling.generation import GenerationSettings
 from worker.engine.parallel.leader import ParallelEngine, RankFailedError
 from worker.engine.runtime import Engine, EngineOptions, EngineRequest
 from testkit.tiny import ensure_tiny_checkpoint
