@@ -23,9 +23,12 @@ __all__ = [
     "ASPECTS",
     "SIZE_PIXELS",
     "MAX_SCENE_PROMPTS",
+    "MAX_LORAS",
+    "LORA_SCALE_LIMIT",
     "MODES",
     "SAMPLER_PRESETS",
     "OUTPUT_TARGETS",
+    "AUDIO_MUX_CHOICES",
 ]
 
 CONF_DIR_ENV_VAR = "INFINITETALK_CONF_DIR"
@@ -44,7 +47,14 @@ SIZE_PIXELS = {"infinitetalk-480": 640 * 640, "infinitetalk-720": 960 * 960}
 ASPECTS = ("16:9", "9:16", "1:1", "4:5")
 # Per-scene prompts a job may give (each is one T5 encoding per job).
 MAX_SCENE_PROMPTS = 32
+# User LoRAs a job may add (each is one merge and one unmerge of the DiT), and the bound of their scale:
+# |scale| <= 2 covers every strength published LoRAs recommend (0.3 to 1.5) and negative use, while larger
+# factors only push the weights far outside what the model was trained on.
+MAX_LORAS = 4
+LORA_SCALE_LIMIT = 2.0
 MODES = ("clip", "streaming")
+# The MP4's soundtrack with audio_isolation: the uploaded mix as sent, or the isolated voice.
+AUDIO_MUX_CHOICES = ("original", "voice")
 
 
 def conf_dir() -> Path:

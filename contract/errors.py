@@ -324,7 +324,9 @@ def error_from_pydantic(
 
 
 def _hint_for(kind: str, path: str, help_: Mapping[str, str], known: tuple[str, ...], difflib: Any) -> str:
-    about = help_.get(path) or help_.get(path.split("[", 1)[0]) or help_.get(path.rsplit(".", 1)[0])
+    plain = re.sub(r"\[\d+\]", "", path)  # loras[1].scale is described as loras.scale
+    about = (help_.get(path) or help_.get(plain) or help_.get(path.split("[", 1)[0])
+             or help_.get(path.rsplit(".", 1)[0]))
     if kind == "extra_forbidden":
         name = path.rsplit(".", 1)[-1]
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
