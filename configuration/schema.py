@@ -59,6 +59,9 @@ class ModelConf:
     dit_bundle: Optional[str] = None  # consolidated DiT from `weights repack` (replaces shards + adapter)
     lora_dir: Optional[str] = None
     tts_dir: Optional[str] = None  # Kokoro-82M folder (config.json, kokoro-v1_0.pth, voices/*.pt) for `tts` jobs
+    # Demucs v4 htdemucs weights (safetensors written by `weights isolation` from the published .th) for jobs
+    # with audio_isolation; read on the first such job, never at start. Unset: such jobs are refused.
+    isolation_path: Optional[str] = None
     weights: list[HfSource] = field(default_factory=list)
 
 

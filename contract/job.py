@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from contract.choices import ASPECTS, MAX_SCENE_PROMPTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
+from contract.choices import AUDIO_MUX_CHOICES
 from contract.errors import InputProblem, JobError, error_from_pydantic, safe_preview
 
 __all__ = [
@@ -66,6 +67,7 @@ Mode = Literal[MODES]  # type: ignore[valid-type]
 SamplerPreset = Literal[SAMPLER_PRESETS]  # type: ignore[valid-type]
 OutputTarget = Literal[OUTPUT_TARGETS]  # type: ignore[valid-type]
 AudioType = Literal["add", "para"]
+AudioMux = Literal[AUDIO_MUX_CHOICES]  # type: ignore[valid-type]
 Person = Literal["person1", "person2"]
 
 # ---------------------------------------------------------------------------------------
@@ -472,6 +474,20 @@ class JobInput(BaseModel):
         "(0.6 keeps more of its gestures); 1 samples from noise, conditioned on one frame per chunk.",
         json_schema_extra={"default": 1.0},
     )
+    audio_isolation: bool | None = Field(
+        default=None,
+        description="Separate the speech from music and noise before the audio encoder, true or false: each "
+        "speaker's file goes through a source-separation model (Demucs v4 htdemucs, its vocals stem, at 44.1 kHz) "
+        "and the isolated voice drives the lips. Needs audio (tts speech is clean already) and isolation weights "
+        "on the worker (model.isolation_path).",
+        json_schema_extra={"default": False},
+    )
+    audio_mux: AudioMux | None = Field(
+        default=None,
+        description="The soundtrack of the MP4: original (the uploaded audio as sent, music included) or voice "
+        "(the isolated speech; needs audio_isolation).",
+        json_schema_extra={"default": "original"},
+    )
     frame_num: int | None = Field(
         default=None, ge=5, le=201, description="Frames per chunk, 4n+1 from 5 to 201 (81 = 3.24 s at 25 fps).",
         json_schema_extra={"default": 81},
@@ -585,6 +601,12 @@ class JobInput(BaseModel):
         if self.dub_strength is not None and self.video is None:
             raise InputProblem("dub_strength", "dub_strength needs a video input (it keeps the video's motion)",
                                hint="Give video instead of image, or leave dub_strength out.")
+        if self.audio_isolation and self.tts is not None:
+            raise InputProblem("audio_isolation", "audio_isolation works on uploaded audio; tts speech has no music "
+                               "to remove", hint="Leave audio_isolation out for tts jobs, or send the recording in audio.")
+        if self.audio_mux == "voice" and not self.audio_isolation:
+            raise InputProblem("audio_mux", "audio_mux voice needs audio_isolation: true (there is no isolated voice "
+                               "without it)", hint="Add audio_isolation: true, or leave audio_mux out.")
         if self.image is not None and self.video is not None:
             raise InputProblem("video", "image and video are both given; a job animates one of them",
                                hint="Keep image or video, not both.")

@@ -66,6 +66,8 @@ class ResolvedJobConfig:
     silence_min_s: float = 0.3
     silence_audio_guide_scale: float = 1.0
     dub_strength: float = 1.0
+    audio_isolation: bool = False  # the speech separated from music/noise drives the video (worker/media/audio.py)
+    audio_mux: str = "original"  # the MP4's soundtrack with isolation: original | voice
     frame_size: Optional[tuple[int, int]] = None  # (height, width) from aspect or width/height; None: buckets
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,6 +148,12 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
         raise _invalid(
             f"output.presign_expiry_s exceeds {cfg.storage.s3.max_presign_expiry_s}", "output.presign_expiry_s"
         )
+    if job.audio_isolation and not cfg.model.isolation_path:
+        raise _invalid(
+            "audio_isolation is not available on this worker (model.isolation_path is unset)",
+            "audio_isolation",
+            hint="leave audio_isolation out, or set ISOLATION_WEIGHTS to htdemucs weights made by `weights isolation`",
+        )
     seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
     return ResolvedJobConfig(
         model=cfg.model.name,
@@ -170,6 +178,8 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
         silence_min_s=float(_pick(job.silence_min_s, 0.3)),
         silence_audio_guide_scale=float(_pick(job.silence_audio_guide_scale, 1.0)),
         dub_strength=float(_pick(job.dub_strength, 1.0)),
+        audio_isolation=bool(_pick(job.audio_isolation, False)),
+        audio_mux=str(_pick(job.audio_mux, "original")),
         frame_num=int(frame_num),
         motion_frame=int(motion_frame),
         max_duration_s=float(max_duration),
