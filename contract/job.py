@@ -30,7 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-from contract.choices import ASPECTS, MAX_SCENE_PROMPTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES
+from contract.choices import (
+    ASPECTS, LORA_SCALE_LIMIT, MAX_LORAS, MAX_SCENE_PROMPTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES,
+)
 from contract.choices import AUDIO_MUX_CHOICES
 from contract.errors import InputProblem, JobError, error_from_pydantic, safe_preview
 
@@ -41,6 +43,7 @@ __all__ = [
     "SpeakerAudio",
     "TtsSpec",
     "OutputSpec",
+    "LoraSpec",
     "JobInput",
     "JobOutput",
     "parse_job_input",
@@ -238,6 +241,29 @@ class ScenePrompt(BaseModel):
     text: str = Field(max_length=4000, description="What the video shows from from_s on, in words (up to 4000 characters).")
 
 
+class LoraSpec(BaseModel):
+    """One user LoRA, merged into the DiT for this job only (on top of the preset's) and removed after it."""
+
+    model_config = _STRICT
+
+    ref: str = Field(
+        description="The LoRA file, safetensors only (Wan2.1 / InfiniteTalk key names): a name relative to the "
+        "worker's LoRA folder, an absolute path on the worker's volume, an https:// URL, s3://bucket/key or a data: "
+        "URI; fetched with the same rules as other media, at most the worker's LoRA size cap (server.download."
+        "max_lora_bytes, 2 GiB), cached by content hash.",
+    )
+    scale: float = Field(
+        default=1.0, ge=-LORA_SCALE_LIMIT, le=LORA_SCALE_LIMIT, allow_inf_nan=False,
+        description=f"Strength, -{LORA_SCALE_LIMIT:g} to {LORA_SCALE_LIMIT:g} (0 = no effect; negative pushes away "
+        "from the LoRA's style).",
+    )
+
+    @field_validator("ref", mode="before")
+    @classmethod
+    def _ref(cls, v: Any, info: ValidationInfo) -> Any:
+        return validate_media_ref(v, allow_http=_allow_http(info))
+
+
 class OutputSpec(BaseModel):
     model_config = _STRICT
 
@@ -369,6 +395,14 @@ class JobInput(BaseModel):
         description='Where each of two speakers is, as polygons {"person1": [[x, y], …], "person2": […]} in source '
         "pixels (the same rules as mask): an alternative to bbox for shapes a box does not fit, so bystanders stay "
         "still. Not together with bbox. Default: bbox, else the left and right halves.",
+    )
+
+    loras: list[LoraSpec] | None = Field(
+        default=None, max_length=MAX_LORAS,
+        description=f'Your own LoRAs for this job, [{{"ref": "…", "scale": 1.0}}, …] (up to {MAX_LORAS}): merged into '
+        "the video model on top of the preset's LoRA and removed after the job. A file whose keys or shapes do not fit "
+        "the model is refused naming the key. Default: none.",
+        json_schema_extra={"default": []},
     )
 
     # generation
@@ -557,8 +591,9 @@ class JobInput(BaseModel):
     @classmethod
     def _multiple_of_16(cls, v: int | None, info: ValidationInfo) -> int | None:
         if v is not None and v % 16 != 0:
+            near = sorted({max(16, v // 16 * 16), v // 16 * 16 + 16})
             raise InputProblem(info.field_name, f"{info.field_name} must be a multiple of 16, got {v}",
-                               hint=f"Use {max(16, v // 16 * 16)} or {v // 16 * 16 + 16}.")
+                               hint=f"Set {info.field_name} to {' or '.join(map(str, near))}.")
         return v
 
     @field_validator("motion_frame")
@@ -688,9 +723,11 @@ class JobInput(BaseModel):
 
     def log_summary(self) -> dict[str, Any]:
         """A log-safe view: refs previewed (no data: payloads, no URL query strings)."""
-        data = self.model_dump(exclude_none=True, exclude={"image", "video", "audio", "tts"})
+        data = self.model_dump(exclude_none=True, exclude={"image", "video", "audio", "tts", "loras"})
         for k, v in self.media_refs().items():
             data[k] = safe_preview(v)
+        if self.loras:
+            data["loras"] = [{"ref": safe_preview(lo.ref), "scale": lo.scale} for lo in self.loras]
         if self.tts:
             data["tts"] = {"chars": len(self.tts.text), "speakers": self.tts.speakers}
         return data
@@ -724,7 +761,7 @@ def field_help() -> dict[str, str]:
     """{field path: its description}: the hint of an error names the field and says what it takes."""
     return {
         **_model_help(JobInput), **_model_help(SpeakerAudio, "audio."), **_model_help(TtsSpec, "tts."),
-        **_model_help(OutputSpec, "output."),
+        **_model_help(OutputSpec, "output."), **_model_help(LoraSpec, "loras."),
     }
 
 
@@ -735,7 +772,7 @@ def known_field_names() -> tuple[str, ...]:
         names.append(name)
         if isinstance(f.validation_alias, AliasChoices):
             names += [a for a in f.validation_alias.choices if isinstance(a, str)]
-    for model in (SpeakerAudio, TtsSpec, OutputSpec):
+    for model in (SpeakerAudio, TtsSpec, OutputSpec, LoraSpec):
         names += list(model.model_fields)
     return tuple(dict.fromkeys(names))
 
