@@ -319,3 +319,36 @@ def test_per_speaker_masks_rules():
     assert "masks" in fields_of(bad(base(**two, masks={"person1": tri})))  # both speakers' polygons
     assert "masks" in fields_of(bad(base(masks={"person1": tri, "person2": tri})))  # one speaker
     assert any(f.startswith("masks.person2") for f in fields_of(bad(base(**two, masks={"person1": tri, "person2": tri[:2]}))))
+
+
+def test_loras_shape_and_bounds():
+    job = parse_job_input(base(loras=[{"ref": "style.safetensors", "scale": 0.5},
+                                      {"ref": "https://e.com/l.safetensors"}]))
+    assert [(lo.ref, lo.scale) for lo in job.loras] == [("style.safetensors", 0.5), ("https://e.com/l.safetensors", 1.0)]
+    assert parse_job_input(base()).loras is None  # default: none
+    assert fields_of(bad(base(loras=[{"ref": "a"}] * 5))) == {"loras"}  # at most MAX_LORAS
+    assert fields_of(bad(base(loras=[{"ref": "a"}, {"ref": "ftp://h/x"}]))) == {"loras[1].ref"}
+    assert fields_of(bad(base(loras=[{"ref": "a", "weight": 1}]))) == {"loras[0].weight"}
+    assert fields_of(bad(base(loras=[{"scale": 1}]))) == {"loras[0].ref"}
+    assert fields_of(bad(base(loras=[{"ref": "http://e.com/l.safetensors"}]))) == {"loras[0].ref"}  # http is off
+    err = bad(base(loras=[{"ref": "a", "scale": "1"}]))  # strict: JSON numbers only
+    assert fields_of(err) == {"loras[0].scale"} and "Strength" not in err.hint and "strength, -2 to 2" in err.hint
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10)))
+def test_lora_scale_is_a_finite_number_within_the_limit(scale):
+    from contract.choices import LORA_SCALE_LIMIT
+
+    payload = base(loras=[{"ref": "/runpod-volume/loras/a.safetensors", "scale": scale}])
+    if scale == scale and abs(scale) <= LORA_SCALE_LIMIT:
+        assert parse_job_input(payload).loras[0].scale == float(scale)
+    else:
+        assert fields_of(bad(payload)) == {"loras[0].scale"}
+
+
+def test_loras_log_summary_hides_signed_queries_and_data():
+    job = parse_job_input(base(loras=[{"ref": "https://e.com/l.safetensors?X-Amz-Signature=abc"},
+                                      {"ref": "data:application/octet-stream;base64," + "A" * 400}]))
+    text = json.dumps(job.log_summary())
+    assert "abc" not in text and "A" * 40 not in text and "e.com/l.safetensors" in text

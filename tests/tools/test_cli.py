@@ -123,4 +123,4 @@ def test_schema_describes_every_field_with_the_stock_workers_default():
 # Fields that have no default value: the media, what only two speakers need, the per-job seed, the tts text,
 # the webhook address.
 NO_DEFAULT = {"image", "video", "audio", "audio_type", "tts", "bbox", "seed", "output", "person1", "person2", "text",
-              "webhook_url", "mask", "masks", "aspect", "width", "height", "prompts", "from_s"}
+              "webhook_url", "mask", "masks", "aspect", "width", "height", "prompts", "from_s", "ref"}
