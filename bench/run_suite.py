@@ -23,8 +23,10 @@ Parts (`--parts`, in this order; the model is compiled in place by `compile`, so
   fp8      convert the block Linears to fp8 (`worker.engine.formats.fp8.convert_linears`: e4m3 weights, per-row scales,
            `torch._scaled_mm` with per-row activation scales) and time the forward; the relative error of the
            output against the bf16 forward just before (same attention backend, same inputs) is the fp8 accuracy
+  accum:fast|slow  fp8 GEMM accumulation (`kernels.fp8_linear.FAST_ACCUM`) for the parts after it, and the forward
+           timed with it; its difference to the forward before is the cost in accuracy of fast accumulation
   vae      the VAE decode of one chunk's latent with `torch.backends.cudnn.benchmark` off and on
-  cudatests  the CUDA-only tests of the fp8 attention kernel (pytest, tests/engine/test_fp8_attention.py)
+  cudatests  the CUDA-only tests: fp8 attention kernel, fp8 GEMM (fast accumulation), quantising on the card (pytest)
 
 Chunk parts keep their last chunk's frames; every turbo-family chunk after the first is compared with the
 first (same seeds and inputs, so only the arithmetic differs: bf16 -> fp8, SDPA -> FA3, guidance reuse):
@@ -54,7 +56,7 @@ from worker.engine.kernels.compile import compile_dit
 from worker.engine.models.rope import apply_rope_3d
 
 PARTS = ("matmul", "dit", "qkv", "compile", "profile", "turbo", "quality", "fast", "recompile", "offload", "quality_full",
-         "attn", "backend", "fp8", "vae", "turbo_reuse", "lightning", "cudatests")
+         "attn", "backend", "fp8", "vae", "turbo_reuse", "lightning", "cudatests", "accum")
 ATTN_SHAPE = (1, 32760, 40, 128)  # the 480x832x81 self-attention: batch, tokens, heads, head dim
 
 
@@ -279,6 +281,14 @@ def main() -> None:
                 rec["fp8_linears"] = len(names)
                 rec["weights_gib_after"] = round(torch.cuda.memory_allocated() / GIB, 2)
                 # rel_diff_vs_previous is the fp8 error: against the bf16 forward just before, same inputs
+            elif part.startswith("accum:"):  # fp8 GEMM accumulation for the parts after it: fast (default) or slow
+                from worker.engine.kernels import fp8_linear
+
+                mode = part.split(":", 1)[1]
+                if mode not in ("fast", "slow"):
+                    raise ValueError(f"accum:{mode}: expected accum:fast or accum:slow")
+                fp8_linear.FAST_ACCUM = mode == "fast"
+                res[f"dit_fp8_accum_{mode}"] = forward_time(f"dit fp8 linears, {mode} accumulation", args.iters)
             elif part == "vae":
                 if vae is None:
                     vae = build_vae(seed=2)
@@ -354,7 +364,10 @@ def main() -> None:
 
                 proc = subprocess.run(
                     [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:randomly", "-p", "no:cacheprovider",
-                     "--noconftest", "-o", "addopts=", "tests/engine/test_fp8_attention.py"],
+                     "--noconftest", "-o", "addopts=", "tests/engine/test_fp8_attention.py",
+                     "tests/engine/test_fp8.py::test_fused_scaled_mm_matches_dequantised_path_on_gpu",
+                     "tests/engine/test_fp8.py::test_fast_accumulation_on_gpu_stays_within_the_fp8_bound_at_the_dits_widest_k",
+                     "tests/engine/test_runtime.py::test_quantising_at_load_uses_the_card_only_where_the_bf16_copy_fits"],
                     capture_output=True, text=True, timeout=240)
                 res["cuda_tests"] = {"rc": proc.returncode, "tail": (proc.stdout + proc.stderr)[-3000:]}
                 log("cuda tests rc", proc.returncode, proc.stdout[-800:])

@@ -331,6 +331,8 @@ def _check(root: RootConf) -> None:
     steps = root.job_defaults.sample_steps
     if steps is not None and not 1 <= steps <= 100:
         raise ConfigError("job_defaults.sample_steps (DEFAULT_SAMPLE_STEPS) must be in 1..100")
+    if root.gpu.quant not in ("model", "fp8", "none"):
+        raise ConfigError("gpu.quant must be model, fp8 or none")
     par = root.gpu.parallel
     if par.ranks < 1 or par.method not in ("auto", "ulysses", "ring") or par.timeout_s <= 0:
         raise ConfigError("gpu.parallel needs ranks >= 1, method auto|ulysses|ring and timeout_s > 0")

@@ -82,6 +82,9 @@ class GpuConf:
     device: str = "cuda"  # cuda | cpu
     dtype: str = "bfloat16"
     attention: str = "sdpa"  # sdpa | flash_attn | sageattention | xformers | auto (flash_attn on Hopper+ when FA3/FA4 is installed)
+    # The DiT block Linears' precision on this tier: "model" (the model variant's own `quant`), "fp8" (e4m3 on any
+    # model: read as fp8 from an fp8 bundle / quant file, else quantised per row at load) or "none" (bf16).
+    quant: str = "model"
     offload_t5: bool = False
     offload_clip: bool = False
     offload_vae: bool = False

@@ -136,7 +136,7 @@ def engine_options(cfg: AppConfig) -> dict[str, Any]:
     return {
         "device": gpu.device,
         "dtype": cfg.model.dtype if gpu.device == "cpu" else gpu.dtype,
-        "quant": cfg.model.quant,
+        "quant": cfg.model.quant if gpu.quant == "model" else gpu.quant,
         "attention": gpu.attention,
         "offload_t5": gpu.offload_t5,
         "compile": gpu.compile and gpu.device != "cpu",

@@ -43,9 +43,15 @@ def test_writes_a_bundle_checkpoint_and_times_a_fresh_engine(tmp_path):
     assert meta["dtype"] == "bfloat16" and json.loads(meta["dit_config"])["model_type"] == "i2v"
     assert kept["cold_start"]["child"]["dit_params"] > 0
 
-    # The kept folder is reused as it is, then removed (no --keep).
-    reused = _run(tmp_path / "reused.json", ckpt, "--skip-write")
+    ahead = kept["cold_start"]["child"]["read_ahead"]  # the child started the worker's read-ahead before torch
+    assert ahead["files"] == len(on_disk) - 1  # every weight file but the component sizes json, in load order
+    assert 0 < ahead["bytes_read"] <= kept["bytes_total"]
+
+    # The kept folder is reused as it is, then removed (no --keep); --compare-warm adds a start without read-ahead.
+    reused = _run(tmp_path / "reused.json", ckpt, "--skip-write", "--compare-warm")
     _engine_was_built(reused)
+    assert reused["cold_start_no_warm"]["child"]["read_ahead"] is None
+    assert reused["ratio_no_warm"] > 0 and reused["cold_start"]["child"]["read_ahead"]["files"] == ahead["files"]
     assert "write" not in reused and reused["bytes_total"] == kept["bytes_total"]
     assert reused["removed_dir"] is True and not ckpt.exists()
 

@@ -149,3 +149,21 @@ def test_fused_scaled_mm_matches_dequantised_path_on_gpu():
     fused = m(x)
     m.fused = False
     assert rel_err(fused.float(), m(x).float()) < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_accumulation_on_gpu_stays_within_the_fp8_bound_at_the_dits_widest_k(monkeypatch):
+    """FFN2's K (13,824) is where skipping float32 promotion loses most; it must stay far inside fp8's own error."""
+    from worker.engine.kernels import fp8_linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(13824, 1024).cuda().to(torch.bfloat16)
+    m = FP8Linear.from_linear(lin)
+    x = torch.randn(512, 13824, device="cuda", dtype=torch.bfloat16)
+    exact = lin(x).float()
+    monkeypatch.setattr(fp8_linear, "FAST_ACCUM", False)
+    slow = m(x).float()
+    monkeypatch.setattr(fp8_linear, "FAST_ACCUM", True)
+    fast = m(x).float()
+    assert rel_err(slow, exact) < 0.05 and rel_err(fast, exact) < 0.05
+    assert rel_err(fast, slow) < 0.01  # the accumulation's own share: well under e4m3's 2**-4 rounding

@@ -50,3 +50,24 @@ def test_bad_components_file_is_named(tmp_path):
     (lay.ckpt_dir / "engine_components.json").write_text("{not json")
     with pytest.raises(WeightLoadError, match="engine_components.json"):
         lay.component_overrides()
+
+
+def _touch(path, size=1):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def test_read_order_is_the_engines_load_order(tmp_path):
+    """DiT source first (bundle > fp8 quant file > shards + adapter), then VAE, umT5 + tokenizer, CLIP, wav2vec2."""
+    base = layout(tmp_path)
+    tok = _touch(base.t5_tokenizer / "tokenizer.json")
+    w2v = [_touch(base.wav2vec_dir / n) for n in ("config.json", "model.safetensors")]
+    tail = [base.vae_file, base.t5_file, tok, base.clip_file, *w2v]
+    assert base.read_order() == [*base.dit_files, *tail]
+    quant = CheckpointLayout(base.ckpt_dir, base.infinitetalk_file, base.wav2vec_dir, quant_file=tmp_path / "q.safetensors")
+    assert quant.read_order("fp8") == [tmp_path / "q.safetensors", *tail]
+    assert quant.read_order("none") == [*base.dit_files, *tail]  # bf16 never reads the quant file
+    bundle = CheckpointLayout(base.ckpt_dir, base.infinitetalk_file, base.wav2vec_dir, dit_bundle=tmp_path / "b.st",
+                              quant_file=tmp_path / "q.safetensors")
+    assert bundle.read_order("fp8") == bundle.read_order("none") == [tmp_path / "b.st", *tail]

@@ -51,3 +51,35 @@ def test_checkpoint_reader_prefetches_its_files_and_stops_on_close(tmp_path, mon
     assert started[0].done()
     _ = started[0].bytes_read  # readable after close
 
+
+
+def test_warm_start_reads_the_leading_files_that_fit_the_budget(tmp_path):
+    from worker.engine.formats.prefetch import warm_start
+
+    files = []
+    for i, size in enumerate((1000, 2000, 3000, 10)):
+        f = tmp_path / f"{i}.bin"
+        f.write_bytes(b"a" * size)
+        files.append(f)
+    p = warm_start([files[0], tmp_path / "missing", files[1], files[2], files[3]], budget=3500)
+    _wait(p)
+    # in order, stops at the first file that would overflow (later small files are not reached out of order)
+    assert p.files == [files[0], files[1]] and p.bytes_read == 3000
+    everything = warm_start(files, budget=10**9)
+    _wait(everything)
+    assert everything.bytes_read == 6010
+    nothing = warm_start(files, budget=0)
+    _wait(nothing)
+    assert nothing.files == [] and nothing.bytes_read == 0
+
+
+def test_memory_budget_is_a_fraction_of_what_is_available():
+    from pathlib import Path
+
+    from worker.engine.formats.prefetch import memory_budget
+
+    avail = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                 if line.startswith("MemAvailable:"))
+    half = memory_budget(0.5)
+    assert 0 < half <= avail  # host MemAvailable (or a tighter cgroup room) times the fraction
+    assert memory_budget(0.25) <= half

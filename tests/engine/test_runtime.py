@@ -203,6 +203,20 @@ def test_fp8_without_an_fp8_file_quantises_at_load_exactly_as_repack_does(layout
     assert all(isinstance(m, FP8Linear) for m in _block_linears(from_bf16.dit).values())
 
 
+def test_quantising_at_load_uses_the_card_only_where_the_bf16_copy_fits():
+    from worker.engine.runtime import _fits_on_device
+
+    with torch.device("meta"):
+        small = torch.nn.Linear(64, 64)
+    assert _fits_on_device(small, torch.device("cpu"), torch.bfloat16) is False  # the host path, as before
+    if torch.cuda.is_available():  # the GPU suite's cudatests part runs this branch
+        free, _ = torch.cuda.mem_get_info()
+        assert _fits_on_device(small, torch.device("cuda"), torch.bfloat16)
+        with torch.device("meta"):
+            huge = torch.nn.Linear(1 << 20, (free // (1 << 20)) + 1, bias=False)  # one more row than fits in bf16
+        assert not _fits_on_device(huge, torch.device("cuda"), torch.bfloat16, headroom=0.5)
+
+
 def _quanto_file(src_dit, path, *, drop: str | None = None, extra: dict | None = None):
     """A file laid out as optimum-quanto's `requantize` reads it: `<m>.weight._data` (fp8),
     `<m>.weight._scale` [out, 1], activation scales, everything else under its own name in bf16."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,19 @@ def test_tts_unknown_voice_is_e_input_validation(ctx):
     payload = {"image": str(MEDIA / "portrait.png"), "tts": {"text": "hello", "voice": "xx_nobody"}}
     err = expect_code(ctx, payload, ErrorCode.E_INPUT_VALIDATION)
     assert "xx_nobody" in err.message and "af_heart" in (err.hint or "")
+
+
+def test_engine_load_streams_the_checkpoint_from_the_start(ctx):
+    """The worker starts reading every weight file, in the engine's order, before torch is imported, and the
+    read-ahead is stopped once the engine is up (cold start: bench/README.md)."""
+    from worker.wiring import checkpoint_layout
+
+    engine = ctx.engine.get()
+    ahead = ctx.engine.read_ahead
+    layout = checkpoint_layout(ctx.cfg)
+    assert ahead is not None and ahead.files == layout.read_order(engine.options.quant)
+    assert ahead.files[0] in layout.dit_sources and len(ahead.files) >= 6
+    deadline = time.monotonic() + 10
+    while not ahead.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ahead.done()

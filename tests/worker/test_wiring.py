@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from configuration import compose_config
 from worker.wiring import checkpoint_layout, engine_options, fetch_policy, media_limits, process_env, storage_settings
 
@@ -78,3 +80,24 @@ def test_compile_caches_go_to_the_volume_only_for_compiling_tiers_with_a_volume(
     for tier in sorted(tiers):  # each compiling tier gets the caches, the others not
         cfg = compose_config([f"gpu={tier}", vol])
         assert ("TRITON_CACHE_DIR" in process_env(cfg)) == (cfg.gpu.compile and cfg.gpu.device != "cpu"), tier
+
+
+def test_hopper_tiers_run_fp8_linears_whatever_the_model_variant():
+    """`gpu=h100_80 sampler=turbo` gets the tier's fastest measured defaults without naming the fp8 model."""
+    for tier in ("h100_80", "h200_141", "h200_141x4", "h100_80x8"):
+        cfg = compose_config([f"gpu={tier}", "sampler=turbo", "model=infinitetalk_single"])
+        opts = engine_options(cfg)
+        assert (opts["quant"], opts["attention"]) == ("fp8", "auto"), tier
+        assert checkpoint_layout(cfg).quant_file is None  # bf16 files, quantised at load
+    assert engine_options(compose_config(["gpu=h100_80", "gpu.quant=model"]))["quant"] == "none"
+    assert engine_options(compose_config(["gpu=h100_80", "gpu.quant=none", "model=infinitetalk_single_fp8"]))["quant"] == "none"
+    for tier in ("l40s_48", "a100_80", "rtx4090_24", "cpu"):  # no measured fp8 win there: the model decides
+        assert compose_config([f"gpu={tier}"]).gpu.quant == "model"
+        assert engine_options(compose_config([f"gpu={tier}", "model=infinitetalk_single_fp8"]))["quant"] == "fp8"
+
+
+def test_an_unknown_gpu_quant_is_a_config_error():
+    from configuration import ConfigError
+
+    with pytest.raises(ConfigError, match="gpu.quant"):
+        compose_config(["gpu=h100_80", "gpu.quant=int4"])

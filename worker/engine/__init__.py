@@ -33,6 +33,7 @@ _LAZY = {
     "KokoroTTS": "worker.engine.models.tts",
     "split_dialogue": "worker.engine.models.tts",
     "CheckpointLayout": "worker.engine.formats.layout",  # torch-free
+    "warm_start": "worker.engine.formats.prefetch",  # torch-free
     "prepare_audio": "worker.engine.audio_io",  # numpy/librosa only
     "merge_speakers": "worker.engine.audio_io",  # numpy only
     "loudness_normalize": "worker.engine.audio_io",  # numpy only
@@ -46,6 +47,7 @@ __all__ = [
 if TYPE_CHECKING:
     from worker.engine.audio_io import loudness_normalize, merge_speakers, prepare_audio
     from worker.engine.formats.layout import CheckpointLayout
+    from worker.engine.formats.prefetch import warm_start
     from worker.engine.models.tts import KokoroTTS, split_dialogue
     from worker.engine.parallel.leader import ParallelEngine, RankGroup
     from worker.engine.runtime import Engine

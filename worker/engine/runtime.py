@@ -163,14 +163,19 @@ class Engine:
         if bundle is None and quant_file is not None:
             raise WeightLoadError(str(quant_file), None, "no fp8 weights in the quant file "
                                   "(expected `<m>.weight._data` or `<m>.weight` + `<m>.weight.scale`)")
+        # Quantise where the bf16 copy fits: on the card when it has room for it (the per-row amax and casts take
+        # seconds there, minutes on the host's cores), else in host memory, then the fp8 model moves over.
+        where = self.device if _fits_on_device(dit, self.device, self.dtype) else HOST
         if bundle is not None:
             from worker.engine.formats.bundle import load_bundle_into
 
-            load_bundle_into(dit, bundle, device=HOST, dtype=self.dtype)
+            load_bundle_into(dit, bundle, device=where, dtype=self.dtype)
         else:
-            load_module(dit, self.layout.dit_files, device=HOST, dtype=self.dtype)
+            load_module(dit, self.layout.dit_files, device=where, dtype=self.dtype)
         convert_linears(dit)
         dit.to(self.device)
+        if where != HOST:
+            torch.cuda.empty_cache()
 
     def _load_dit_streamed(self) -> InfiniteTalkDiT:
         """Loaded into host memory (the whole DiT would not fit the card), then everything but the
@@ -361,6 +366,15 @@ class Engine:
                 should_cancel=should_cancel,
                 resume=ResumeState.from_bytes(resume) if resume is not None else None,
             )
+
+
+def _fits_on_device(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, headroom: float = 1.25) -> bool:
+    """Whether `module` (still on meta) fits in `device`'s free memory in `dtype`, with headroom; False off CUDA."""
+    if device.type != "cuda":
+        return False
+    need = sum(p.numel() for p in module.parameters()) * torch.empty((), dtype=dtype).element_size()
+    free, _total = torch.cuda.mem_get_info(device)
+    return free >= need * headroom
 
 
 def _pad_false(mask: np.ndarray, length: int) -> np.ndarray:

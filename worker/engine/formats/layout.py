@@ -123,6 +123,19 @@ class CheckpointLayout:
             self.wav2vec_dir / "config.json",
         ]
 
+    def read_order(self, quant: str = "none") -> list[Path]:
+        """Every weight file in the order `Engine.__init__` reads them (DiT as `_load_dit` picks its source,
+        then VAE, umT5 and its tokenizer, CLIP, wav2vec2): what a start-up read-ahead streams first."""
+        if self.dit_bundle is not None:
+            dit = [self.dit_bundle]
+        elif quant == "fp8" and self.quant_file is not None:
+            dit = [self.quant_file]
+        else:
+            dit = self.dit_files
+        tokenizer = sorted(p for p in self.t5_tokenizer.glob("*") if p.is_file()) if self.t5_tokenizer.is_dir() else []
+        wav2vec = sorted(p for p in self.wav2vec_dir.glob("*") if p.is_file()) if self.wav2vec_dir.is_dir() else []
+        return [*dit, self.vae_file, self.t5_file, *tokenizer, self.clip_file, *wav2vec]
+
     def check(self) -> None:
         for path in self.required_files():
             if not path.exists():
