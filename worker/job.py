@@ -61,6 +61,7 @@ class EngineHolder:
         self._engine: Any = None
         self._lock = threading.Lock()
         self.load_seconds: float | None = None
+        self.read_ahead: Any = None  # the start-up Prefetcher (worker.engine.formats.prefetch.warm_start)
         self._tts: Any = None
         self._tts_lock = threading.Lock()
 
@@ -72,30 +73,39 @@ class EngineHolder:
         with self._lock:
             if self._engine is None:
                 start = time.perf_counter()
-                from worker.engine import Engine, EngineOptions  # the facade loads the torch side here
-
                 layout = checkpoint_layout(self.cfg)
                 if self.cfg.model.kind == "tiny":
                     from testkit.tiny import ensure_tiny_checkpoint
 
                     ensure_tiny_checkpoint(layout.ckpt_dir.parent)
-                options = EngineOptions(**engine_options(self.cfg))
-                par = self.cfg.gpu.parallel
-                if par.ranks == 1:
-                    self._engine = Engine.load(layout, options)
-                else:  # one process per GPU, this one is rank 0; the followers load beside it
-                    from worker.engine import ParallelEngine, RankGroup
+                from worker.engine import EngineOptions, warm_start
 
-                    group = RankGroup(par.ranks, par.method, layout, options, timeout_s=par.timeout_s)
-                    group.start(wait=False)
-                    try:
-                        engine = Engine.load(layout, options)
-                    except BaseException:
-                        group.stop()
-                        raise
-                    self._engine = ParallelEngine.attach(engine, group)
+                options = EngineOptions(**engine_options(self.cfg))
+                # The disk streams the weights from now on, while torch imports and CUDA starts (torch-free).
+                self.read_ahead = warm_start(layout.read_order(options.quant))
+                try:
+                    from worker.engine import Engine  # the facade loads the torch side here
+
+                    self._engine = self._load(Engine, layout, options)
+                finally:
+                    self.read_ahead.stop(timeout=0)
                 self.load_seconds = round(time.perf_counter() - start, 3)
             return self._engine
+
+    def _load(self, engine_cls: Any, layout: Any, options: Any) -> Any:
+        par = self.cfg.gpu.parallel
+        if par.ranks == 1:
+            return engine_cls.load(layout, options)
+        from worker.engine import ParallelEngine, RankGroup  # one process per GPU; this one is rank 0
+
+        group = RankGroup(par.ranks, par.method, layout, options, timeout_s=par.timeout_s)
+        group.start(wait=False)  # the followers load beside this one
+        try:
+            engine = engine_cls.load(layout, options)
+        except BaseException:
+            group.stop()
+            raise
+        return ParallelEngine.attach(engine, group)
 
     def tts(self) -> Any:
         """The Kokoro voice model (worker.engine.models.tts.KokoroTTS), loaded on the first tts job and kept."""
