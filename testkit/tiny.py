@@ -353,3 +353,49 @@ def ensure_tiny_kokoro(cache_dir: Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+# -- voice isolation (worker/engine/models/separation.py) ---------------------------------------------------
+
+TINY_ISOLATION_SEED = 19
+TINY_ISOLATION_VERSION = "1"
+
+
+def isolation_test_signal(samples: int, sample_rate: int = 44100) -> torch.Tensor:
+    """A stereo test track from a formula (no randomness): a 'voice' with vibrato and syllable-rate
+    loudness, a low 'bass' line and a bright chord, different in the two channels. float32 (2, samples)."""
+    t = torch.arange(samples, dtype=torch.float64) / sample_rate
+    voice = torch.sin(2 * math.pi * 220 * t + 3 * torch.sin(2 * math.pi * 5 * t)) * (0.6 + 0.4 * torch.sin(2 * math.pi * 4 * t))
+    bass = 0.5 * torch.sin(2 * math.pi * 55 * t)
+    chord = 0.2 * (torch.sin(2 * math.pi * 1318.5 * t) + torch.sin(2 * math.pi * 1975.5 * t))
+    left = 0.4 * voice + bass + chord
+    right = 0.4 * voice + 0.8 * bass - chord
+    return torch.stack([left, right]).float()
+
+
+def write_tiny_isolation(path: Path, seed: int = TINY_ISOLATION_SEED) -> None:
+    """The tiny htdemucs (SeparationConfig.tiny()) with seeded weights, as `weights isolation` writes it."""
+    from worker.engine.models.separation import HTDemucs, SeparationConfig
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(randomise(HTDemucs(SeparationConfig.tiny()), seed), str(path), metadata={"config": "tiny"})
+
+
+def ensure_tiny_isolation(cache_dir: Path | None = None) -> Path:
+    """`<root>/htdemucs/htdemucs.safetensors`, the tiny isolation weights, written once, atomically."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = root / "htdemucs" / "htdemucs.safetensors"
+    stamp = path.with_suffix(".complete")
+    if path.is_file() and stamp.is_file() and stamp.read_text() == TINY_ISOLATION_VERSION:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".htdemucs-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        write_tiny_isolation(Path(tmp))
+        os.replace(tmp, path)
+        stamp.write_text(TINY_ISOLATION_VERSION)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
