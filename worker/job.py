@@ -310,10 +310,11 @@ class _JobRun:
         cond = Image.open(media["image"]).convert("RGB") if "image" in media else iter_video_frames(media["video"], FPS)
         motion_mask = None
         if job.mask is not None:
-            cond, motion_mask = mask_for_condition(job.mask, cond)
+            cond, motion_mask = mask_for_condition(media.get("mask", job.mask), cond)
         regions = None
         if job.masks is not None and job.speakers == 2:
-            cond, regions = speaker_regions_for_condition(job.masks, cond)
+            specs = {p: media.get(f"masks.{p}", m) for p, m in job.masks.items()}  # a mask image: its fetched file
+            cond, regions = speaker_regions_for_condition(specs, cond)
         self.request = build_request(
             cond=cond,
             tracks=self.tracks,
@@ -445,7 +446,7 @@ def _download(job: JobInput, ctx: JobContext, work: Path, progress: ProgressRepo
     refs = job.media_refs()
     out: dict[str, Path] = {}
     for i, (name, ref) in enumerate(refs.items()):
-        kind = "audio" if name.startswith("audio") else name
+        kind = "audio" if name.startswith("audio") else "image" if name.startswith("mask") else name
         try:
             fetched = fetch_media(ref, work / "inputs", policy, kind)  # type: ignore[arg-type]
             if kind == "image":

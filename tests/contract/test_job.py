@@ -321,6 +321,23 @@ def test_per_speaker_masks_rules():
     assert any(f.startswith("masks.person2") for f in fields_of(bad(base(**two, masks={"person1": tri, "person2": tri[:2]}))))
 
 
+def test_a_mask_may_be_an_image_ref_fetched_like_image():
+    two = dict(audio={"person1": "https://e.com/a.wav", "person2": "https://e.com/b.wav"}, audio_type="para")
+    job = parse_job_input(base(mask="s3://bucket/masks/m.png"))
+    assert job.mask == "s3://bucket/masks/m.png" and job.media_refs()["mask"] == "s3://bucket/masks/m.png"
+    tri = [[0, 0], [10, 0], [0, 10]]
+    both = parse_job_input(base(**two, masks={"person1": tri, "person2": "https://e.com/p2.png"}))
+    assert both.masks["person1"] == tri and both.media_refs()["masks.person2"] == "https://e.com/p2.png"
+    assert "masks.person1" not in both.media_refs()
+    secret = "data:image/png;base64," + "A" * 4000
+    assert len(str(parse_job_input(base(mask=secret)).log_summary()["mask"])) < 100  # previewed, not logged whole
+    for wrong in ("ftp://e.com/m.png", "http://e.com/m.png", 5, {"x": 1}, True):
+        err = bad(base(mask=wrong))
+        assert fields_of(err) == {"mask"} and "polygon" in err.message + (err.hint or ""), err.message
+    assert fields_of(bad(base(**two, masks={"person1": tri, "person2": "ftp://e.com/m.png"}))) == {"masks.person2"}
+    assert parse_job_input(base(mask="http://e.com/m.png"), allow_http=True).mask == "http://e.com/m.png"
+
+
 def test_loras_shape_and_bounds():
     job = parse_job_input(base(loras=[{"ref": "style.safetensors", "scale": 0.5},
                                       {"ref": "https://e.com/l.safetensors"}]))
