@@ -113,6 +113,23 @@ def test_client_modules_import_without_torch_in_the_client_env():
     assert not result["torch_loaded"] and "client.ui" in result["imported"]
 
 
+def test_the_engine_imports_without_pydantic_or_hydra():
+    """The engine (torch, transformers, safetensors, numpy) runs on bare GPU bench machines: `contract.choices`
+    is all it reads from the contract, and that must not pull in pydantic through the package."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('pydantic', 'hydra', 'omegaconf'): raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import worker.engine.sampling.generation, worker.engine.runtime, worker.engine.audio_io\n"
+        "print('ok', 'pydantic' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0 and out.stdout.split() == ["ok", "False"], out.stderr[-2000:]
+
+
 def _absolute(module: str, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
