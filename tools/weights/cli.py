@@ -1,4 +1,4 @@
-"""`infinitetalk weights ...`: fetch, verify, manifest, repack, upload-volume, make-tiny.
+"""`infinitetalk weights ...`: fetch, verify, manifest, repack, upload-volume, make-tiny, isolation.
 
 `main(argv)` returns an exit status: 0 success, 1 a check failed (verify found problems), 2 bad usage
 or an operation that could not complete (its reason on stderr).
@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("make-tiny", help="write the tiny model in the published layouts (+ manifest)")
     t.add_argument("dest", type=Path)
+
+    i = sub.add_parser("isolation", help="convert the published htdemucs .th (audio_isolation) to safetensors")
+    i.add_argument("--src", required=True, type=Path, help="the released file, e.g. 955717e8-8726e21a.th")
+    i.add_argument("--out", required=True, type=Path,
+                   help="e.g. <volume>/weights/htdemucs/htdemucs.safetensors (model.isolation_path)")
     return p
 
 
@@ -176,6 +181,15 @@ def _run(args: argparse.Namespace) -> int:
         layout = ensure_tiny_checkpoint(args.dest)
         build_manifest(args.dest).save(args.dest / MANIFEST_NAME)
         _say(f"tiny checkpoint at {layout.ckpt_dir}")
+        return 0
+
+    if args.cmd == "isolation":
+        # the pickle is read with a restricted unpickler (nothing it names is imported or run), checked against
+        # the network's keys and shapes, and written as safetensors, the only format the worker reads
+        from worker.engine.formats.demucs_checkpoint import convert_htdemucs
+
+        result = convert_htdemucs(args.src, args.out)
+        _say(f"wrote {result.path}: {result.tensors} tensors, {result.parameters / 1e6:.1f}M parameters")
         return 0
     raise AssertionError(args.cmd)
 

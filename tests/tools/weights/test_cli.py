@@ -46,3 +46,17 @@ def test_module_entry_point_runs_without_torch_imported_for_help():
     assert res.stdout.strip() == "False"
     res = subprocess.run([sys.executable, "-m", "tools.weights", "--help"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0 and "upload-volume" in res.stdout
+
+
+def test_isolation_converter_refuses_what_is_not_htdemucs(tmp_path, capsys):
+    import torch
+
+    from testkit.tiny import randomise
+    from worker.engine.models.separation import HTDemucs, SeparationConfig
+
+    torch.save(randomise(HTDemucs(SeparationConfig.tiny()), 1), tmp_path / "small.th")
+    out = tmp_path / "htdemucs.safetensors"
+    assert main(["isolation", "--src", str(tmp_path / "small.th"), "--out", str(out)]) == 2
+    assert "encoder.0.conv.weight" in capsys.readouterr().err and not out.exists()
+    assert main(["isolation", "--src", str(tmp_path / "missing.th"), "--out", str(out)]) == 2
+    assert "file not found" in capsys.readouterr().err
