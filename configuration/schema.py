@@ -192,6 +192,7 @@ class DownloadConf:
     max_image_bytes: int = 50 * 1024 * 1024
     max_audio_bytes: int = 200 * 1024 * 1024
     max_video_bytes: int = 1024 * 1024 * 1024
+    max_lora_bytes: int = 2 * 1024 * 1024 * 1024  # a job's own LoRA file (job field loras)
     timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
     retries: int = 3
@@ -220,6 +221,12 @@ class ServerConf:
     # skips most of the per-shape compile. Empty: <volume_root>/cache/torch-compile when the volume is
     # mounted; "off": the process default (/tmp, lost with the worker). See worker/wiring.py.
     compile_cache_dir: str = ""
+    # Jobs' own LoRA files, kept by content hash (worker/loras.py). Empty: <volume_root>/cache/loras when the
+    # volume is mounted, else <work_dir>/lora-cache. Files beyond lora_cache_max_bytes go, least recently used
+    # first; a URL or s3 ref is taken from the cache without a download for lora_ref_ttl_s seconds.
+    lora_cache_dir: str = ""
+    lora_cache_max_bytes: int = 20 * 1024 * 1024 * 1024
+    lora_ref_ttl_s: float = 86400.0
     # Chaos testing only (e.g. "oom@step"); empty in production.
     fault: str = ""
     log_level: str = "INFO"

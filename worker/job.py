@@ -29,6 +29,7 @@ from worker.engine import (
     EngineError,
     EngineOOMError,
     GenerationCancelled,
+    LoraFitError,
     RankFailedError,
     TtsInputError,
     WeightLoadError,
@@ -39,6 +40,7 @@ from contract.errors import ErrorCode, JobError
 from worker.inputs.fetch import fetch_media
 from worker.inputs.media_guard import check_audio, check_image, check_video
 from worker.logging_setup import bind_job, get_logger
+from worker.loras import JobLora, LoraCache, fetch_lora
 from worker.media.audio import cut_to_video, synthesized_tracks, uploaded_tracks
 from worker.media.masks import mask_for_condition, speaker_regions_for_condition
 from worker.media.media_frames import iter_video_frames
@@ -46,7 +48,9 @@ from worker.media.mux import Mp4Writer, probe_mp4
 from worker.progress import ProgressReporter, Stage
 from contract.job import DEFAULT_NEGATIVE_PROMPT, JobInput, JobOutput, parse_job_input
 from worker.storage import make_store
-from worker.wiring import checkpoint_layout, engine_options, fetch_policy, media_limits, storage_settings
+from worker.wiring import (
+    checkpoint_layout, engine_options, fetch_policy, lora_cache_dir, media_limits, storage_settings,
+)
 
 
 log = get_logger("worker.job")
@@ -166,6 +170,12 @@ def _engine_error(exc: BaseException) -> JobError:
         return exc
     if isinstance(exc, WeightLoadError):
         return JobError(ErrorCode.E_PIPELINE_LOAD, str(exc), details={"file": exc.file, "key": exc.key})
+    if isinstance(exc, LoraFitError):
+        field_ = f"loras[{exc.index}]"
+        return JobError(ErrorCode.E_INPUT_VALIDATION, str(exc),
+                        hint=f"{field_}: send a LoRA made for this model (Wan2.1 I2V 14B / InfiniteTalk; its keys name "
+                        "the DiT's modules, e.g. diffusion_model.blocks.0.self_attn.q.lora_down.weight).",
+                        details={"field": field_, "key": exc.key})
     if isinstance(exc, TtsInputError):
         return JobError(ErrorCode.E_INPUT_VALIDATION, str(exc), hint=exc.hint or "check tts.text and the voice names")
     if isinstance(exc, AudioDecodeError):
@@ -284,6 +294,9 @@ class _JobRun:
         self.progress.stage(Stage.DOWNLOAD)
         self.media = _download(self.job, self.ctx, self.work, self.progress)
         self.deadline.check()
+        self.timer.enter("loras")
+        self.loras = _fetch_loras(self.job, self.ctx, self.work, self.progress)
+        self.deadline.check()
 
     def audio(self) -> None:
         self.timer.enter("audio")
@@ -299,9 +312,13 @@ class _JobRun:
 
     def load(self) -> None:
         self.timer.enter("load")
-        self.progress.stage(Stage.LOAD, "loading model" if not self.ctx.engine.loaded else "model is warm")
+        message = "loading model" if not self.ctx.engine.loaded else "model is warm"
+        self.progress.stage(Stage.LOAD, message + (f"; loading LoRAs ({len(self.loras)})" if self.loras else ""))
         self.engine = self.ctx.engine.get()
         self.deadline.check()
+        if self.loras:  # each file fits the DiT (keys, shapes) before anything renders; merged at sampling
+            self.timer.enter("loras")
+            self.engine.check_user_loras([str(lo.path) for lo in self.loras])
 
     def encode(self) -> None:
         self.timer.enter("encode")
@@ -329,6 +346,8 @@ class _JobRun:
             self.request = dataclasses.replace(self.request, motion_mask=motion_mask)
         if regions is not None:
             self.request = dataclasses.replace(self.request, speaker_regions=regions)
+        if self.loras:
+            self.request = dataclasses.replace(self.request, user_loras=tuple((str(lo.path), lo.scale) for lo in self.loras))
         self.ckpt, self.resume = _open_checkpoint(cfg, self.job_id, self.payload, self.resolved)
         if self.resume is not None:
             seed = self.resume.seed  # the interrupted run's seed, even if drawn
@@ -364,15 +383,19 @@ class _JobRun:
                 host.submit(preview.add_resumed, i, done)
                 host.submit(writer.write_frames, done)
                 self.frames_written += int(done.shape[0])
-        for chunk in self.engine.generate(
+        chunks = self.engine.generate(
             self.request, on_step=on_step, should_cancel=self.deadline.check,
             **({"resume": resume.state} if resume else {}),
-        ):
-            host.submit(keep, chunk)
-            self.frames_written += int(chunk.frames_uint8.shape[0])
-            if chunk.is_last:
-                self.timer.enter("decode")
-                self.progress.stage(Stage.DECODE, f"decoded {self.frames_written} frames")
+        )
+        try:
+            for chunk in chunks:
+                host.submit(keep, chunk)
+                self.frames_written += int(chunk.frames_uint8.shape[0])
+                if chunk.is_last:
+                    self.timer.enter("decode")
+                    self.progress.stage(Stage.DECODE, f"decoded {self.frames_written} frames")
+        finally:
+            chunks.close()  # now, not at garbage collection: the job's own LoRAs come off the DiT here
 
     def mux(self, host: SerialBackground) -> None:
         self.timer.enter("mux")
@@ -387,6 +410,12 @@ class _JobRun:
     def respond(self) -> dict[str, Any]:
         timings = self.timer.close()
         stored, probe, resolved = self.stored, self.probe, self.resolved
+        config = resolved.to_dict()
+        if self.loras:  # what was merged: the content hash says which file, cached whether it was downloaded
+            stats = self.engine.user_lora_stats
+            timings.update(lora_merge=stats.merge_s, lora_unmerge=stats.unmerge_s)
+            config["loras"] = [{"sha256": lo.sha256, "scale": lo.scale, "bytes": lo.size, "cached": lo.cached}
+                               for lo in self.loras]
         output = JobOutput(
             video_url=stored.url,
             video_path=stored.path,
@@ -402,7 +431,7 @@ class _JobRun:
             seed=resolved.seed,
             truncated=self.dropped_s > 0,
             truncated_s=round(self.dropped_s, 3),
-            config=resolved.to_dict(),
+            config=config,
             timings_s=timings,
         )
         result = output.model_dump(exclude_none=True)
@@ -465,6 +494,24 @@ def _download(job: JobInput, ctx: JobContext, work: Path, progress: ProgressRepo
         out[name] = fetched.path
         progress.update((i + 1) / len(refs), f"fetched {name}")
     return out
+
+
+def _fetch_loras(job: JobInput, ctx: JobContext, work: Path, progress: ProgressReporter) -> tuple[JobLora, ...]:
+    """The job's own LoRAs (worker/loras.py) as cached files, each error naming its `loras[i]`."""
+    if not job.loras:
+        return ()
+    cfg = ctx.cfg
+    cache = LoraCache(lora_cache_dir(cfg), cfg.server.lora_cache_max_bytes, cfg.server.lora_ref_ttl_s)
+    policy = fetch_policy(cfg, ctx.extra_roots)
+    out = []
+    for i, spec in enumerate(job.loras):
+        name = f"loras[{i}]"
+        try:
+            out.append(fetch_lora(i, spec, cache, policy, cfg.model.lora_dir, work))
+        except JobError as exc:
+            raise _naming_field(exc, name) from exc
+        progress.update((i + 1) / len(job.loras), f"fetched {name}" + (" (cached)" if out[-1].cached else ""))
+    return tuple(out)
 
 
 _ARTICLE = re.compile(r"\ba (?=[aeiou])", re.I)

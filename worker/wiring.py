@@ -43,7 +43,8 @@ def fetch_policy(cfg: AppConfig, extra_roots: Iterable[Path] = ()) -> FetchPolic
     roots = tuple(Path(r) for r in cfg.server.allowed_roots) + tuple(Path(r) for r in extra_roots)
     has_s3 = bool(cfg.storage.s3.bucket or cfg.storage.s3.endpoint or cfg.storage.s3.access_key)
     return FetchPolicy(
-        max_bytes={"image": d.max_image_bytes, "audio": d.max_audio_bytes, "video": d.max_video_bytes},
+        max_bytes={"image": d.max_image_bytes, "audio": d.max_audio_bytes, "video": d.max_video_bytes,
+                   "lora": d.max_lora_bytes},
         allow_http=cfg.server.allow_http,
         connect_timeout_s=d.connect_timeout_s,
         read_timeout_s=min(d.timeout_s, 60.0),
@@ -66,7 +67,17 @@ def _not_inputs(cfg: AppConfig) -> tuple[Path, ...]:
     cache = compile_cache_dir(cfg)
     if cache is not None:
         out.append(cache)
+    out.append(lora_cache_dir(cfg))
     return tuple(out)
+
+
+def lora_cache_dir(cfg: AppConfig) -> Path:
+    """Where jobs' own LoRA files are kept by content hash (worker/loras.py): on the volume when it is mounted,
+    so every worker of the endpoint reuses a file one of them fetched; else beside the job folders."""
+    if cfg.server.lora_cache_dir:
+        return Path(cfg.server.lora_cache_dir)
+    volume = Path(cfg.server.volume_root)
+    return volume / "cache" / "loras" if volume.is_dir() else Path(cfg.server.work_dir) / "lora-cache"
 
 
 def media_limits(cfg: AppConfig) -> MediaLimits:

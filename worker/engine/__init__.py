@@ -16,6 +16,7 @@ from worker.engine.errors import (
     EngineError,
     EngineOOMError,
     GenerationCancelled,
+    LoraFitError,
     RankFailedError,
     TtsInputError,
     WeightLoadError,
@@ -32,6 +33,9 @@ _LAZY = {
     "RankGroup": "worker.engine.parallel.leader",
     "KokoroTTS": "worker.engine.models.tts",
     "split_dialogue": "worker.engine.models.tts",
+    "VoiceIsolator": "worker.engine.models.separation",  # audio_isolation's htdemucs
+    "decode_audio": "worker.engine.audio_io",  # numpy/soundfile/PyAV only
+    "mono_16k": "worker.engine.audio_io",  # numpy/librosa only
     "CheckpointLayout": "worker.engine.formats.layout",  # torch-free
     "warm_start": "worker.engine.formats.prefetch",  # torch-free
     "prepare_audio": "worker.engine.audio_io",  # numpy/librosa only
@@ -40,7 +44,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "AudioDecodeError", "EngineError", "EngineOOMError", "GenerationCancelled", "RankFailedError", "TtsInputError",
+    "AudioDecodeError", "EngineError", "EngineOOMError", "GenerationCancelled", "LoraFitError", "RankFailedError",
+    "TtsInputError",
     "WeightLoadError", "EngineOptions", "EngineRequest", "GenerationSettings", "GuidanceConfig", *_LAZY,
 ]
 
@@ -48,6 +53,8 @@ if TYPE_CHECKING:
     from worker.engine.audio_io import loudness_normalize, merge_speakers, prepare_audio
     from worker.engine.formats.layout import CheckpointLayout
     from worker.engine.formats.prefetch import warm_start
+    from worker.engine.audio_io import decode_audio, mono_16k
+    from worker.engine.models.separation import VoiceIsolator
     from worker.engine.models.tts import KokoroTTS, split_dialogue
     from worker.engine.parallel.leader import ParallelEngine, RankGroup
     from worker.engine.runtime import Engine

@@ -55,3 +55,17 @@ class TtsInputError(EngineError):
     def __init__(self, message: str, hint: str | None = None) -> None:
         self.hint = hint
         super().__init__(message)
+
+
+class LoraFitError(EngineError):
+    """A job's own LoRA (job field `loras[index]`) does not fit the DiT: a key for a parameter the model lacks,
+    a tensor of the wrong shape or dtype, non-finite values. The caller's file is at fault, not the engine;
+    raised before any weight changes."""
+
+    def __init__(self, index: int, file: str, key: str | None, reason: str) -> None:
+        self.index = index
+        self.file = str(file)
+        self.key = key
+        self.reason = reason
+        where = f"key {key!r}: " if key is not None else ""
+        super().__init__(f"loras[{index}]: {where}{reason}")

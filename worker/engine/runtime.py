@@ -32,6 +32,7 @@ from worker.engine.sampling.generation import ChunkResult, GenerationInputs, Res
 from worker.engine.formats.layout import CheckpointLayout
 from worker.engine.formats.loaders import _materialise_leftovers, load_module
 from worker.engine.formats.lora import merge_lora, resolve_lora_path
+from worker.engine.formats.user_loras import UserLoraStats, check_user_loras, user_loras
 from worker.engine.kernels.offload import HOST, BlockStreamer, OffloadedVAE, resident
 from worker.engine.settings import QUANTS, EngineOptions, EngineRequest
 from worker.engine.sampling.silence import silent_frames
@@ -88,6 +89,7 @@ class Engine:
         importer.start()
         self.dit = self._timed("dit", self._load_dit if not options.stream_blocks else self._load_dit_streamed)
         self.lora: tuple[str, float] | None = None  # (resolved path, scale) merged into self.dit
+        self.user_lora_stats = UserLoraStats()  # the last request's own LoRAs (merge/unmerge seconds)
         self.baked_loras = self._baked_loras()  # LoRA file name -> strength, merged by `weights repack`
         if options.lora_file:
             self._timed("lora", lambda: self.use_lora(options.lora_file, options.lora_scale))
@@ -254,6 +256,11 @@ class Engine:
                 merge_lora(self.dit, want[0], want[1])
                 self.lora = want
 
+    def check_user_loras(self, files: Iterable[str]) -> None:
+        """The job's own LoRA files fit the DiT (keys, shapes, dtypes; headers only), else LoraFitError naming
+        `loras[i]` and the key: the worker asks before the job renders anything."""
+        check_user_loras(self.dit, list(files))
+
     # ------------------------------------------------------------------ encoders
 
     def bucket_table(self, size: str, frame_size: tuple[int, int] | None = None) -> dict:
@@ -355,7 +362,9 @@ class Engine:
         if self._fault_armed:
             self._fault_armed = False
             on_step = _raise_oom_on_first_step(on_step)
-        with torch.inference_mode():
+        # the job's own LoRAs for this generation only: off again (bit-exact) when it ends, fails or is cancelled
+        self.user_lora_stats = UserLoraStats()
+        with user_loras(self.dit, request.user_loras) as self.user_lora_stats, torch.inference_mode():
             yield from generate(
                 self.dit,
                 self.vae,

@@ -173,3 +173,6 @@ class EngineRequest:
     # Per-scene prompts: (first audio frame at 25 fps, text), sorted; a chunk starting at or after a scene's
     # frame (and before the next) samples with its text, earlier chunks with `prompt`.
     scenes: tuple[tuple[int, str], ...] = ()
+    # The job's own LoRAs (job field loras): (local safetensors file, scale), merged on top of the preset's for
+    # this request only and taken off bit-exactly after it (formats/user_loras.py).
+    user_loras: tuple[tuple[str, float], ...] = ()

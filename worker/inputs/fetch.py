@@ -42,7 +42,7 @@ from contract.errors import ErrorCode, JobError
 from worker.inputs.netguard import AddressRefused, GuardedTransport, MalformedURL, NetPolicy, vet_url
 from worker.storage.base import S3Settings
 
-Kind = Literal["image", "audio", "video"]
+Kind = Literal["image", "audio", "video", "lora"]
 Source = Literal["https", "http", "data", "s3", "volume"]
 
 MiB = 1024 * 1024
@@ -73,9 +73,11 @@ ACCEPTED_TYPES: dict[str, frozenset[str]] = {
             "video/x-matroska",
         }
     ),
+    # a job's own LoRA (job field loras): safetensors only, sniffed from its header (worker/inputs/safetensors_header.py)
+    "lora": frozenset({"application/x-safetensors"}),
 }
 
-DEFAULT_MAX_BYTES: dict[str, int] = {"image": 30 * MiB, "audio": 200 * MiB, "video": 1024 * MiB}
+DEFAULT_MAX_BYTES: dict[str, int] = {"image": 30 * MiB, "audio": 200 * MiB, "video": 1024 * MiB, "lora": 2048 * MiB}
 
 
 @dataclass(frozen=True)
@@ -497,7 +499,13 @@ def s3_ref_allowed(bucket: str, key: str, allowed: tuple[str, ...]) -> bool:
 # Volume paths
 
 
-def _fetch_volume(ref: str, shown: str, tmp: Path, policy: FetchPolicy, kind: str) -> int:
+def vet_volume_path(ref: str, policy: FetchPolicy, kind: str) -> Path:
+    """The real path a volume ref names once every rule holds (under an allowed root, no '..', no symlink
+    out, not in the worker's own folders); raises the same errors as fetching it would."""
+    return _vet_volume(ref, redact_ref(ref), policy, kind)
+
+
+def _vet_volume(ref: str, shown: str, policy: FetchPolicy, kind: str) -> Path:
     if "\x00" in ref:
         raise _refused(kind, shown, "invalid path")
     raw = Path(ref)
@@ -537,6 +545,11 @@ def _fetch_volume(ref: str, shown: str, tmp: Path, policy: FetchPolicy, kind: st
                 kind, shown, "path lies in the worker's results or caches, which are not inputs",
                 hint="Put inputs elsewhere on the volume (e.g. /runpod-volume/inputs/).", reason="path_excluded",
             )
+    return resolved
+
+
+def _fetch_volume(ref: str, shown: str, tmp: Path, policy: FetchPolicy, kind: str) -> int:
+    resolved = _vet_volume(ref, shown, policy, kind)
     cap = policy.cap(kind)
     try:
         # O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer; the type is checked
@@ -587,6 +600,8 @@ def _is_under(path: Path, root: Path) -> bool:
 
 
 def _sniff(path: Path, kind: str, shown: str) -> tuple[str, str]:
+    if kind == "lora":
+        return _sniff_safetensors(path, shown)
     with open(path, "rb") as f:
         head = f.read(_SNIFF_BYTES)
     guess = filetype.guess(head)
@@ -606,6 +621,20 @@ def _sniff(path: Path, kind: str, shown: str) -> tuple[str, str]:
             detected=mime,
         )
     return mime, ext or "bin"
+
+
+def _sniff_safetensors(path: Path, shown: str) -> tuple[str, str]:
+    from worker.inputs.safetensors_header import HeaderProblem, read_header
+
+    try:
+        read_header(path)
+    except HeaderProblem as exc:
+        raise _refused(
+            "lora", shown, f"not a safetensors file: {exc}",
+            hint="Send the LoRA as a .safetensors file (pickled .pt/.ckpt/.bin files are refused: loading one can run "
+            "code).", reason="wrong_type",
+        ) from None
+    return "application/x-safetensors", "safetensors"
 
 
 def _looks_like_mp3_frames(head: bytes) -> bool:

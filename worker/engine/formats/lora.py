@@ -25,9 +25,18 @@ same recomputed delta: exact up to float32 rounding on a float32 model, one extr
 per weight on a bf16 model (see `Engine.use_lora` for why that is acceptable there).
 An fp8 Linear (kernels/fp8_linear.py) is dequantised, the delta added in float32 and the row requantised: each
 merge or removal rounds its weights to e4m3 once more (half a step, 2**-4 relative, at most).
+
+Every file is checked whole (keys, then each tensor's shape and dtype from the header, no data read:
+`check_lora_fit`) before the first weight changes, so a bad file never leaves a half-merged model.
+Per-job LoRAs (`merge_reversible` / `unmerge_reversible`) come off bit-exactly: while merging, the
+elements whose subtraction would not round back to the old value (a bf16 weight rounds wherever
+the sum leaves its binade or the delta dwarfs it) are kept aside with their old values and put
+back after the subtraction, so a worker serving thousands of LoRA jobs never drifts; an fp8
+Linear's bytes and row scales are copied to host memory instead (one byte a weight).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +162,75 @@ def index_lora_keys(path: Path | str, keys: Iterable[str], params: set[str]) -> 
     return index
 
 
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def _numel(shape: Iterable[int]) -> int:
+    return math.prod(int(d) for d in shape)
+
+
+def _targets(module: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, FP8Linear]]:
+    params = dict(module.named_parameters())
+    fp8 = {f"{n}.weight": m for n, m in module.named_modules() if isinstance(m, FP8Linear)}
+    return params, fp8
+
+
+def check_term_shapes(
+    shape_of: Callable[[str], tuple[int, ...]], dtype_of: Callable[[str], str], term: LoraTerm,
+    shape: tuple[int, ...], path: Path | str,
+) -> None:
+    """Raise WeightLoadError naming the key when a term's tensors cannot make a change of `shape`
+    (the rules `lora_delta` applies, decided from the header alone)."""
+    path = str(path)
+    for key in (term.down, term.up, term.alpha, term.diff):
+        if key is not None and dtype_of(key) not in _FLOAT_DTYPES:
+            raise WeightLoadError(path, key, f"dtype {dtype_of(key)} is not a float type")
+    if term.down is not None and term.up is not None:
+        down, up = shape_of(term.down), shape_of(term.up)
+        if len(down) < 2 or len(up) < 2 or down[0] == 0:
+            raise WeightLoadError(path, term.down if len(down) < 2 else term.up,
+                                  f"LoRA matrices must be 2-D or more, got {tuple(down)} and {tuple(up)}")
+        rank = down[0]
+        if _numel(up[1:]) != rank:
+            raise WeightLoadError(path, term.up, f"rank {_numel(up[1:])} does not match lora_down's {rank}")
+        if up[0] != shape[0] or _numel(down[1:]) != _numel(shape[1:]):
+            raise WeightLoadError(path, term.down, f"low-rank product {(up[0], _numel(down[1:]))} does not fit "
+                                                   f"parameter shape {tuple(shape)}")
+        if term.alpha is not None and _numel(shape_of(term.alpha)) != 1:
+            raise WeightLoadError(path, term.alpha, f"alpha must be one number, got shape {tuple(shape_of(term.alpha))}")
+    if term.diff is not None and _numel(shape_of(term.diff)) != _numel(shape):
+        raise WeightLoadError(path, term.diff, f"shape {tuple(shape_of(term.diff))} does not fit {tuple(shape)}")
+
+
+def check_lora_fit(module: nn.Module, path: Path | str) -> LoraIndex:
+    """The file's index once every key targets a parameter of `module` and every tensor's shape and
+    dtype fits it; reads the header only. Raises WeightLoadError naming the first key that does not fit."""
+    path = Path(path)
+    params, fp8 = _targets(module)
+    index = index_lora(path, set(params) | set(fp8))
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            def shape_of(key: str) -> tuple[int, ...]:
+                return tuple(handle.get_slice(key).get_shape())
+
+            def dtype_of(key: str) -> str:
+                return str(handle.get_slice(key).get_dtype())
+
+            for target, term in index.terms.items():
+                if target in fp8:
+                    shape = tuple(fp8[target].weight.shape)
+                else:
+                    p = params[target]
+                    if p.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+                        raise WeightLoadError(str(path), target, f"cannot merge into a {p.dtype} parameter "
+                                                                 "(merge LoRAs before fp8 quantisation)")
+                    shape = tuple(p.shape)
+                check_term_shapes(shape_of, dtype_of, term, shape, path)
+    except (SafetensorError, OSError) as exc:
+        raise WeightLoadError(str(path), None, f"corrupt LoRA file: {exc}") from exc
+    return index
+
+
 def lora_delta(
     get: Callable[[str], torch.Tensor], term: LoraTerm, shape: tuple[int, ...] | torch.Size,
     device: torch.device | str, path: Path | str,
@@ -192,9 +270,8 @@ def merge_lora(module: nn.Module, path: Path | str, scale: float = 1.0) -> Merge
     memory is one float32 copy of the largest touched matrix.
     """
     path = Path(path)
-    params = dict(module.named_parameters())
-    fp8 = {f"{n}.weight": m for n, m in module.named_modules() if isinstance(m, FP8Linear)}
-    index = index_lora(path, set(params) | set(fp8))
+    params, fp8 = _targets(module)
+    index = check_lora_fit(module, path)  # the whole file fits before any weight changes
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         for target, term in index.terms.items():
             if target in fp8:
@@ -213,6 +290,85 @@ def merge_lora(module: nn.Module, path: Path | str, scale: float = 1.0) -> Merge
             p.copy_((p.float() + delta * scale).to(p.dtype))
             del delta
     return MergeReport(str(path), float(scale), index.style, index.n_low_rank, index.n_diff)
+
+
+_BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16,
+         torch.float64: torch.int64}
+
+
+@dataclass
+class ReversibleMerge:
+    """What taking one merge back exactly needs: per float parameter the flat positions (and old values)
+    where subtracting the delta would not round back, per fp8 Linear its old bytes and row scales (host)."""
+
+    index: LoraIndex
+    scale: float
+    fixups: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    fp8_backup: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    merged: list[str] = field(default_factory=list)  # targets changed so far, in merge order
+
+    @property
+    def fixup_count(self) -> int:
+        return sum(int(i.numel()) for i, _ in self.fixups.values())
+
+
+@torch.no_grad()
+def merge_reversible(
+    module: nn.Module, index: LoraIndex, get: Callable[[str], torch.Tensor], scale: float
+) -> ReversibleMerge:
+    """Add `scale` times the (already checked, `check_lora_fit`) LoRA to `module`, keeping what
+    `unmerge_reversible` needs to restore every touched weight bit for bit. `get(key)` reads a tensor."""
+    params, fp8 = _targets(module)
+    record = ReversibleMerge(index, float(scale))
+    try:
+        for target, term in index.terms.items():
+            if target in fp8:
+                m = fp8[target]
+                record.fp8_backup[target] = (m.weight.detach().to("cpu", copy=True),
+                                             m.weight_scale.detach().to("cpu", copy=True))
+                delta = lora_delta(get, term, m.weight.shape, m.weight.device, index.path)
+                q, row_scale = quantize_rows(m.dequantized(torch.float32) + delta * scale)
+                m.weight.copy_(q)
+                m.weight_scale.copy_(row_scale)
+                record.merged.append(target)
+                continue
+            p = params[target]
+            delta = lora_delta(get, term, p.shape, p.device, index.path) * scale
+            old = p.detach().clone()
+            p.copy_((p.float() + delta).to(p.dtype))
+            record.merged.append(target)
+            back = (p.float() - delta).to(p.dtype)
+            bits = _BITS[p.dtype]
+            wrong = (back.view(bits) != old.view(bits)).reshape(-1).nonzero().reshape(-1)
+            if wrong.numel():
+                record.fixups[target] = (wrong, old.reshape(-1)[wrong].clone())
+            del delta, old, back
+    except BaseException:
+        unmerge_reversible(module, record, get)  # the part merged so far comes off again
+        raise
+    return record
+
+
+@torch.no_grad()
+def unmerge_reversible(module: nn.Module, record: ReversibleMerge, get: Callable[[str], torch.Tensor]) -> None:
+    """Take `record`'s merge back: every weight it touched is again bit-identical to before it.
+    Terms merged only partly (a merge that failed midway) are restored as far as they were merged."""
+    params, fp8 = _targets(module)
+    for target in reversed(record.merged):
+        if target in fp8:
+            q, row_scale = record.fp8_backup[target]
+            fp8[target].weight.copy_(q)
+            fp8[target].weight_scale.copy_(row_scale)
+            continue
+        term = record.index.terms[target]
+        p = params[target]
+        delta = lora_delta(get, term, p.shape, p.device, record.index.path) * record.scale
+        p.copy_((p.float() - delta).to(p.dtype))
+        del delta
+        if target in record.fixups:
+            where, old = record.fixups[target]
+            p.view(-1)[where] = old
+    record.merged.clear()
 
 
 def resolve_lora_path(name: str | None, lora_dir: str | Path | None) -> Path | None:
