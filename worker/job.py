@@ -68,6 +68,8 @@ class EngineHolder:
         self.read_ahead: Any = None  # the start-up Prefetcher (worker.engine.formats.prefetch.warm_start)
         self._tts: Any = None
         self._tts_lock = threading.Lock()
+        self._isolator: Any = None
+        self._isolator_lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -131,6 +133,26 @@ class EngineHolder:
                     ensure_tiny_kokoro(Path(folder).parent)
                 self._tts = KokoroTTS.from_folder(folder, device=self.cfg.gpu.device)
             return self._tts
+
+    def isolator(self) -> Any:
+        """The voice isolation model (worker.engine.models.separation.VoiceIsolator), loaded on the first
+        audio_isolation job and kept; a missing or wrong file is a WeightLoadError (E_PIPELINE_LOAD)."""
+        with self._isolator_lock:
+            if self._isolator is None:
+                from worker.engine import VoiceIsolator
+
+                path = self.cfg.model.isolation_path
+                if not path:  # apply_job_overrides refuses such jobs first; this guards other callers
+                    raise JobError(ErrorCode.E_INPUT_VALIDATION, "audio_isolation is not available on this worker "
+                                   "(model.isolation_path is unset)", hint="leave audio_isolation out")
+                variant = "published"
+                if self.cfg.model.kind == "tiny":
+                    from testkit.tiny import ensure_tiny_isolation
+
+                    ensure_tiny_isolation(Path(path).parent.parent)
+                    variant = "tiny"
+                self._isolator = VoiceIsolator.from_file(path, device=self.cfg.gpu.device, variant=variant)
+            return self._isolator
 
 
 @dataclass
@@ -300,13 +322,14 @@ class _JobRun:
 
     def audio(self) -> None:
         self.timer.enter("audio")
-        self.progress.stage(Stage.AUDIO)
+        self.progress.stage(Stage.AUDIO, "isolating voice" if self.resolved.audio_isolation else None)
         job, resolved = self.job, self.resolved
         if job.tts is not None:
             spoken = synthesized_tracks(job, resolved, self.ctx.engine.tts(), self.progress)
             self.tracks, self.soundtrack, self.dropped_s = cut_to_video(*spoken, resolved)
         else:
-            self.tracks, self.soundtrack, self.dropped_s = uploaded_tracks(resolved, self.media)
+            isolator = self.ctx.engine.isolator() if resolved.audio_isolation else None  # "isolating voice"
+            self.tracks, self.soundtrack, self.dropped_s = uploaded_tracks(resolved, self.media, isolator, self.progress)
         if self.dropped_s > 0:
             log.info("audio cut to the video's length", mode=resolved.mode, dropped_s=round(self.dropped_s, 3))
 

@@ -128,11 +128,10 @@ def resample_to_16k(mono: np.ndarray, sr: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def load_audio_16k(path: str | Path) -> np.ndarray:
-    """Decode any common audio file to a mono float32 waveform at 16 kHz (no loudness change).
+def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode any common audio file as it is: float32 [channels, n] at the file's own rate.
 
-    Raises AudioDecodeError for missing, corrupt, empty, non-finite or too-short audio.
-    """
+    Raises AudioDecodeError for missing, corrupt, empty or non-finite audio."""
     p = Path(path)
     if not p.is_file():
         raise AudioDecodeError("audio file not found", str(p))
@@ -145,17 +144,33 @@ def load_audio_16k(path: str | Path) -> np.ndarray:
         raise AudioDecodeError("file contains no audio samples", str(p))
     if sr <= 0:
         raise AudioDecodeError(f"invalid sample rate {sr}", str(p))
-
-    # Channel average in float32, as librosa's to_mono does.
-    mono = data[0] if data.shape[0] == 1 else np.mean(data, axis=0)
-    if not np.all(np.isfinite(mono)):
+    if not np.all(np.isfinite(data)):
         raise AudioDecodeError("audio contains NaN or infinite samples", str(p))
-    y = resample_to_16k(mono, sr)
+    return data, sr
+
+
+def mono_16k(data: np.ndarray, sr: int) -> np.ndarray:
+    """[channels, n] (or [n]) at `sr` -> mono float32 at 16 kHz: the channel average (as librosa's to_mono),
+    then `resample_to_16k`."""
+    x = np.asarray(data, dtype=np.float32)
+    mono = x if x.ndim == 1 else (x[0] if x.shape[0] == 1 else np.mean(x, axis=0))
+    return resample_to_16k(mono, sr)
+
+
+def load_audio_16k(path: str | Path) -> np.ndarray:
+    """Decode any common audio file to a mono float32 waveform at 16 kHz (no loudness change).
+
+    Raises AudioDecodeError for missing, corrupt, empty, non-finite or too-short audio.
+    """
+    data, sr = decode_audio(path)
+    y = mono_16k(data, sr)
+    if not np.all(np.isfinite(y)):
+        raise AudioDecodeError("audio contains NaN or infinite samples", str(path))
     if y.shape[0] < MIN_SAMPLES:
         raise AudioDecodeError(
             f"audio too short: {y.shape[0] / SAMPLE_RATE * 1000:.1f} ms, need at least "
             f"{MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms (one video frame)",
-            str(p),
+            str(path),
         )
     return y
 

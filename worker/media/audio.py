@@ -1,7 +1,9 @@
 """The job's audio: per-speaker 16 kHz tracks for the audio encoder and the soundtrack for the MP4.
 
 From uploaded files (decoded, resampled, loudness-normalised and, for two speakers, mixed as the job's
-audio_type says) or from Kokoro speech (turns laid out one after the other, each track silent while the other
+audio_type says; with audio_isolation each file's speech is first separated from music and noise, and that
+voice becomes the speaker's track while the soundtrack is the original mix or the voice, as audio_mux says)
+or from Kokoro speech (turns laid out one after the other, each track silent while the other
 speaker talks), then cut to the length the video will have. The decoding and mixing primitives are the
 engine's (`worker.engine.prepare_audio`, `merge_speakers`, `loudness_normalize`: numpy/librosa, no torch).
 """
@@ -20,28 +22,58 @@ from contract.job import JobInput
 from worker.progress import ProgressReporter
 from worker.resolve import ResolvedJobConfig
 
-__all__ = ["DEFAULT_VOICES", "uploaded_tracks", "synthesized_tracks", "cut_to_video"]
+__all__ = ["DEFAULT_VOICES", "uploaded_tracks", "isolated_voice", "synthesized_tracks", "cut_to_video"]
 
 # Kokoro voice packs used when a tts job names none (speaker 1, speaker 2).
 DEFAULT_VOICES = ("af_heart", "am_michael")
 
 
 def uploaded_tracks(
-    resolved: ResolvedJobConfig, media: dict[str, Path]
+    resolved: ResolvedJobConfig, media: dict[str, Path], isolator: Any = None, progress: ProgressReporter | None = None
 ) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
     """Per-speaker 16 kHz tracks for the embedder and the soundtrack for the MP4, both cut to the
-    length the video will have (max_duration_s; one chunk in clip mode), and the seconds cut."""
+    length the video will have (max_duration_s; one chunk in clip mode), and the seconds cut.
+
+    With resolved.audio_isolation, `isolator` (the engine's VoiceIsolator) separates each speaker's file and
+    the isolated voices are the tracks; the soundtrack is the uploaded mix (audio_mux original) or the voices."""
+    names = ["audio.person1"] + (["audio.person2"] if "audio.person2" in media else [])
     try:
-        p1 = engine.prepare_audio(media["audio.person1"])
-        if "audio.person2" in media:
-            merged = engine.merge_speakers(p1, engine.prepare_audio(media["audio.person2"]), resolved.audio_type or "add")
-            tracks: tuple[np.ndarray, ...] = (merged.person1, merged.person2)
-            soundtrack = merged.soundtrack
-        else:
-            tracks, soundtrack = (p1,), p1
+        originals = [engine.prepare_audio(media[name]) for name in names]
+        voices = None
+        if resolved.audio_isolation:
+            voices = [isolated_voice(isolator, media[name], len(orig), progress, f"{i + 1}/{len(names)}")
+                      for i, (name, orig) in enumerate(zip(names, originals))]
+        tracks, soundtrack = _lay_out(originals, resolved)
+        if voices is not None:
+            tracks, voice_mix = _lay_out(voices, resolved)
+            if resolved.audio_mux == "voice":
+                soundtrack = voice_mix
     except engine.AudioDecodeError as exc:
         raise JobError(ErrorCode.E_AUDIO_EMBEDDING, str(exc)) from exc
     return cut_to_video(tracks, soundtrack, resolved)
+
+
+def _lay_out(per_speaker: list[np.ndarray], resolved: ResolvedJobConfig) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    if len(per_speaker) == 1:
+        return (per_speaker[0],), per_speaker[0]
+    merged = engine.merge_speakers(per_speaker[0], per_speaker[1], resolved.audio_type or "add")
+    return (merged.person1, merged.person2), merged.soundtrack
+
+
+def isolated_voice(isolator: Any, path: Path, length: int, progress: ProgressReporter | None = None,
+                   label: str = "") -> np.ndarray:
+    """One file's speech without its music/noise, as the embedder takes it: the vocals stem (44.1 kHz stereo)
+    to mono 16 kHz, loudness-normalised like any uploaded speech, `length` samples (the original's 16 kHz
+    length, which the two resampling paths can miss by a sample)."""
+    data, sr = engine.decode_audio(path)
+    message = f"isolating voice {label}".strip()
+    if progress is not None:
+        progress.update(0.0, message)
+    on_progress = (lambda f: progress.update(f, message)) if progress is not None else None
+    vocals = isolator.vocals(data, sr, on_progress=on_progress)
+    voice = engine.mono_16k(vocals, isolator.sample_rate)
+    voice = np.pad(voice, (0, max(0, length - len(voice))))[:length]
+    return engine.loudness_normalize(voice)
 
 
 def synthesized_tracks(

@@ -305,10 +305,11 @@ class VoiceIsolator:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str | torch.device = "cpu",
-                  cfg: SeparationConfig | None = None) -> "VoiceIsolator":
+    def from_file(cls, path: str | Path, device: str | torch.device = "cpu", cfg: SeparationConfig | None = None,
+                  variant: str = "published") -> "VoiceIsolator":
+        """`variant` names the configuration when `cfg` is not given: published, or tiny (the test model)."""
         dev = torch.device(device if torch.cuda.is_available() or str(device) == "cpu" else "cpu")
-        model = HTDemucs(cfg or SeparationConfig.published())
+        model = HTDemucs(cfg or {"published": SeparationConfig.published, "tiny": SeparationConfig.tiny}[variant]())
         load_separation_strict(model, path)
         return cls(model.to(dev), dev)
 
