@@ -181,6 +181,7 @@ NOT_ENGINE_SETTINGS = {
         "dtype": "the CPU tier's dtype (worker/wiring.py engine_options)",
         "quant_dir": "folder of upstream's quant files (conf interpolation into quant_file)",
         "tts_dir": "Kokoro's folder (the TTS voice, loaded by the worker)",
+        "isolation_path": "htdemucs weights for audio_isolation (loaded by the worker, EngineHolder.isolator)",
         "weights": "what `infinitetalk weights fetch` downloads",
     },
     "gpu": {
