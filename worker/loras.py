@@ -175,7 +175,8 @@ def fetch_lora(index: int, spec: LoraSpec, cache: LoraCache, policy: FetchPolicy
 
 
 def _volume_ref(ref: str, policy: FetchPolicy, lora_dir: str | None) -> tuple[str, FetchPolicy]:
-    """A relative name lies in the LoRA folder (its only root); an absolute path may also lie there."""
+    """A relative name lies in the LoRA folder (its only root); an absolute path follows the rules of every volume
+    ref (the worker's allowed roots)."""
     from dataclasses import replace
 
     if not ref.startswith("/"):
@@ -184,6 +185,4 @@ def _volume_ref(ref: str, policy: FetchPolicy, lora_dir: str | None) -> tuple[st
                            hint="Give an absolute path on the volume, an https:// URL or s3://bucket/key.")
         root = Path(os.path.abspath(lora_dir))
         return str(root / ref), replace(policy, volume_roots=(root,))
-    if lora_dir:
-        policy = replace(policy, volume_roots=tuple(policy.volume_roots) + (Path(lora_dir),))
     return ref, policy
