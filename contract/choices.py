@@ -53,6 +53,9 @@ MAX_SCENE_PROMPTS = 32
 MAX_LORAS = 4
 LORA_SCALE_LIMIT = 2.0
 MODES = ("clip", "streaming")
+# trim_trailing_silence keeps this much of the silence after the last speech (seconds): the face settles and
+# the last syllable's release is not clipped.
+TRIM_TAIL_S = 0.2
 # The MP4's soundtrack with audio_isolation: the uploaded mix as sent, or the isolated voice.
 AUDIO_MUX_CHOICES = ("original", "voice")
 

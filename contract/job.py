@@ -16,15 +16,17 @@ a host is private, and whether a value fits the worker's GPU tier are decided la
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, Union
 
 from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     ValidationError,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -32,6 +34,7 @@ from pydantic import (
 
 from contract.choices import (
     ASPECTS, LORA_SCALE_LIMIT, MAX_LORAS, MAX_SCENE_PROMPTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES,
+    TRIM_TAIL_S,
 )
 from contract.choices import AUDIO_MUX_CHOICES
 from contract.errors import InputProblem, JobError, error_from_pydantic, safe_preview
@@ -319,6 +322,14 @@ def _polygon_check(v: list[list[float]]) -> list[list[float]]:
 
 Point = Annotated[list[float], Field(min_length=2, max_length=2)]
 Polygon = Annotated[list[Point], Field(min_length=3, max_length=256), AfterValidator(_polygon_check)]
+# A mask is a polygon or an image ref (a string: checked as a media ref by JobInput._mask_refs); the
+# discriminator picks the form so that an error speaks of the one the job used, not of both.
+Mask = Annotated[
+    Union[Annotated[Polygon, Tag("polygon")], Annotated[str, Tag("image")]],
+    Discriminator(lambda v: "image" if isinstance(v, str) else "polygon" if isinstance(v, list) else None,
+                  custom_error_type="mask_form",
+                  custom_error_message="must be a polygon [[x, y], …] or an image ref (URL, data: URI, s3:// or path)"),
+]
 
 
 # ---------------------------------------------------------------------------------------
@@ -384,17 +395,19 @@ class JobInput(BaseModel):
         description='Where each speaker is, {"person1": [x0, y0, x1, y1], "person2": [...]} in source pixels; '
         "default: the left and right halves.",
     )
-    mask: Polygon | None = Field(
+    mask: Mask | None = Field(
         default=None,
         description="Where the video may move: a polygon [[x, y], …] of 3 to 256 points in source pixels, inside the "
-        "image; outside it every frame stays the reference frame (a latent blend, like inpainting). Default: no mask, "
-        "the whole frame may move.",
+        "image, or a mask image (a ref like image's: grayscale, or with transparency; any size of the picture's "
+        "aspect, stretched to it; pixels at least 50% white, or 50% opaque where it has transparency, may move). "
+        "Outside it every frame stays the reference frame (a latent blend, like inpainting). Default: no mask, the "
+        "whole frame may move.",
     )
-    masks: dict[Person, Polygon] | None = Field(
+    masks: dict[Person, Mask] | None = Field(
         default=None,
         description='Where each of two speakers is, as polygons {"person1": [[x, y], …], "person2": […]} in source '
-        "pixels (the same rules as mask): an alternative to bbox for shapes a box does not fit, so bystanders stay "
-        "still. Not together with bbox. Default: bbox, else the left and right halves.",
+        "pixels or mask images (the same rules as mask): an alternative to bbox for shapes a box does not fit, so "
+        "bystanders stay still. Not together with bbox. Default: bbox, else the left and right halves.",
     )
 
     loras: list[LoraSpec] | None = Field(
@@ -501,6 +514,14 @@ class JobInput(BaseModel):
         "silence_handling.",
         json_schema_extra={"default": 1.0},
     )
+    trim_trailing_silence: bool | None = Field(
+        default=None,
+        description=f"End the video when the speech ends, true or false: the silence after the last words (silent "
+        f"by silence_threshold_db and silence_min_s, every speaker) is cut from the video and its soundtrack alike, "
+        f"keeping {TRIM_TAIL_S:g} s of it. It applies after the mode/max_duration_s cut (which stays truncated_s); "
+        "the result's trimmed_s says how much it removed.",
+        json_schema_extra={"default": False},
+    )
     dub_strength: float | None = Field(
         default=None, gt=0, le=1,
         description="With a video: how much of the reference video's motion to re-render, more than 0 and at most 1. "
@@ -572,6 +593,23 @@ class JobInput(BaseModel):
     @classmethod
     def _media(cls, v: Any, info: ValidationInfo) -> Any:
         return v if v is None else validate_media_ref(v, allow_http=_allow_http(info))
+
+    @field_validator("mask", "masks", mode="before")
+    @classmethod
+    def _mask_refs(cls, v: Any, info: ValidationInfo) -> Any:
+        # A mask image is a media ref with image's rules; polygons are checked by the Mask type.
+        def ref(m: Any, field: str) -> Any:
+            if not isinstance(m, str):
+                return m
+            try:
+                return validate_media_ref(m, allow_http=_allow_http(info))
+            except ValueError as exc:
+                raise InputProblem(field, str(exc), hint=f"Give {field} as a polygon [[x, y], …] or a mask image: "
+                                   "an https:// URL, a data: URI, s3://bucket/key or a volume path.") from None
+
+        if info.field_name == "masks" and isinstance(v, Mapping):
+            return {k: ref(m, f"masks.{k}") for k, m in v.items()}
+        return ref(v, "mask")
 
     @field_validator("audio", mode="before")
     @classmethod
@@ -676,9 +714,9 @@ class JobInput(BaseModel):
         if self.masks is not None:
             if self.bbox:
                 raise InputProblem("masks", "bbox and masks are both given; each says where the speakers are",
-                                   hint="Keep bbox (boxes) or masks (polygons), not both.")
+                                   hint="Keep bbox (boxes) or masks (polygons or mask images), not both.")
             if speakers < 2 or set(self.masks) != {"person1", "person2"}:
-                raise InputProblem("masks", "masks needs two speakers and a polygon for each of person1 and person2",
+                raise InputProblem("masks", "masks needs two speakers and a polygon or mask image for each of person1 and person2",
                                    hint="Give masks.person1 and masks.person2 with audio.person1 and audio.person2.")
         if self.frame_num is not None and self.motion_frame is not None and self.motion_frame >= self.frame_num:
             raise InputProblem("motion_frame", f"motion_frame ({self.motion_frame}) must be smaller than frame_num ({self.frame_num})",
@@ -719,6 +757,11 @@ class JobInput(BaseModel):
             refs["audio.person1"] = self.audio.person1
             if self.audio.person2:
                 refs["audio.person2"] = self.audio.person2
+        if isinstance(self.mask, str):
+            refs["mask"] = self.mask
+        for person, m in (self.masks or {}).items():
+            if isinstance(m, str):
+                refs[f"masks.{person}"] = m
         return refs
 
     def log_summary(self) -> dict[str, Any]:
@@ -726,6 +769,8 @@ class JobInput(BaseModel):
         data = self.model_dump(exclude_none=True, exclude={"image", "video", "audio", "tts", "loras"})
         for k, v in self.media_refs().items():
             data[k] = safe_preview(v)
+        if "masks" in data:  # a mask image's ref previewed like the other refs (media_refs names it masks.<person>)
+            data["masks"] = {p: safe_preview(m) if isinstance(m, str) else m for p, m in data["masks"].items()}
         if self.loras:
             data["loras"] = [{"ref": safe_preview(lo.ref), "scale": lo.scale} for lo in self.loras]
         if self.tts:
@@ -815,6 +860,10 @@ class JobOutput(BaseModel):
         default=False, description="True when the video covers less than the audio (clip mode, max_duration_s)."
     )
     truncated_s: float = Field(default=0.0, ge=0, description="Seconds of audio left out of the video.")
+    trimmed_s: float = Field(
+        default=0.0, ge=0, description="Seconds of trailing silence cut by trim_trailing_silence (after any "
+        "truncation; the video and its soundtrack both lose them)."
+    )
     config: dict[str, Any] = Field(default_factory=dict)
     timings_s: dict[str, float] = Field(default_factory=dict)
     preview_url: str | None = Field(

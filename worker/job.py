@@ -43,6 +43,7 @@ from worker.logging_setup import bind_job, get_logger
 from worker.loras import JobLora, LoraCache, fetch_lora
 from worker.media.audio import cut_to_video, synthesized_tracks, uploaded_tracks
 from worker.media.masks import mask_for_condition, speaker_regions_for_condition
+from worker.media.trim import trim_trailing_silence
 from worker.media.media_frames import iter_video_frames
 from worker.media.mux import Mp4Writer, probe_mp4
 from worker.progress import ProgressReporter, Stage
@@ -332,6 +333,11 @@ class _JobRun:
             self.tracks, self.soundtrack, self.dropped_s = uploaded_tracks(resolved, self.media, isolator, self.progress)
         if self.dropped_s > 0:
             log.info("audio cut to the video's length", mode=resolved.mode, dropped_s=round(self.dropped_s, 3))
+        self.trimmed_s = 0.0
+        if resolved.trim_trailing_silence:  # after the cut: the video ends when the speech ends (media/trim.py)
+            self.tracks, self.soundtrack, self.trimmed_s = trim_trailing_silence(
+                self.tracks, self.soundtrack, resolved.silence_threshold_db, resolved.silence_min_s)
+            self.progress.update(1.0, f"trimmed {self.trimmed_s:.2f} s of trailing silence")
 
     def load(self) -> None:
         self.timer.enter("load")
@@ -454,6 +460,7 @@ class _JobRun:
             seed=resolved.seed,
             truncated=self.dropped_s > 0,
             truncated_s=round(self.dropped_s, 3),
+            trimmed_s=round(self.trimmed_s, 3),
             config=config,
             timings_s=timings,
         )

@@ -66,6 +66,7 @@ class ResolvedJobConfig:
     silence_min_s: float = 0.3
     silence_audio_guide_scale: float = 1.0
     dub_strength: float = 1.0
+    trim_trailing_silence: bool = False  # the job ends the video when the speech ends (worker/media/trim.py)
     audio_isolation: bool = False  # the speech separated from music/noise drives the video (worker/media/audio.py)
     audio_mux: str = "original"  # the MP4's soundtrack with isolation: original | voice
     frame_size: Optional[tuple[int, int]] = None  # (height, width) from aspect or width/height; None: buckets
@@ -178,6 +179,7 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
         silence_min_s=float(_pick(job.silence_min_s, 0.3)),
         silence_audio_guide_scale=float(_pick(job.silence_audio_guide_scale, 1.0)),
         dub_strength=float(_pick(job.dub_strength, 1.0)),
+        trim_trailing_silence=bool(_pick(job.trim_trailing_silence, False)),
         audio_isolation=bool(_pick(job.audio_isolation, False)),
         audio_mux=str(_pick(job.audio_mux, "original")),
         frame_num=int(frame_num),

@@ -41,6 +41,8 @@ _LAZY = {
     "prepare_audio": "worker.engine.audio_io",  # numpy/librosa only
     "merge_speakers": "worker.engine.audio_io",  # numpy only
     "loudness_normalize": "worker.engine.audio_io",  # numpy only
+    "silent_frames": "worker.engine.sampling.silence",  # numpy only
+    "trailing_silent_frames": "worker.engine.sampling.silence",  # numpy only
 }
 
 __all__ = [
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from worker.engine.models.separation import VoiceIsolator
     from worker.engine.models.tts import KokoroTTS, split_dialogue
     from worker.engine.parallel.leader import ParallelEngine, RankGroup
+    from worker.engine.sampling.silence import silent_frames, trailing_silent_frames
     from worker.engine.runtime import Engine
     from worker.engine.sampling.generation import ChunkResult, ResumeState, StepInfo
 
