@@ -142,6 +142,22 @@ def test_bounds(name, ok, ko):
         assert name in fields_of(bad(base(**{name: v}))), (name, v)
 
 
+def test_audio_isolation_and_mux_rules():
+    job = parse_job_input(base(audio_isolation=True, audio_mux="voice"))
+    assert job.audio_isolation is True and job.audio_mux == "voice"
+    assert parse_job_input(base(audio_isolation=True)).audio_mux is None  # the worker's default: original
+    assert parse_job_input(base(audio_mux="original")).audio_mux == "original"  # the default, said out loud
+    for v in ("yes", 1):
+        assert fields_of(bad(base(audio_isolation=v))) == {"audio_isolation"}, v
+    for v in ("mix", "", "Voice"):
+        assert fields_of(bad(base(audio_isolation=True, audio_mux=v))) == {"audio_mux"}, v
+    assert fields_of(bad(base(audio_mux="voice"))) == {"audio_mux"}  # no isolated voice without isolation
+    assert fields_of(bad(base(audio_isolation=False, audio_mux="voice"))) == {"audio_mux"}
+    tts = {"image": base()["image"], "tts": {"text": "hello"}}
+    assert fields_of(bad({**tts, "audio_isolation": True})) == {"audio_isolation"}  # spoken speech is clean
+    assert parse_job_input({**tts, "audio_isolation": False}).audio_isolation is False
+
+
 def test_dub_strength_needs_a_video_and_lies_in_0_1():
     video = {"video": "https://example.com/v.mp4", "audio": AUD}
     for v in (0.05, 0.5, 1):
