@@ -101,3 +101,17 @@ def test_an_unknown_gpu_quant_is_a_config_error():
 
     with pytest.raises(ConfigError, match="gpu.quant"):
         compose_config(["gpu=h100_80", "gpu.quant=int4"])
+
+
+def test_lora_cache_is_on_the_volume_when_mounted_and_never_an_input(tmp_path):
+    from worker.wiring import lora_cache_dir
+
+    cfg = compose_config([f"server.volume_root={tmp_path}", f"server.work_dir={tmp_path}/work"])
+    assert lora_cache_dir(cfg) == tmp_path / "cache" / "loras"
+    assert lora_cache_dir(cfg) in fetch_policy(cfg).volume_excluded  # a job cannot read the cache as media
+    assert fetch_policy(cfg).cap("lora") == cfg.server.download.max_lora_bytes == 2 * 1024**3
+    absent = compose_config([f"server.volume_root={tmp_path}/absent", f"server.work_dir={tmp_path}/work"])
+    assert lora_cache_dir(absent) == tmp_path / "work" / "lora-cache"
+    env = compose_config([], env={"INFINITETALK_LORA_CACHE_DIR": "/x/loras"})
+    assert lora_cache_dir(env) == Path("/x/loras")
+    assert (env.server.lora_cache_max_bytes, env.server.lora_ref_ttl_s) == (20 * 1024**3, 86400.0)
