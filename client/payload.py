@@ -173,7 +173,7 @@ class LocalMediaError(ValueError):
 def check_local_media(path: Path, field_name: str) -> str:
     """Check a local file against what `field_name` needs (type from its content, size, audio length);
     returns its media type or raises LocalMediaError naming the field."""
-    kind = "audio" if field_name.startswith("audio") else field_name
+    kind = "audio" if field_name.startswith("audio") else "image" if field_name.startswith("mask") else field_name
     found = sniff_content(path)
     top = (found or "").split("/", 1)[0]
     ok = top == kind or (kind == "audio" and found == "video/mp4")
@@ -222,6 +222,11 @@ class MediaSpec:
     tts_text: str | None = None
     tts_voice: str | None = None
     tts_voice2: str | None = None
+    # a mask image (a local file or a ref), or a polygon [[x, y], …] that passes through as it is
+    mask: str | Path | list | None = None
+    masks: dict[str, str | Path | list] = field(default_factory=dict)  # per speaker: person1 / person2
+    # user LoRAs: (a local .safetensors file or a ref the worker resolves, scale or None for the default)
+    loras: list[tuple[str | Path, float | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -244,12 +249,13 @@ class _Slot:
     size: int = field(default=0)
 
 
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+def _set(d: Any, dotted: str, value: Any) -> None:
     head, _, rest = dotted.partition(".")
+    key: Any = int(head) if isinstance(d, list) else head  # "loras.0.ref": a list item's field
     if rest:
-        _set(d.setdefault(head, {}), rest, value)
+        _set(d[key] if isinstance(d, list) else d.setdefault(key, {}), rest, value)
     else:
-        d[head] = value
+        d[key] = value
 
 
 def _preview(ref: str) -> str:
@@ -271,8 +277,11 @@ def build_job_input(
     slots: list[_Slot] = []
     reports: list[RefReport] = []
 
-    def add(field_name: str, value: str | Path | None) -> None:
+    def add(field_name: str, value: str | Path | list | None) -> None:
         if value is None or value == "":
+            return
+        if isinstance(value, list):  # a polygon: numbers, not a file
+            _set(job, field_name, value)
             return
         text = str(value)
         if isinstance(value, str) and is_remote_ref(text):
@@ -281,14 +290,15 @@ def build_job_input(
             return
         path = Path(text).expanduser()
         if not path.is_file():
-            if isinstance(value, str) and not path.exists() and text.startswith(WORKER_VOLUME_ROOT):
-                _set(job, field_name, text)  # a path on the worker's volume
+            worker_side = text.startswith(WORKER_VOLUME_ROOT) or field_name.startswith("loras")
+            if isinstance(value, str) and not path.exists() and worker_side:
+                _set(job, field_name, text)  # a path on the worker's volume (or a name in its LoRA folder)
                 reports.append(RefReport(field_name, "ref", 0, text))
                 return
             raise FileNotFoundError(
                 f"{field_name}: no such file {text} (paths on the worker's volume start with {WORKER_VOLUME_ROOT})"
             )
-        mime = check_local_media(path, field_name)
+        mime = "application/octet-stream" if field_name.startswith("loras") else check_local_media(path, field_name)
         slot = _Slot(field_name, path, mime, size=path.stat().st_size)
         slot.value = to_data_uri(path, mime)
         _set(job, field_name, slot.value)
@@ -311,6 +321,13 @@ def build_job_input(
             job["tts"]["voice"] = str(media.tts_voice)
         if media.tts_voice2:
             job["tts"]["voice2"] = str(media.tts_voice2)
+    add("mask", media.mask)
+    for person, m in sorted(media.masks.items()):
+        add(f"masks.{person}", m)
+    if media.loras:  # a local LoRA file is inlined (or uploaded when the body is too large) like the media
+        job["loras"] = [{} if scale is None else {"scale": scale} for _, scale in media.loras]
+        for i, (ref, _) in enumerate(media.loras):
+            add(f"loras.{i}.ref", ref)
 
     budget = limit_bytes - BODY_MARGIN_BYTES
     for slot in sorted(slots, key=lambda s: s.size, reverse=True):

@@ -31,6 +31,8 @@ from typing import Any
 from client.api import JobErrorInfo, JobStatus, PollPolicy, RunpodEndpointClient, is_loopback_base
 from client.results import save_result
 from client.ui_checks import check_upload
+from client.ui_extras import ASPECT_DEFAULT, extra_media, extra_params
+from contract.choices import ASPECTS, AUDIO_MUX_CHOICES
 from client.ui_history import choices, find, render_html, upsert
 from client.ui_preview import PLAYER_HTML, STATIC_DIR, file_url, head_html
 from client.ui_progress import StageTracker, queue_note
@@ -223,6 +225,8 @@ class UiUpdate:
             lines.append("**Shortened:** the video stops before the speech ends"
                          + (f" ({float(dropped):.1f} s dropped)" if isinstance(dropped, (int, float)) else "")
                          + '; choose mode "streaming" to render it all.')
+        if isinstance(out.get("trimmed_s"), (int, float)) and out["trimmed_s"] > 0:
+            lines.append(f"**Trimmed:** {out['trimmed_s']:.1f} s of silence after the speech.")
         if self.video_url:
             lines.append(f"[Download from S3]({self.video_url}) (presigned URL; it expires)")
         if self.preview_note:
@@ -384,7 +388,12 @@ def check_form_files(setup_label: str, files: dict[str, str | None]) -> list[str
 FORM_FIELDS = ("setup", "image", "video", "audio1", "audio2", "audio_type", "tts_text", "voice1", "voice2", "prompt",
                "neg_prompt", "preset", "size", "mode", "steps", "shift", "text_scale", "audio_scale", "apg", "teacache",
                "tc_thresh", "guide_every", "frame_num", "motion_frame", "max_dur", "color", "seed", "bbox1", "bbox2",
-               "output_target", "tier")
+               "output_target", "tier",
+               # issue 19: framing, scenes, masks, silence, dubbing, isolation, LoRAs (client/ui_extras.py)
+               "aspect", "width", "height", "scenes", "mask_file", "mask_polygon", "mask1", "mask2", "silence",
+               "silence_db", "silence_min", "silence_scale", "trim", "dub_strength", "isolate", "audio_mux", "loras",
+               "lora_files", "lora_scale")
+FILE_FIELDS = ("image", "video", "audio1", "audio2", "mask_file", "mask1", "mask2")  # uploads: temp copies
 CONN_FIELDS = ("api_key", "endpoint_id", "base", "s3_bucket", "s3_endpoint", "s3_region", "s3_access", "s3_secret")
 
 UI_CSS = """
@@ -470,8 +479,23 @@ def build_app(base_url: str | None = None) -> Any:
                                           elem_id="box-target")
                     c["bbox1"] = gr.Textbox(label="box person 1 (x0 y0 x1 y1, pixels)", elem_id="bbox1")
                     c["bbox2"] = gr.Textbox(label="box person 2 (x0 y0 x1 y1, pixels)", elem_id="bbox2")
+                with gr.Row(visible=shown0["speaker_masks"]) as mask_row:
+                    c["mask1"] = gr.File(label="or a mask image, person 1 (white = the speaker)", type="filepath",
+                                         elem_id="input-mask1", height=90)
+                    c["mask2"] = gr.File(label="mask image, person 2 (instead of boxes)", type="filepath",
+                                         elem_id="input-mask2", height=90)
                 pending = gr.State(None)
                 c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
+                with gr.Accordion("Scenes: a prompt from a given second on", open=False, elem_id="scenes-box"):
+                    c["scenes"] = gr.Textbox(label="One scene per line, SECONDS = TEXT (the prompt above covers the "
+                                             "start)", lines=3, placeholder="12 = she walks along a beach at dusk",
+                                             elem_id="scene-prompts")
+                with gr.Accordion("Motion mask: where the video may move", open=False, elem_id="mask-box"):
+                    with gr.Row():
+                        c["mask_file"] = gr.File(label="Mask image (white = may move; the picture's shape)",
+                                                 type="filepath", elem_id="input-mask", height=90)
+                        c["mask_polygon"] = gr.Textbox(label="or a polygon in pixels, JSON [[x, y], …]",
+                                                       elem_id="mask-polygon")
             with gr.Column():
                 with gr.Row():
                     c["preset"] = gr.Dropdown(list(SAMPLER_PRESETS), value=UI_DEFAULT_PRESET, label="Sampler preset",
@@ -480,6 +504,36 @@ def build_app(base_url: str | None = None) -> Any:
                     c["size"] = gr.Dropdown(list(SIZES), value="infinitetalk-480", label="Size", elem_id="size")
                     c["mode"] = gr.Dropdown([MODE_DEFAULT, *MODES], value=MODE_DEFAULT, elem_id="mode",
                                             label="Mode (streaming: the whole speech; clip: one chunk, may cut it)")
+                with gr.Row():
+                    c["aspect"] = gr.Dropdown([ASPECT_DEFAULT, *ASPECTS], value=ASPECT_DEFAULT, elem_id="aspect",
+                                              label="Framing (width:height)")
+                    c["width"] = _opt("or width (multiple of 16)", elem_id="width")
+                    c["height"] = _opt("and height", elem_id="height")
+                with gr.Accordion("Audio: pauses, trailing silence, voice isolation, dubbing", open=False,
+                                  elem_id="audio-options"):
+                    with gr.Row():
+                        c["silence"] = gr.Dropdown(TRISTATE, value=TRISTATE[0], elem_id="silence-handling",
+                                                   label="Rest the face in pauses (silence handling)")
+                        c["silence_db"] = _opt("silence threshold, dBFS (-45)", elem_id="silence-db")
+                        c["silence_min"] = _opt("shortest pause, s (0.3)", elem_id="silence-min")
+                        c["silence_scale"] = _opt("audio guidance in pauses (1)", elem_id="silence-scale")
+                    with gr.Row():
+                        c["trim"] = gr.Checkbox(False, label="End the video when the speech ends (trim the "
+                                                "trailing silence)", elem_id="trim-silence")
+                        c["dub_strength"] = _opt("dub strength (video; 0-1, lower keeps more of its motion)",
+                                                 elem_id="dub-strength", visible=shown0["dub_strength"])
+                    with gr.Row(visible=shown0["isolation"]) as isolation_row:
+                        c["isolate"] = gr.Checkbox(False, label="Isolate the voice from music and noise",
+                                                   elem_id="isolate-voice")
+                        c["audio_mux"] = gr.Dropdown(list(AUDIO_MUX_CHOICES), value=AUDIO_MUX_CHOICES[0],
+                                                     label="Soundtrack with isolation", elem_id="audio-mux")
+                with gr.Accordion("LoRAs for this job", open=False, elem_id="loras-box"):
+                    c["loras"] = gr.Textbox(label="One per line, NAME_OR_URL[:SCALE] (a name in the worker's LoRA "
+                                            "folder, a volume path or an https:// URL)", lines=2, elem_id="loras")
+                    with gr.Row():
+                        c["lora_files"] = gr.File(label="or upload .safetensors files", file_count="multiple",
+                                                  type="filepath", elem_id="lora-files", height=90)
+                        c["lora_scale"] = _opt("scale of the uploaded files (1)", elem_id="lora-scale")
                 with gr.Accordion("Overrides (empty: the preset's / worker's default)", open=False, elem_id="overrides"):
                     with gr.Row():
                         c["steps"] = _opt("sample_steps", elem_id="steps")
@@ -538,7 +592,8 @@ def build_app(base_url: str | None = None) -> Any:
         # --- the setup selector governs which inputs show
         governed = {"image": c["image"], "video": c["video"], "audio1": c["audio1"], "audio2": c["audio2"],
                     "audio_type": c["audio_type"], "tts_text": c["tts_text"], "voice1": c["voice1"],
-                    "voice2": c["voice2"], "boxes": box_row}
+                    "voice2": c["voice2"], "boxes": box_row, "speaker_masks": mask_row,
+                    "dub_strength": c["dub_strength"], "isolation": isolation_row}
 
         def on_setup(label: str, img: str | None):
             shown = visible_inputs(label)
@@ -653,6 +708,17 @@ def build_app(base_url: str | None = None) -> Any:
                     audio_type=v["audio_type"] if shown["audio_type"] else None,
                     bbox1=v["bbox1"] if shown["boxes"] else None, bbox2=v["bbox2"] if shown["boxes"] else None,
                     output_target=v["output_target"], local=is_loopback_base(client.endpoint_url))
+                params.update(extra_params(
+                    aspect=v["aspect"], width=v["width"], height=v["height"], scenes=v["scenes"],
+                    silence_handling=_tristate(v["silence"]), silence_threshold_db=v["silence_db"],
+                    silence_min_s=v["silence_min"], silence_audio_guide_scale=v["silence_scale"],
+                    trim_trailing_silence=bool(v["trim"]),
+                    dub_strength=v["dub_strength"] if shown["dub_strength"] else None,
+                    audio_isolation=bool(v["isolate"]) and shown["isolation"], audio_mux=v["audio_mux"]))
+                extras = extra_media(mask_file=v["mask_file"], mask_polygon=v["mask_polygon"],
+                                     mask1=v["mask1"] if shown["speaker_masks"] else None,
+                                     mask2=v["mask2"] if shown["speaker_masks"] else None,
+                                     loras=v["loras"], lora_files=v["lora_files"], lora_scale=v["lora_scale"])
                 if stp.source == "image" and not v["image"]:
                     raise ValueError("Image: upload the picture of the person (or people) who should talk.")
                 if stp.source == "video" and not v["video"]:
@@ -668,7 +734,7 @@ def build_app(base_url: str | None = None) -> Any:
                                   audio1=None if use_tts else v["audio1"], audio2=v["audio2"] if shown["audio2"] else None,
                                   tts_text=v["tts_text"] if use_tts else None,
                                   tts_voice=(v["voice1"] or None) if use_tts else None,
-                                  tts_voice2=(v["voice2"] or None) if use_tts and two else None)
+                                  tts_voice2=(v["voice2"] or None) if use_tts and two else None, **extras)
                 job, reports = build_job_input(media, params, limit_bytes=RUN_LIMIT_BYTES,
                                                s3=_s3_from_form(v["s3_bucket"], v["s3_endpoint"], v["s3_region"],
                                                                 v["s3_access"], v["s3_secret"]))
@@ -731,8 +797,10 @@ def build_app(base_url: str | None = None) -> Any:
             out = []
             for k in FORM_FIELDS:
                 val = form_values.get(k)
-                if k in ("image", "video", "audio1", "audio2") and val and not Path(val).exists():
+                if k in FILE_FIELDS and val and not Path(val).exists():
                     val = None  # the upload's temp copy is gone: the user uploads again
+                if k == "lora_files" and val and not all(Path(f).exists() for f in val):
+                    val = None
                 out.append(gr.update(value=val) if k in form_values else gr.update())
             return out
 

@@ -40,16 +40,19 @@ def setup_for(label: str | None) -> Setup:
 
 
 # Component keys the selector governs; build_app maps them to gradio components.
-GOVERNED = ("image", "video", "audio1", "audio2", "audio_type", "tts_text", "voice1", "voice2", "boxes")
+GOVERNED = ("image", "video", "audio1", "audio2", "audio_type", "tts_text", "voice1", "voice2", "boxes",
+            "speaker_masks", "dub_strength", "isolation")
 
 
 def visible_inputs(label: str | None) -> dict[str, bool]:
-    """Which governed inputs apply to this setup."""
+    """Which governed inputs apply to this setup: per-speaker masks where boxes apply, dubbing strength with a
+    video, voice isolation with uploaded audio (TTS speech has no music to remove)."""
     s = setup_for(label)
     audio, tts, two = s.speech == "audio", s.speech == "tts", s.speakers == 2
     return {"image": s.source == "image", "video": s.source == "video", "audio1": audio, "audio2": audio and two,
             "audio_type": audio and two, "tts_text": tts, "voice1": tts, "voice2": tts and two,
-            "boxes": s.source == "image" and two}
+            "boxes": s.source == "image" and two, "speaker_masks": s.source == "image" and two,
+            "dub_strength": s.source == "video", "isolation": audio}
 
 
 # Kokoro-82M voice packs (the model's published names), grouped by the language letter the worker's

@@ -446,3 +446,35 @@ def test_browser_plays_the_preview_while_the_job_renders(page, tmp_path: Path, a
     _watch_progress(page, "COMPLETED", timeout_s=600)
     assert _video_duration(page) == pytest.approx(10.0, abs=0.08)
     page.wait_for_function("document.getElementById('preview-wrap').style.display === 'none'")  # the MP4 took over
+
+
+def test_browser_issue_19_controls_reach_the_job(page, tmp_path: Path, artifacts_dir: Path) -> None:
+    """Framing 1:1 and the trailing-silence trim, set in the page: the worker renders a square video that ends
+    0.2 s after a 1 s tone followed by 2 s of silence (it would last 3 s without the trim)."""
+    import numpy as np
+
+    wav = tmp_path / "tone_then_silence.wav"
+    t = np.arange(16000) / 16000
+    pcm = np.concatenate([0.3 * np.sin(2 * np.pi * 220 * t), np.zeros(32000)])
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16000)
+        out.writeframes((pcm * 32767).astype("<i2").tobytes())
+    page.locator("#input-image input[type=file]").set_input_files(str(MEDIA / "portrait.png"))
+    page.locator("#input-audio1 input[type=file]").set_input_files(str(wav))
+    page.wait_for_function("document.querySelector('#estimate').innerText.includes('3.0 s of audio')",
+                           timeout=90_000)
+    page.locator("#aspect input").fill("1:1")
+    page.locator("#aspect input").press("Enter")
+    page.locator("#audio-options").get_by_text("Audio: pauses").click()  # open the accordion
+    page.locator("#trim-silence input").check()
+    page.locator("#submit").click()
+    seen = _watch_progress(page, "COMPLETED", timeout_s=300)
+    assert seen[-1] == ("COMPLETED", 100.0), seen
+    assert _video_duration(page) == pytest.approx(1.2, abs=0.08)
+    page.wait_for_function("document.querySelector('#result-link').innerText.includes('Trimmed')")
+    facts = page.locator("#result-link").inner_text()
+    width, height = (int(n) for n in facts.split(" · ")[1].split("x"))
+    assert width == height, facts  # the 1:1 framing
+    page.screenshot(path=str(artifacts_dir / "ui-issue19.png"), full_page=True)

@@ -17,7 +17,8 @@ def test_only_the_inputs_that_apply_show(s) -> None:
     assert v["audio1"] == (s.speech == "audio") and v["tts_text"] == (s.speech == "tts")
     assert v["audio2"] == v["audio_type"] == (s.speech == "audio" and s.speakers == 2)
     assert v["voice2"] == (s.speech == "tts" and s.speakers == 2)
-    assert v["boxes"] == (s.source == "image" and s.speakers == 2)
+    assert v["boxes"] == v["speaker_masks"] == (s.source == "image" and s.speakers == 2)
+    assert v["dub_strength"] == (s.source == "video") and v["isolation"] == (s.speech == "audio")
     assert not (v["audio1"] and v["tts_text"])
 
 
