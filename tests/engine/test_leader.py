@@ -99,6 +99,21 @@ def test_dubbing_frames_reach_the_followers_as_the_leader_reads_them(parallel, l
     assert np.abs(got.astype(int) - frames(parallel.generate(request())).astype(int)).max() > 10  # frames mattered
 
 
+def test_every_rank_merges_the_jobs_own_loras_and_takes_them_off(parallel, layout, tmp_path):
+    """`loras` reach the followers with the request: each rank merges into its own DiT copy, so the group renders
+    what one process renders with them, and the next job without them renders the plain frames again."""
+    from testkit.tiny import write_tiny_lora
+
+    write_tiny_lora(tmp_path / "style.safetensors", "fusionx", 101)
+    textured = replace(request(color_correction_strength=0.0), cond=_source_frames(1)[0])
+    styled = replace(textured, user_loras=((str(tmp_path / "style.safetensors"), 1.5),))
+    single = Engine.load(layout)
+    want_plain, want_styled = frames(single.generate(textured)), frames(single.generate(styled))
+    _same_video(frames(parallel.generate(styled)), want_styled)
+    _same_video(frames(parallel.generate(textured)), want_plain)
+    assert np.abs(want_styled.astype(int) - want_plain.astype(int)).mean() > 0.5  # the LoRA mattered
+
+
 def test_cancel_stops_every_rank_at_the_same_step(parallel, reference):
     pids = [p.pid for p in parallel.group.procs]
     calls = []
