@@ -25,8 +25,7 @@ from typing import Any, TextIO
 import httpx
 
 from client.api import ApiError, JobErrorInfo, JobStatus, PollPolicy, RunpodEndpointClient
-from client.flags import lora_ref, mask_value, scene_prompt, scenes_in_order
-from contract.choices import ASPECTS, AUDIO_MUX_CHOICES
+from client.flags import add_feature_flags, feature_fields
 from client.preview import PreviewFollower, preview_location
 from client.results import save_result
 from client.payload import (
@@ -154,31 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--color-correction", dest="color_correction_strength", type=float)
     gen.add_argument("--seed", type=int)
     gen.add_argument("--output-target", choices=OUTPUT_TARGETS, help="where the worker puts the MP4")
-    frame = s.add_argument_group("framing, scenes, masks, LoRAs, audio (issue 19; unset: the worker's defaults)")
-    frame.add_argument("--aspect", choices=ASPECTS, help="output framing preset")
-    frame.add_argument("--width", type=int, help="output width, a multiple of 16 (with --height)")
-    frame.add_argument("--height", type=int, help="output height, a multiple of 16 (with --width)")
-    frame.add_argument("--prompt-at", dest="prompts", action="append", type=scene_prompt, metavar="S=TEXT",
-                       help="a scene's prompt from S seconds on (repeat for each scene; --prompt covers the start)")
-    frame.add_argument("--mask", type=mask_value, metavar="FILE|REF|JSON",
-                       help="where the video may move: a mask image (file or ref) or a polygon [[x,y],…] in JSON")
-    frame.add_argument("--mask1", type=mask_value, metavar="FILE|REF|JSON", help="speaker 1's region (with --mask2)")
-    frame.add_argument("--mask2", type=mask_value, metavar="FILE|REF|JSON", help="speaker 2's region (instead of bbox)")
-    frame.add_argument("--lora", dest="loras", action="append", type=lora_ref, metavar="REF[:SCALE]",
-                       help="a LoRA for this job: a local .safetensors file, a name in the worker's LoRA folder or a "
-                       "URL; repeat for several")
-    frame.add_argument("--dub-strength", dest="dub_strength", type=float, help="with --video: 0 < s <= 1")
-    frame.add_argument("--silence-handling", dest="silence_handling", type=_bool, metavar="true|false",
-                       help="let the face rest in pauses")
-    frame.add_argument("--silence-threshold-db", dest="silence_threshold_db", type=float, metavar="DB")
-    frame.add_argument("--silence-min-s", dest="silence_min_s", type=float, metavar="S")
-    frame.add_argument("--silence-audio-guide", dest="silence_audio_guide_scale", type=float, metavar="SCALE")
-    frame.add_argument("--trim-silence", dest="trim_trailing_silence", action="store_const", const=True,
-                       help="end the video when the speech ends (trim_trailing_silence)")
-    frame.add_argument("--isolate-voice", dest="audio_isolation", action="store_const", const=True,
-                       help="separate the speech from music/noise before lip sync (audio_isolation)")
-    frame.add_argument("--audio-mux", dest="audio_mux", choices=AUDIO_MUX_CHOICES,
-                       help="the MP4's soundtrack with --isolate-voice: original or voice")
+    add_feature_flags(s.add_argument_group("framing, scenes, masks, LoRAs, audio (unset: the worker's defaults)"))
     run = s.add_argument_group("running")
     run.add_argument("--sync", action="store_true", help="use /runsync (short jobs; 20 MB payload limit)")
     run.add_argument("--sync-wait", type=float, default=90.0, help="seconds /runsync waits before returning (max 300)")
@@ -241,8 +216,6 @@ _PARAM_KEYS = (
     "prompt", "negative_prompt", "size", "mode", "sampler", "sample_steps", "sample_shift", "text_guide_scale",
     "audio_guide_scale", "use_apg", "use_teacache", "teacache_thresh", "guidance_every", "frame_num", "motion_frame",
     "max_duration_s", "color_correction_strength", "seed", "audio_type",
-    "aspect", "width", "height", "dub_strength", "silence_handling", "silence_threshold_db", "silence_min_s",
-    "silence_audio_guide_scale", "trim_trailing_silence", "audio_isolation", "audio_mux",
 )
 
 
@@ -294,15 +267,11 @@ def _job_input(args: argparse.Namespace) -> dict[str, Any]:
     elif args.audio2:
         media.audio2 = args.audio2
     params = {k: getattr(args, k) for k in _PARAM_KEYS if getattr(args, k) is not None}
-    if args.prompts:
-        params["prompts"] = scenes_in_order(args.prompts)
     # masks and LoRAs on the command line replace the payload's; files go the way --image goes
-    if args.mask is not None:
-        media.mask = args.mask
-    if args.mask1 is not None or args.mask2 is not None:
-        media.masks = {p: m for p, m in (("person1", args.mask1), ("person2", args.mask2)) if m is not None}
-    if args.loras:
-        media.loras = list(args.loras)
+    features, files = feature_fields(args)
+    params.update(features)
+    for name, value in files.items():
+        setattr(media, name, value)
     if args.output_target:
         params["output"] = {**(base.get("output") or {}), "target": args.output_target}
     limit = RUNSYNC_LIMIT_BYTES if args.sync else RUN_LIMIT_BYTES

@@ -59,6 +59,33 @@ def _resolve_paths(payload: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+def _with_feature_flags(payload: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], list[Path]]:
+    """The payload with the flags' fields on top (client/flags.py, the same flags as `submit`); a local mask or
+    LoRA file is passed as its absolute path and its folder becomes an allowed root for this run."""
+    from client.flags import feature_fields
+
+    params, media = feature_fields(args)
+    roots: list[Path] = []
+
+    def local(ref: Any) -> Any:
+        if isinstance(ref, str) and not ref.startswith("[") and "://" not in ref and not ref.startswith("data:") \
+                and Path(ref).expanduser().is_file():
+            file = Path(ref).expanduser().resolve()
+            roots.append(file.parent)
+            return str(file)
+        return ref
+
+    out = {**payload, **params}
+    if "mask" in media:
+        out["mask"] = local(media["mask"])
+    if "masks" in media:
+        out["masks"] = {p: local(m) for p, m in media["masks"].items()}
+    if "loras" in media:
+        out["loras"] = [{"ref": local(ref), **({} if scale is None else {"scale": scale})}
+                        for ref, scale in media["loras"]]
+    return out, list(dict.fromkeys(roots))
+
+
 def override_problem(overrides: list[str], message: str) -> str:
     """One line for a configuration that does not compose: the bad override and the valid choices."""
     from configuration import default_conf_dir
@@ -140,15 +167,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: cannot read the payload {path}: {reason}", file=sys.stderr)
         return EXIT_USAGE
     payload = doc.get("input", doc) if isinstance(doc, dict) else doc
+    roots = [path.resolve().parent]
     if isinstance(payload, dict):
         payload = _resolve_paths(payload, path.resolve().parent)
+        payload, flag_roots = _with_feature_flags(payload, args)
+        roots += flag_roots
     try:
         cfg = compose_config(args.overrides)
     except ConfigError as exc:
         print(f"error: {override_problem(list(args.overrides), str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(args.log_level or cfg.server.log_level, secrets=secret_values(cfg))
-    ctx = JobContext.create(cfg, extra_roots=[path.resolve().parent])
+    ctx = JobContext.create(cfg, extra_roots=roots)
     bar = None if args.quiet else RunProgress()
     job_id = f"local-{uuid.uuid4().hex[:8]}"
     try:
@@ -239,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--json", action="store_true", help="print the whole result (or error) as JSON on stdout")
         run.add_argument("--output-dir", default="outputs/infinitetalk", help="where an inline result is saved")
         run.add_argument("--log-level", default=None, help="default: the config's server.log_level")
+        from client.flags import add_feature_flags
+
+        add_feature_flags(run.add_argument_group("job fields on top of the payload (framing, scenes, masks, LoRAs, "
+                                                 "audio; unset: the payload's)"))
         run.set_defaults(fn=cmd_run)
     schema = sub.add_parser("schema", help="print the job input's JSON schema")
     schema.set_defaults(fn=cmd_schema)

@@ -124,3 +124,33 @@ def test_schema_describes_every_field_with_the_stock_workers_default():
 # the webhook address.
 NO_DEFAULT = {"image", "video", "audio", "audio_type", "tts", "bbox", "seed", "output", "person1", "person2", "text",
               "webhook_url", "mask", "masks", "aspect", "width", "height", "prompts", "from_s", "ref"}
+
+
+def test_run_takes_the_feature_flags_on_top_of_the_payload(tmp_path):
+    """The same flags as `submit` (client/flags.py): a mask file from another folder is readable for this run,
+    the framing and the trim reach the job."""
+    import numpy as np
+    import soundfile
+    from PIL import Image
+
+    (tmp_path / "job").mkdir()
+    (tmp_path / "masks").mkdir()
+    t = np.arange(16000) / 16000
+    soundfile.write(tmp_path / "job" / "tone.wav", np.concatenate([0.3 * np.sin(2 * np.pi * 220 * t),
+                                                                    np.zeros(32000)]).astype(np.float32), 16000)
+    w, h = Image.open(REPO / "examples" / "media" / "portrait.png").size
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, : w // 2] = 255
+    Image.fromarray(mask).save(tmp_path / "masks" / "left.png")
+    payload = tmp_path / "job" / "p.json"
+    (tmp_path / "job" / "portrait.png").write_bytes((REPO / "examples" / "media" / "portrait.png").read_bytes())
+    payload.write_text(json.dumps({"input": {"image": "portrait.png", "audio": "tone.wav", "sampler": "turbo",
+                                             "seed": 1}}))
+    res = run_cli(tmp_path, str(payload), "--json", "--aspect", "1:1", "--trim-silence", "--prompt-at", "0.5=a beach",
+                  "--mask", str(tmp_path / "masks" / "left.png"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["width"] == out["height"] and out["config"]["trim_trailing_silence"] is True
+    assert out["trimmed_s"] > 1.5 and out["num_frames"] == 30  # 1 s of tone and the 0.2 s tail
+    bad = run_cli(tmp_path, str(payload), "--prompt-at", "beach")
+    assert bad.returncode == 2 and "expected SECONDS=TEXT" in bad.stderr
