@@ -7,6 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -145,3 +147,51 @@ def test_the_body_failing_takes_the_loras_off(files):
 def test_check_reads_headers_for_every_file(files):
     indexes = check_user_loras(tiny_dit(), [files / "style.safetensors", files / "other.safetensors"])
     assert [len(i.terms) for i in indexes] == [26, 50] and indexes[0].n_diff == 2
+
+
+_NAME = st.text(alphabet="abcxyz_019", min_size=1, max_size=12)
+
+
+@st.composite
+def mangled_keys(draw) -> str:
+    """A key of another model's LoRA, made from a real one: a block past the tiny DiT's last, a module or prefix it
+    lacks, or a tensor suffix that is not a LoRA tensor."""
+    from testkit.tiny import TINY_DIT
+    from worker.engine.formats.lora import PREFIXES
+
+    how = draw(st.sampled_from(["block", "module", "prefix", "suffix"]))
+    block, module, suffix = "0", "self_attn.q", ".lora_down.weight"
+    prefix = draw(st.sampled_from(list(PREFIXES) + [""]))
+    if how == "block":
+        block = str(draw(st.integers(TINY_DIT.num_layers, 10_000)))
+    elif how == "module":
+        # (a digit-only name could be ffn.0, a real module)
+        module = draw(st.sampled_from(["self_attn", "cross_attn", "ffn", "audio_cross_attn"])) + "." + draw(
+            _NAME.filter(lambda n: not n.isdigit()))
+    elif how == "prefix":
+        prefix = draw(_NAME.filter(lambda p: not p.startswith("lora_unet"))) + "."
+    else:
+        suffix = draw(st.sampled_from([".lora_down.", ".lora_mid.weight", ".hada_w1_a", ".weight", "."])) + draw(
+            st.sampled_from(["", "x"]))
+    return f"{prefix}blocks.{block}.{module}{suffix}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(key=mangled_keys(), which=st.sampled_from(["down", "up"]))
+def test_a_key_that_does_not_fit_is_the_key_named(tmp_path_factory, key, which):
+    good = {"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(2, 64),
+            "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.zeros(64, 2),
+            "diffusion_model.blocks.1.ffn.0.lora_down.weight": torch.ones(2, 64),
+            "diffusion_model.blocks.1.ffn.0.lora_up.weight": torch.ones(128, 2)}
+    tensors = dict(good)
+    tensors.pop(f"diffusion_model.blocks.0.self_attn.q.lora_{which}.weight")
+    tensors[key] = torch.zeros(2, 64)
+    path = tmp_path_factory.mktemp("k") / "l.safetensors"
+    save_file(tensors, str(path))
+    dit = tiny_dit()
+    before = state(dit)
+    with pytest.raises(LoraFitError) as info:
+        with user_loras(dit, [(str(path), 1.0)]):
+            pytest.fail("the body must not run")
+    assert info.value.index == 0 and info.value.key == key, (info.value.key, str(info.value))
+    assert bit_equal(state(dit), before)
