@@ -62,6 +62,7 @@ class ModelConf:
     # Demucs v4 htdemucs weights (safetensors written by `weights isolation` from the published .th) for jobs
     # with audio_isolation; read on the first such job, never at start. Unset: such jobs are refused.
     isolation_path: Optional[str] = None
+    isolation_preload: bool = False  # load the isolation model at worker start (with the engine) instead
     weights: list[HfSource] = field(default_factory=list)
 
 

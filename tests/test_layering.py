@@ -182,6 +182,7 @@ NOT_ENGINE_SETTINGS = {
         "quant_dir": "folder of upstream's quant files (conf interpolation into quant_file)",
         "tts_dir": "Kokoro's folder (the TTS voice, loaded by the worker)",
         "isolation_path": "htdemucs weights for audio_isolation (loaded by the worker, EngineHolder.isolator)",
+        "isolation_preload": "the worker loads the isolation model at start (worker/handler.py preload)",
         "weights": "what `infinitetalk weights fetch` downloads",
     },
     "gpu": {

@@ -128,6 +128,12 @@ def preload() -> None:
         context().engine.get()
     except Exception as exc:  # noqa: BLE001 - the worker must still come up and answer with a clear error
         log.error("model preload failed", error=str(exc))
+    model = context().cfg.model
+    if model.isolation_preload and model.isolation_path:  # else the first audio_isolation job loads it
+        try:
+            context().engine.isolator()
+        except Exception as exc:  # noqa: BLE001 - as above: such jobs then fail with the reason
+            log.error("isolation model preload failed", error=str(exc))
 
 
 def main() -> None:

@@ -135,6 +135,10 @@ class EngineHolder:
                 self._tts = KokoroTTS.from_folder(folder, device=self.cfg.gpu.device)
             return self._tts
 
+    @property
+    def isolation_loaded(self) -> bool:
+        return self._isolator is not None
+
     def isolator(self) -> Any:
         """The voice isolation model (worker.engine.models.separation.VoiceIsolator), loaded on the first
         audio_isolation job and kept; a missing or wrong file is a WeightLoadError (E_PIPELINE_LOAD)."""

@@ -91,3 +91,14 @@ def test_a_config_that_cannot_compose_is_still_a_coded_answer(monkeypatch):
     monkeypatch.setenv("INFINITETALK_OVERRIDES", '["storage.target=ftp"]')  # refused by the config check
     out = handler_mod.handler({"id": "x", "input": {}})
     assert json.loads(out["error"])["code"] == "E_INTERNAL"
+
+
+@pytest.mark.parametrize("preload_isolation", [False, True])
+def test_the_isolation_model_loads_at_start_only_when_configured(tmp_path, monkeypatch, preload_isolation):
+    cfg = compose_config([f"server.cache_dir={tmp_path}/c", f"server.work_dir={tmp_path}/w",
+                          f"model.isolation_preload={str(preload_isolation).lower()}"])
+    c = JobContext.create(cfg)
+    monkeypatch.setattr(handler_mod, "_CTX", c)
+    monkeypatch.setenv("INFINITETALK_PRELOAD", "1")
+    handler_mod.preload()
+    assert c.engine.loaded and c.engine.isolation_loaded is preload_isolation
