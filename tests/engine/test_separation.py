@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from testkit.tiny import TINY_ISOLATION_SEED, ensure_tiny_isolation, isolation_test_signal, randomise
@@ -133,3 +135,11 @@ def test_isolator_takes_any_rate_and_channel_count(tmp_path):
     out4 = iso.vocals(four, 44100, on_progress=seen.append)
     assert out4.shape == (2, 44100) and seen and seen[-1] == 1.0
     assert np.allclose(out4, iso.vocals(four[:2], 44100), atol=1e-6)  # channels past two are dropped
+
+
+@settings(max_examples=8, deadline=None)
+@given(length=st.integers(min_value=1, max_value=3 * 44100), silent=st.booleans())
+def test_any_length_comes_back_whole_and_finite(tiny, length, silent):
+    track = torch.zeros(2, length) if silent else isolation_test_signal(length)
+    stems = separate(tiny, track, batch=2)
+    assert stems.shape == (4, 2, length) and torch.isfinite(stems).all()

@@ -237,7 +237,8 @@ def separate(model: HTDemucs, mix: torch.Tensor, *, overlap: float = 0.25, batch
     mix = mix.to(device=device, dtype=torch.float32)
     channels, length = mix.shape
     mono = mix.mean(0)
-    ref_mean, ref_std = mono.mean(), mono.std() + 1e-8
+    # the reference's normalisation by the mono mix (one sample has no spread: left unscaled)
+    ref_mean, ref_std = mono.mean(), (mono.std() if length > 1 else mono.new_zeros(())) + 1e-8
     mix = (mix - ref_mean) / ref_std
     seg = cfg.segment_samples
     stride = int((1 - overlap) * seg)
