@@ -186,6 +186,32 @@ def test_refs_the_guard_refuses_are_refused_for_loras_too(tmp_path, ref):
     assert info.value.code is ErrorCode.E_INPUT_VALIDATION, info.value.message
 
 
+def test_s3_refs_inside_the_input_prefixes_are_fetched_once_and_others_refused(moto_s3, tmp_path, lora_bytes):
+    client = moto_s3.client()
+    client.create_bucket(Bucket="results")
+    client.put_object(Bucket="results", Key="inputs/loras/style.safetensors", Body=lora_bytes)
+    client.put_object(Bucket="results", Key="infinitetalk/job.safetensors", Body=lora_bytes)
+    pol = policy(tmp_path, s3=moto_s3.settings(bucket="results"), s3_allowed_prefixes=("results/inputs/",))
+    c = cache(tmp_path)
+    first = fetch_lora(0, spec("s3://results/inputs/loras/style.safetensors"), c, pol, None, tmp_path / "j")
+    client.delete_object(Bucket="results", Key="inputs/loras/style.safetensors")  # a second fetch would now fail
+    second = fetch_lora(0, spec("s3://results/inputs/loras/style.safetensors"), c, pol, None, tmp_path / "j")
+    assert (first.cached, second.cached) == (False, True) and second.path.read_bytes() == lora_bytes
+    with pytest.raises(JobError) as info:  # the results prefix is not an input, whatever the file
+        fetch_lora(0, spec("s3://results/infinitetalk/job.safetensors"), c, pol, None, tmp_path / "j")
+    assert info.value.code is ErrorCode.E_INPUT_VALIDATION and info.value.details["reason"] == "s3_not_allowed"
+
+
+def test_a_data_uri_lora_is_decoded_and_cached(tmp_path, lora_bytes):
+    import base64
+
+    ref = "data:application/octet-stream;base64," + base64.b64encode(lora_bytes).decode()
+    c = cache(tmp_path)
+    first = fetch_lora(0, spec(ref), c, policy(tmp_path), None, tmp_path / "j")
+    second = fetch_lora(0, spec(ref), c, policy(tmp_path), None, tmp_path / "j")
+    assert first.path.read_bytes() == lora_bytes and second.cached and first.sha256 == second.sha256
+
+
 def test_eviction_removes_the_least_recently_used_files_not_recent_ones(tmp_path):
     c = cache(tmp_path, max_bytes=2500)
     c.blobs.mkdir(parents=True)
@@ -272,3 +298,27 @@ def test_a_file_for_another_model_names_loras_i_and_the_key(job_ctx, tmp_path):
     finally:
         for p in (bad, shapes, good):
             p.unlink(missing_ok=True)
+
+
+def test_a_cancelled_lora_job_leaves_the_dit_bit_identical(job_ctx, tmp_path):
+    from worker.job import run_job
+
+    good = EXAMPLES / f".lora-cancel-{tmp_path.name}.safetensors"
+    write_tiny_lora(good, "fusionx", 11)
+    try:
+        dit = job_ctx.engine.get().dit
+        before = {k: v.clone() for k, v in dit.state_dict().items()}
+        steps = []
+
+        def cancel_after_a_step() -> bool:  # the LoRA is merged by then: sampling has begun
+            steps.append(1)
+            return len(steps) > 2
+
+        # the worker's own preset (fast): a job naming another preset would switch the preset's LoRA, by design
+        payload = example("single_image.json") | {"loras": [{"ref": str(good), "scale": 2.0}]}
+        with pytest.raises(JobError) as info:
+            run_job("lora-cancel", payload, job_ctx, lambda _p: None, should_cancel=cancel_after_a_step)
+        assert info.value.code is ErrorCode.E_CANCELLED and len(steps) > 2
+        assert all(torch.equal(v, before[k]) for k, v in dit.state_dict().items())
+    finally:
+        good.unlink(missing_ok=True)
