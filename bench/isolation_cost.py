@@ -7,7 +7,8 @@ The network is the worker's own (worker/engine/models/separation.py) at the publ
 parameters, 7.8 s segments, 25% overlap) with random weights unless `--weights` names the converted file
 (`infinitetalk weights isolation`); the cost does not depend on the weights' values. The track is `--minutes` of
 44.1 kHz stereo (tones over noise). For each `--batch` (segments per forward) the whole track is separated
-`--repeats` times after one warm-up run; the median is the figure, divided by the minutes of audio. The
+`--repeats` times after one warm-up run, as a job does it (the track on the host, each batch of windows sent to
+the device and its vocals brought back); the median is the figure, divided by the minutes of audio. The
 separation runs in float32 (`--tf32` lets matmuls and convolutions use TF32 on Ampere and later). The job also
 resamples each file to 44.1 kHz and the vocals to 16 kHz on the CPU; `resample_s` times both for the same
 track when soxr is installed. CUDA when available, else the CPU (`--device` to choose); `--scale tiny` runs the
@@ -54,17 +55,17 @@ def _sync(device: torch.device) -> None:
 
 def time_separation(model: HTDemucs, track: torch.Tensor, batch: int, repeats: int) -> dict:
     device = next(model.parameters()).device
-    separate(model, track, batch=batch)  # warm-up: kernels chosen, memory pools filled
+    separate(model, track, batch=batch, sources=("vocals",))  # warm-up: kernels chosen, memory pools filled
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        stems = separate(model, track, batch=batch)
+        stems = separate(model, track, batch=batch, sources=("vocals",))  # as the job runs it
         _sync(device)
         times.append(time.perf_counter() - t0)
-    vocals = stems[model.cfg.sources.index("vocals")]
+    vocals = stems[0]
     out = {
         "batch": batch,
         "times_s": [round(t, 4) for t in times],

@@ -143,3 +143,11 @@ def test_any_length_comes_back_whole_and_finite(tiny, length, silent):
     track = torch.zeros(2, length) if silent else isolation_test_signal(length)
     stems = separate(tiny, track, batch=2)
     assert stems.shape == (4, 2, length) and torch.isfinite(stems).all()
+
+
+def test_one_source_is_that_row_of_all_sources(tiny):
+    track = isolation_test_signal(int(1.3 * tiny.cfg.samplerate))
+    every = separate(tiny, track, batch=2)
+    vocals = separate(tiny, track, batch=2, sources=("vocals",))
+    assert vocals.shape == (1, 2, track.shape[-1])
+    assert torch.allclose(vocals[0], every[tiny.cfg.sources.index("vocals")], atol=1e-6)

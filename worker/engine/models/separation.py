@@ -229,12 +229,16 @@ def _triangle(n: int, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def separate(model: HTDemucs, mix: torch.Tensor, *, overlap: float = 0.25, batch: int = 4,
+             sources: tuple[str, ...] | None = None,
              on_progress: Callable[[float], None] | None = None) -> torch.Tensor:
-    """(channels, n) at the model's rate -> (sources, channels, n), segment by segment with overlap-add."""
+    """(channels, n) at the model's rate -> (len(sources), channels, n) (default: every source), segment by
+    segment with overlap-add. The track and the sums stay where `mix` is (the host, for a job): only each
+    batch of windows visits the model's device, so a long track costs no device memory."""
     cfg = model.cfg
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    mix = mix.to(device=device, dtype=torch.float32)
+    keep = [cfg.sources.index(name) for name in (sources or cfg.sources)]
+    mix = mix.to(torch.float32)
     channels, length = mix.shape
     mono = mix.mean(0)
     # the reference's normalisation by the mono mix (one sample has no spread: left unscaled)
@@ -243,9 +247,9 @@ def separate(model: HTDemucs, mix: torch.Tensor, *, overlap: float = 0.25, batch
     seg = cfg.segment_samples
     stride = int((1 - overlap) * seg)
     offsets = list(range(0, length, stride))
-    out = torch.zeros(len(cfg.sources), channels, length, device=device)
-    total = torch.zeros(length, device=device)
-    weight = _triangle(seg, device)
+    out = mix.new_zeros(len(keep), channels, length)
+    total = mix.new_zeros(length)
+    weight = _triangle(seg, mix.device)
     for first in range(0, len(offsets), batch):
         group = offsets[first : first + batch]
         windows, sizes = [], []
@@ -255,7 +259,7 @@ def separate(model: HTDemucs, mix: torch.Tensor, *, overlap: float = 0.25, batch
             lo, hi = max(0, start), min(length, start + seg)
             windows.append(F.pad(mix[:, lo:hi], (lo - start, start + seg - hi)))
             sizes.append(size)
-        est = model(torch.stack(windows).to(dtype)).float()
+        est = model(torch.stack(windows).to(device=device, dtype=dtype))[:, keep].float().to(mix.device)
         for k, (offset, size) in enumerate(zip(group, sizes)):
             trim = (seg - size) // 2
             out[..., offset : offset + size] += weight[:size] * est[k, ..., trim : trim + size]
@@ -333,5 +337,6 @@ class VoiceIsolator:
 
             x = np.ascontiguousarray(soxr.resample(x.T, sr, self.sample_rate, quality="HQ").T, dtype=np.float32)
         with self._lock:
-            stems = separate(self.model, torch.from_numpy(x), batch=self.batch, on_progress=on_progress)
-        return stems[self.model.cfg.sources.index("vocals")].cpu().numpy().astype(np.float32, copy=False)
+            stems = separate(self.model, torch.from_numpy(x), batch=self.batch, sources=("vocals",),
+                             on_progress=on_progress)
+        return stems[0].numpy().astype(np.float32, copy=False)
