@@ -306,7 +306,10 @@ def test_a_cancelled_lora_job_leaves_the_dit_bit_identical(job_ctx, tmp_path):
     good = EXAMPLES / f".lora-cancel-{tmp_path.name}.safetensors"
     write_tiny_lora(good, "fusionx", 11)
     try:
-        dit = job_ctx.engine.get().dit
+        engine = job_ctx.engine.get()
+        turbo = job_ctx.cfg.sampler_presets["turbo"]
+        engine.use_lora(turbo.lora_file, turbo.lora_scale)  # the job's preset, as it will ask for it
+        dit = engine.dit
         before = {k: v.clone() for k, v in dit.state_dict().items()}
         steps = []
 
@@ -314,8 +317,7 @@ def test_a_cancelled_lora_job_leaves_the_dit_bit_identical(job_ctx, tmp_path):
             steps.append(1)
             return len(steps) > 2
 
-        # the worker's own preset (fast): a job naming another preset would switch the preset's LoRA, by design
-        payload = example("single_image.json") | {"loras": [{"ref": str(good), "scale": 2.0}]}
+        payload = example("single_image.json") | {"sampler": "turbo", "loras": [{"ref": str(good), "scale": 2.0}]}
         with pytest.raises(JobError) as info:
             run_job("lora-cancel", payload, job_ctx, lambda _p: None, should_cancel=cancel_after_a_step)
         assert info.value.code is ErrorCode.E_CANCELLED and len(steps) > 2
