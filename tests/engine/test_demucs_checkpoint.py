@@ -37,9 +37,15 @@ def _write_package(path: Path, state: dict[str, torch.Tensor], marker: Path, **k
     class HTDemucs:  # noqa: D401 - a stand-in for the published class, importable only while saving
         pass
 
-    HTDemucs.__module__ = fake.__name__
-    HTDemucs.__qualname__ = "HTDemucs"
-    fake.HTDemucs = HTDemucs
+    class DictConfig(dict):  # a container subclass, as the training configuration objects are
+        pass
+
+    class ListConfig(list):
+        pass
+
+    for cls in (HTDemucs, DictConfig, ListConfig):
+        cls.__module__, cls.__qualname__ = fake.__name__, cls.__name__
+        setattr(fake, cls.__name__, cls)
     parent = types.ModuleType("demucs_release_stub")
     parent.htdemucs = fake
     sys.modules[parent.__name__], sys.modules[fake.__name__] = parent, fake
@@ -52,6 +58,7 @@ def _write_package(path: Path, state: dict[str, torch.Tensor], marker: Path, **k
                        **kwargs},
             "state": {k: v.half() for k, v in state.items()},
             "training_args": _RunsCode(marker),
+            "config": DictConfig(model="htdemucs", sources=ListConfig(["drums", "bass", "other", "vocals"])),
         }
         torch.save(package, path)
     finally:

@@ -53,6 +53,16 @@ class _Placeholder:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
+    # containers of an unknown class (a dict or list subclass) are filled item by item
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value: Any) -> None:
+        self.__dict__.setdefault("values", []).append(value)
+
+    def extend(self, values: Any) -> None:
+        self.__dict__.setdefault("values", []).extend(values)
+
     def __repr__(self) -> str:
         return f"<{self.origin}>"
 
