@@ -151,3 +151,16 @@ def test_one_source_is_that_row_of_all_sources(tiny):
     vocals = separate(tiny, track, batch=2, sources=("vocals",))
     assert vocals.shape == (1, 2, track.shape[-1])
     assert torch.allclose(vocals[0], every[tiny.cfg.sources.index("vocals")], atol=1e-6)
+
+
+def test_the_published_size_matches_the_reference_implementation(reference):
+    """The whole published configuration (seeded weights, one 7.8 s segment): what the key manifest cannot
+    show, e.g. the 2-D positions over 8 x 336 tokens, the 512-wide attention, the decoders' residual branches."""
+    cfg = SeparationConfig.published()
+    model = HTDemucs(cfg).eval()
+    model.load_state_dict(randomise(model, TINY_ISOLATION_SEED), strict=True)
+    with torch.no_grad():
+        out = model(isolation_test_signal(cfg.segment_samples)[None])[0, cfg.sources.index("vocals"), 0, ::16]
+    ref = reference["full_forward_vocals_left_every_16th"]
+    assert out.shape == ref.shape and ref.abs().max() > 0.05
+    assert torch.allclose(out, ref, atol=2e-3 * ref.abs().max().item(), rtol=2e-3)

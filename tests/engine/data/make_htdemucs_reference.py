@@ -16,7 +16,8 @@ It writes, beside this file:
   configuration (SeparationConfig.tiny()) and the seeded weights testkit.tiny.randomise(seed 19) gives our
   network (same keys, loaded by name), for
   one segment through the model's forward and for a 2.2 s track through `apply_model` (shifts=0, split,
-  overlap 0.25) wrapped in the mono-mix normalisation of its separate command. The input is
+  overlap 0.25) wrapped in the mono-mix normalisation of its separate command; and, at the published size
+  with seeded weights the same way, the left channel (every 16th sample) of one 7.8 s segment's vocals. The input is
   testkit.tiny.isolation_test_signal, a formula, so nothing random is stored.
 """
 from __future__ import annotations
@@ -60,7 +61,12 @@ def main() -> None:
         normed = (track - ref.mean()) / (ref.std() + 1e-8)
         stems = apply_model(model, normed[None], shifts=0, split=True, overlap=0.25, progress=False)[0]
         stems = stems * (ref.std() + 1e-8) + ref.mean()
-    save_file({"forward_vocals": one.half().contiguous(), "separate_vocals": stems[vocals].half().contiguous()},
+        full_cfg = SeparationConfig.published()
+        full = reference_model(full_cfg)
+        full.load_state_dict(randomise(OurHTDemucs(full_cfg), TINY_ISOLATION_SEED), strict=True)
+        full_one = full(isolation_test_signal(full_cfg.segment_samples)[None])[0, vocals]
+    save_file({"forward_vocals": one.half().contiguous(), "separate_vocals": stems[vocals].half().contiguous(),
+               "full_forward_vocals_left_every_16th": full_one[0, ::16].half().contiguous()},
               str(HERE / "htdemucs_tiny_reference.safetensors"))
     print(len(keys), "keys;", one.shape, stems.shape)
 
