@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from contract.errors import ErrorCode, JobError
@@ -177,8 +177,6 @@ def fetch_lora(index: int, spec: LoraSpec, cache: LoraCache, policy: FetchPolicy
 def _volume_ref(ref: str, policy: FetchPolicy, lora_dir: str | None) -> tuple[str, FetchPolicy]:
     """A relative name lies in the LoRA folder (its only root); an absolute path follows the rules of every volume
     ref (the worker's allowed roots)."""
-    from dataclasses import replace
-
     if not ref.startswith("/"):
         if not lora_dir:
             raise JobError(ErrorCode.E_INPUT_VALIDATION, f"{ref!r} is a name, but this worker has no LoRA folder",
