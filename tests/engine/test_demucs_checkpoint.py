@@ -71,7 +71,7 @@ def state() -> dict[str, torch.Tensor]:
 
 
 def test_converts_a_published_style_package_without_running_it(tmp_path, state):
-    src, marker = tmp_path / "955717e8-8726e21a.th", tmp_path / "ran"
+    src, marker = tmp_path / "htdemucs.th", tmp_path / "ran"
     _write_package(src, state, marker)
     with pytest.raises(Exception):
         torch.load(src, weights_only=True)  # why a restricted reader is needed at all
@@ -121,3 +121,16 @@ def test_a_bare_state_dict_is_accepted(tmp_path, state):
     torch.save(state, tmp_path / "sd.th")
     got, kwargs = read_demucs_package(tmp_path / "sd.th")
     assert kwargs == {} and set(got) == set(state)
+
+
+def test_a_release_name_carries_a_checksum_that_is_checked(tmp_path, state):
+    import hashlib
+
+    src = tmp_path / "x.th"
+    _write_package(src, state, tmp_path / "ran")
+    prefix = hashlib.sha256(src.read_bytes()).hexdigest()[:8]
+    good = src.rename(tmp_path / f"955717e8-{prefix}.th")
+    assert set(read_demucs_package(good)[0]) == set(state)
+    bad = good.rename(tmp_path / "955717e8-00000000.th" if prefix != "00000000" else tmp_path / "955717e8-11111111.th")
+    with pytest.raises(WeightLoadError, match="checksum mismatch"):
+        read_demucs_package(bad)

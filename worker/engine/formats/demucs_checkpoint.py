@@ -13,7 +13,9 @@ then never reads a pickle at all (`separation.load_separation_strict` reads the 
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,11 +100,30 @@ class _RestrictedPickle:
         return _Unpickler(file, **kwargs).load()
 
 
+# Released files are named <signature>-<first 8 hex digits of the file's sha256>.th (955717e8-8726e21a.th).
+_RELEASE_NAME = re.compile(r"^[0-9a-f]{8}-([0-9a-f]{8})\.th$")
+
+
+def _check_release_checksum(p: Path) -> None:
+    m = _RELEASE_NAME.match(p.name)
+    if m is None:
+        return
+    digest = hashlib.sha256()
+    with p.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(m.group(1)):
+        raise WeightLoadError(str(p), None, f"checksum mismatch: the name promises sha256 {m.group(1)}..., the file "
+                              f"has {digest.hexdigest()[:8]}... (a truncated or altered download)")
+
+
 def read_demucs_package(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, recorded constructor keyword arguments) of a demucs `.th`; a bare state dict works too."""
+    """(state dict, recorded constructor keyword arguments) of a demucs `.th`; a bare state dict works too.
+    A file with a release name is first checked against the checksum its name carries."""
     p = Path(path)
     if not p.is_file():
         raise WeightLoadError(str(p), None, "file not found")
+    _check_release_checksum(p)
     try:
         raw = torch.load(str(p), map_location="cpu", pickle_module=_RestrictedPickle, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - truncated, not a torch file
