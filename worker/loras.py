@@ -115,14 +115,22 @@ class LoraCache:
             stage.unlink(missing_ok=True)
 
     def evict(self, keep: set[str] = frozenset()) -> list[str]:
-        """Remove least recently used files until the cache is within max_bytes; returns the hashes removed."""
+        """Remove least recently used files until the cache is within max_bytes; returns the hashes removed.
+        Temporary files a killed worker left behind go once they are older than IN_USE_S."""
+        now = time.time()
+        for folder in (self.blobs, self.refs):
+            for part in folder.glob(".*.part") if folder.is_dir() else ():
+                try:
+                    if now - part.stat().st_mtime > IN_USE_S:
+                        part.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    continue
         try:
             entries = [(p.stat(), p) for p in self.blobs.glob("*.safetensors")]
         except FileNotFoundError:
             return []
         total = sum(st.st_size for st, _ in entries)
         removed = []
-        now = time.time()
         for st, path in sorted(entries, key=lambda e: e[0].st_mtime):
             if total <= self.max_bytes:
                 break

@@ -224,6 +224,11 @@ def test_eviction_removes_the_least_recently_used_files_not_recent_ones(tmp_path
     assert removed == [f"{0:064x}", f"{1:064x}"]  # oldest first, until within 2500 bytes
     c.max_bytes = 0
     assert c.evict(keep={f"{2:064x}"}) == []  # the kept one and the one used just now stay
+    stale, fresh = c.blobs / f".{0:064x}.dead.part", c.blobs / f".{0:064x}.live.part"
+    stale.write_bytes(b"half"), fresh.write_bytes(b"half")
+    os.utime(stale, (now - 2 * IN_USE_S, now - 2 * IN_USE_S))
+    c.evict()
+    assert not stale.exists() and fresh.exists()  # a killed worker's leftovers go; a running write stays
 
 
 @settings(max_examples=25, deadline=None)
@@ -324,3 +329,30 @@ def test_a_cancelled_lora_job_leaves_the_dit_bit_identical(job_ctx, tmp_path):
         assert all(torch.equal(v, before[k]) for k, v in dit.state_dict().items())
     finally:
         good.unlink(missing_ok=True)
+
+
+def test_workers_adding_the_same_file_at_once_leave_one_whole_copy(tmp_path, lora_bytes):
+    """Several workers on one volume may fetch the same LoRA together: each writes its own temporary name and
+    renames it into place, so the cache holds one whole file and no partial one, whoever wins."""
+    c = cache(tmp_path)
+    sha = __import__("hashlib").sha256(lora_bytes).hexdigest()
+    sources = []
+    for i in range(6):
+        src = tmp_path / f"job{i}" / "l.safetensors"
+        src.parent.mkdir()
+        src.write_bytes(lora_bytes)
+        sources.append(src)
+    barrier = threading.Barrier(len(sources))
+    results: list[Path] = []
+
+    def add(src: Path) -> None:
+        barrier.wait()
+        results.append(c.add(src, sha))
+
+    threads = [threading.Thread(target=add, args=(s,)) for s in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(results) == {c.blob(sha)} and c.blob(sha).read_bytes() == lora_bytes
+    assert list(c.blobs.iterdir()) == [c.blob(sha)] and no_partials(c.root)
