@@ -61,42 +61,16 @@ def test_warm_start_reads_the_leading_files_that_fit_the_budget(tmp_path):
         f = tmp_path / f"{i}.bin"
         f.write_bytes(b"a" * size)
         files.append(f)
-    p = warm_start([files[0], tmp_path / "missing", files[1], files[2], files[3]], budget=3500, imports=[])
+    p = warm_start([files[0], tmp_path / "missing", files[1], files[2], files[3]], budget=3500)
     _wait(p)
     # in order, stops at the first file that would overflow (later small files are not reached out of order)
     assert p.files == [files[0], files[1]] and p.bytes_read == 3000
-    everything = warm_start(files, budget=10**9, imports=[])
+    everything = warm_start(files, budget=10**9)
     _wait(everything)
     assert everything.bytes_read == 6010
-    nothing = warm_start(files, budget=0, imports=[])
+    nothing = warm_start(files, budget=0)
     _wait(nothing)
     assert nothing.files == [] and nothing.bytes_read == 0
-    libs = warm_start(files[:1], budget=0)  # torch's own libraries lead, outside the budget
-    libs.stop()
-    assert libs.files and all(".so" in f.name for f in libs.files) and files[0] not in libs.files
-    assert libs.low_priority and libs.block < 16 << 20
-
-
-def test_import_files_are_torchs_libraries_found_without_importing_it():
-    import subprocess
-    import sys
-
-    code = ("import sys; from worker.engine.formats.prefetch import import_files as f; libs = f(); "
-            "print(len(libs), 'torch' in sys.modules, any(p.name.startswith('libtorch') for p in libs))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == [out.stdout.split()[0], "False", "True"] and int(out.stdout.split()[0]) > 0, out.stderr
-
-
-def test_the_read_ahead_thread_lowers_its_own_io_priority():
-    from worker.engine.formats.prefetch import lower_io_priority
-
-    result: list[bool] = []
-    import threading
-
-    t = threading.Thread(target=lambda: result.append(lower_io_priority()))
-    t.start()
-    t.join()
-    assert result == [True]  # Linux x86_64/aarch64: the ioprio_set syscall took it
 
 
 def test_memory_budget_is_a_fraction_of_what_is_available():

@@ -15,27 +15,21 @@ from collections.abc import Iterable
 from pathlib import Path
 
 BLOCK = 16 << 20
-# The start-up read-ahead runs beside imports that read many small files: smaller requests keep them from
-# queueing behind 16 MiB reads (a cold run with 16 MiB blocks slowed `import torch` from 5.4 to 12.5 s).
-WARM_BLOCK = 2 << 20
 
 
 class Prefetcher:
     """Reads `files` in order in a daemon thread until done or `stop()`; never raises into the loader
     (a read error here only means the loader reads those pages itself and reports any real problem)."""
 
-    def __init__(self, files: Iterable[Path | str], block: int = BLOCK, low_priority: bool = False) -> None:
+    def __init__(self, files: Iterable[Path | str], block: int = BLOCK) -> None:
         self.files = [Path(f) for f in files]
         self.block = block
-        self.low_priority = low_priority
         self.bytes_read = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="checkpoint-prefetch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        if self.low_priority:
-            lower_io_priority()
         buf = bytearray(self.block)
         view = memoryview(buf)
         for path in self.files:
@@ -73,41 +67,6 @@ class Prefetcher:
 
 
 
-def lower_io_priority() -> bool:
-    """This thread's disk reads at the lowest best-effort priority (Linux `ioprio_set`, honoured by the BFQ and
-    mq-deadline schedulers): the imports' and loaders' own reads go first. False where it cannot be set."""
-    import ctypes
-    import platform
-
-    number = {"x86_64": 251, "aarch64": 30}.get(platform.machine())
-    if number is None:
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        best_effort, lowest, who_process = 2, 7, 1  # IOPRIO_CLASS_BE, level 7, IOPRIO_WHO_PROCESS (a thread id)
-        return libc.syscall(number, who_process, threading.get_native_id(), (best_effort << 13) | lowest) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def import_files() -> list[Path]:
-    """The shared libraries `import torch` maps (torch/lib and the CUDA wheels' nvidia/*/lib), found without
-    importing anything: on a cold host they are read first, sequentially, instead of by page faults that would
-    queue behind the weights' stream."""
-    import importlib.util
-
-    found: list[Path] = []
-    for name in ("torch", "nvidia"):
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        for root in (spec.submodule_search_locations or []) if spec else []:
-            pattern = "lib/*.so*" if name == "torch" else "*/lib/*.so*"
-            found.extend(sorted(p for p in Path(root).glob(pattern) if p.is_file()))
-    return found
-
-
 def memory_budget(fraction: float = 0.6) -> int:
     """Bytes of page cache a start-up read-ahead may fill: `fraction` of what the host (or the container's
     cgroup limit, when lower) has available. Beyond it, pages read early would be evicted before the loader
@@ -131,19 +90,15 @@ def memory_budget(fraction: float = 0.6) -> int:
     return int((available or 0) * fraction)
 
 
-def warm_start(files: Iterable[Path | str], budget: int | None = None,
-               imports: Iterable[Path | str] | None = None) -> Prefetcher:
+def warm_start(files: Iterable[Path | str], budget: int | None = None) -> Prefetcher:
     """Start streaming a whole checkpoint, in the loader's order, at process start (before torch is imported).
 
     Why: a cold worker spends ~5 s importing torch and ~5 s more setting up CUDA and modules before and between
     the weight reads, with the disk idle. Read from the first second, the files are in the page cache when each
-    loader gets to them, so start-up approaches the disk's read time (bench/README.md, cold start). torch's own
-    libraries come first (`import_files`), the thread reads at low I/O priority in small blocks so the imports'
-    reads are not queued behind it. Only the leading files that fit `budget` (default: `memory_budget()`) are
-    read; missing files are skipped."""
+    loader gets to them, so start-up approaches the disk's read time (bench/README.md, cold start). Only the
+    leading files that fit `budget` (default: `memory_budget()`) are read; missing files are skipped."""
     budget = memory_budget() if budget is None else budget
-    # the libraries are mapped by the process anyway: they lead and do not count against the budget
-    chosen: list[Path] = [Path(f) for f in (import_files() if imports is None else imports)]
+    chosen: list[Path] = []
     total = 0
     for f in files:
         path = Path(f)
@@ -155,4 +110,4 @@ def warm_start(files: Iterable[Path | str], budget: int | None = None,
             break
         chosen.append(path)
         total += size
-    return Prefetcher(chosen, block=WARM_BLOCK, low_priority=True)
+    return Prefetcher(chosen)
