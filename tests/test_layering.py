@@ -190,6 +190,7 @@ NOT_ENGINE_SETTINGS = {
         "dtype": "EngineOptions.dtype on GPU tiers (the CPU tier takes model.dtype)",
         "cuda_alloc_conf": "PYTORCH_CUDA_ALLOC_CONF of the worker process",
         "max_size": "a job limit (worker/resolve.py)",
+        "quant": "the tier's choice of EngineOptions.quant: 'model' defers to model.quant (checked below)",
         "vram_gb": "sizing facts for infra",
         "runpod_pools": "infra: endpoint GPU pools",
         "runpod_gpu_type_ids": "infra: GPU type ids",
@@ -247,6 +248,8 @@ def test_conf_settings_reach_the_engine_under_the_same_name():
             for group, conf in (("gpu", c.gpu), ("model", c.model)):
                 for name in _fields(type(conf)) - set(NOT_ENGINE_SETTINGS[group]):
                     want = getattr(conf, name)
+                    if (group, name) == ("model", "quant") and c.gpu.quant != "model":
+                        want = c.gpu.quant  # the tier decides the linears' precision
                     if name in _fields(EngineOptions):
                         got = getattr(options, name)
                         want = want if want is not None else ""
