@@ -83,3 +83,42 @@ def test_memory_budget_is_a_fraction_of_what_is_available():
     half = memory_budget(0.5)
     assert 0 < half <= avail  # host MemAvailable (or a tighter cgroup room) times the fraction
     assert memory_budget(0.25) <= half
+
+
+def test_several_threads_read_every_byte_once_in_pieces(tmp_path, monkeypatch):
+    from hypothesis import given, settings, strategies as st
+
+    from worker.engine.formats import prefetch
+
+    monkeypatch.setattr(prefetch, "RANGE", 1000)  # many pieces from small files
+
+    @settings(max_examples=25, deadline=None)
+    @given(sizes=st.lists(st.integers(0, 5000), min_size=1, max_size=5), threads=st.integers(2, 5),
+           block=st.integers(64, 1500))
+    def check(sizes, threads, block):
+        files = []
+        for i, size in enumerate(sizes):
+            f = tmp_path / f"f{i}.bin"
+            f.write_bytes(b"q" * size)
+            files.append(f)
+        p = Prefetcher([*files, tmp_path / "missing"], block=block, threads=threads)
+        _wait(p)
+        assert p.done() and p.bytes_read == sum(sizes)
+
+    check()
+
+
+def test_several_threads_stop_early(tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"z" * (8 << 20))
+    p = Prefetcher([big] * 50, block=1 << 16, threads=4)
+    p.stop()
+    assert p.done() and p.bytes_read < 50 * (8 << 20)
+
+
+def test_warm_start_reads_with_several_threads():
+    from worker.engine.formats.prefetch import WARM_THREADS, warm_start
+
+    p = warm_start([], budget=0)
+    _wait(p)
+    assert WARM_THREADS > 1 and len(p._threads) == WARM_THREADS and p.done()
