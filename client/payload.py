@@ -155,7 +155,8 @@ def sniff_mime(path: Path) -> str:
 
 
 # The stock worker's download caps (conf/config.yaml server.download) and the shortest speech it takes.
-MAX_BYTES = {"image": 50 * 1024 * 1024, "audio": 200 * 1024 * 1024, "video": 1024 * 1024 * 1024}
+MAX_BYTES = {"image": 50 * 1024 * 1024, "audio": 200 * 1024 * 1024, "video": 1024 * 1024 * 1024,
+             "lora": 2048 * 1024 * 1024}
 MIN_AUDIO_S = 0.08
 # A path that is not on this machine is sent as a worker path only under the worker's volume.
 WORKER_VOLUME_ROOT = os.environ.get("INFINITETALK_VOLUME_ROOT", "/runpod-volume").rstrip("/") + "/"
@@ -174,6 +175,8 @@ def check_local_media(path: Path, field_name: str) -> str:
     """Check a local file against what `field_name` needs (type from its content, size, audio length);
     returns its media type or raises LocalMediaError naming the field."""
     kind = "audio" if field_name.startswith("audio") else "image" if field_name.startswith("mask") else field_name
+    if field_name.startswith("loras"):
+        return _check_local_lora(path, field_name)
     found = sniff_content(path)
     top = (found or "").split("/", 1)[0]
     ok = top == kind or (kind == "audio" and found == "video/mp4")
@@ -195,6 +198,22 @@ def check_local_media(path: Path, field_name: str) -> str:
             raise LocalMediaError(field_name, f"{path.name} lasts {seconds:.3f} s, too short to drive a video",
                                   f"Give {field_name} at least a fraction of a second of speech.")
     return found or "application/octet-stream"
+
+
+def _check_local_lora(path: Path, field_name: str) -> str:
+    """A LoRA file must be safetensors (an 8-byte little-endian header length, then a JSON header) within the
+    worker's cap (server.download.max_lora_bytes' default): a .ckpt or a text file is refused before sending."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    size = path.stat().st_size
+    n = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    if not (head[8:9] == b"{" and 2 <= n <= size - 8):
+        raise LocalMediaError(field_name, f"{path.name} is not a safetensors file, judged from its content",
+                              f"Give {field_name} a .safetensors LoRA (Wan2.1 / InfiniteTalk key names).")
+    if size > MAX_BYTES["lora"]:
+        raise LocalMediaError(field_name, f"{path.name} is {size / 2**20:.0f} MiB, over the worker's "
+                              f"{MAX_BYTES['lora'] // 2**20} MiB limit for a LoRA", f"Give {field_name} a smaller file.")
+    return "application/octet-stream"
 
 
 class InvalidJobInput(ValueError):
@@ -298,7 +317,7 @@ def build_job_input(
             raise FileNotFoundError(
                 f"{field_name}: no such file {text} (paths on the worker's volume start with {WORKER_VOLUME_ROOT})"
             )
-        mime = "application/octet-stream" if field_name.startswith("loras") else check_local_media(path, field_name)
+        mime = check_local_media(path, field_name)
         slot = _Slot(field_name, path, mime, size=path.stat().st_size)
         slot.value = to_data_uri(path, mime)
         _set(job, field_name, slot.value)

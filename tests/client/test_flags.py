@@ -88,3 +88,13 @@ def test_a_mask_that_is_not_an_image_is_refused_before_sending(tmp_path: Path, c
     rc = main([*BASE, *IMAGE_AUDIO, "--mask", str(MEDIA / "speech_person1.wav")])
     err = capsys.readouterr().err
     assert rc == 2 and "mask: speech_person1.wav is an audio file" in err, err
+
+
+def test_a_local_lora_that_is_not_safetensors_is_refused_before_sending(tmp_path: Path, capsys):
+    from client.cli import main
+
+    pickle = tmp_path / "style.ckpt"
+    pickle.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)  # a torch pickle, not safetensors
+    rc = main([*BASE, *IMAGE_AUDIO, "--lora", f"{pickle}:0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "loras.0.ref: style.ckpt is not a safetensors file" in err, err
