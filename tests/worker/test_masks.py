@@ -164,11 +164,14 @@ def test_a_job_with_an_image_mask_renders_the_frames_of_the_same_polygon(tmp_pat
     ("speech_person1.wav", "image"),  # not an image: the fetch guard's sniffing refuses it
     ("wide.png", "not the shape"),  # the wrong picture
     ("black.png", "no pixel"),  # nothing may move
+    ("cut.png", "mask"),  # a truncated PNG: the media guard's full decode refuses it
 ])
 def test_a_bad_mask_image_is_e_input_validation_naming_mask(tmp_path, bad, words):
     ctx = _ctx(tmp_path)
     _png(tmp_path / "in" / "wide.png", np.ones((10, 40), bool))
     _png(tmp_path / "in" / "black.png", np.zeros((280, 224), bool))
+    whole = _png(tmp_path / "in" / "whole.png", np.random.default_rng(0).random((280, 224)) > 0.5).read_bytes()
+    (tmp_path / "in" / "cut.png").write_bytes(whole[: len(whole) // 2])
     ref = str(MEDIA / bad) if bad.endswith(".wav") else str(tmp_path / "in" / bad)
     with pytest.raises(JobError) as e:
         run(ctx, _mask_job(mask=ref))
