@@ -11,43 +11,23 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 BLOCK = 16 << 20
-RANGE = 64 << 20  # one piece of a file for one of several read-ahead threads
-WARM_THREADS = 4
 
 
 class Prefetcher:
-    """Reads `files` in order in daemon threads until done or `stop()`; never raises into the loader
-    (a read error here only means the loader reads those pages itself and reports any real problem).
+    """Reads `files` in order in a daemon thread until done or `stop()`; never raises into the loader
+    (a read error here only means the loader reads those pages itself and reports any real problem)."""
 
-    One thread streams each file front to back. With `threads` > 1 the files are cut into `RANGE`-sized pieces
-    handed out in order, so several reads are in flight at once (disks and network volumes that serve one
-    stream below their rate) while the page cache still fills roughly in the loader's order."""
-
-    def __init__(self, files: Iterable[Path | str], block: int = BLOCK, threads: int = 1) -> None:
+    def __init__(self, files: Iterable[Path | str], block: int = BLOCK) -> None:
         self.files = [Path(f) for f in files]
         self.block = block
         self.bytes_read = 0
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._pieces = iter(self._ranges()) if threads > 1 else None
-        target = self._run if threads <= 1 else self._run_pieces
-        self._threads = [threading.Thread(target=target, name=f"checkpoint-prefetch-{i}", daemon=True)
-                         for i in range(max(threads, 1))]
-        for t in self._threads:
-            t.start()
-
-    def _ranges(self) -> Iterator[tuple[Path, int, int]]:
-        for path in self.files:
-            try:
-                size = path.stat().st_size
-            except OSError:
-                continue
-            for offset in range(0, size, RANGE):
-                yield path, offset, min(RANGE, size - offset)
+        self._thread = threading.Thread(target=self._run, name="checkpoint-prefetch", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         buf = bytearray(self.block)
@@ -64,7 +44,7 @@ class Prefetcher:
                     n = os.readv(fd, [view])
                     if n <= 0:
                         break
-                    self._count(n)
+                    self.bytes_read += n
             except OSError:
                 pass
             finally:
@@ -72,43 +52,12 @@ class Prefetcher:
             if self._stop.is_set():
                 return
 
-    def _run_pieces(self) -> None:
-        buf = bytearray(self.block)
-        view = memoryview(buf)
-        while not self._stop.is_set():
-            with self._lock:
-                piece = next(self._pieces, None)
-            if piece is None:
-                return
-            path, offset, length = piece
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                end = offset + length
-                while offset < end and not self._stop.is_set():
-                    n = os.preadv(fd, [view[: min(self.block, end - offset)]], offset)
-                    if n <= 0:
-                        break
-                    offset += n
-                    self._count(n)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-
-    def _count(self, n: int) -> None:
-        with self._lock:
-            self.bytes_read += n
-
     def done(self) -> bool:
-        return not any(t.is_alive() for t in self._threads)
+        return not self._thread.is_alive()
 
     def stop(self, timeout: float | None = 5.0) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join(timeout)
+        self._thread.join(timeout)
 
     def __enter__(self) -> Prefetcher:
         return self
@@ -161,4 +110,4 @@ def warm_start(files: Iterable[Path | str], budget: int | None = None) -> Prefet
             break
         chosen.append(path)
         total += size
-    return Prefetcher(chosen, threads=WARM_THREADS)
+    return Prefetcher(chosen)
