@@ -34,7 +34,23 @@ import time
 _SCRIPT_T0 = time.perf_counter()  # the child's "script start", before torch is imported
 
 
-_READ_AHEAD = None  # the worker's read-ahead (runtime.start_read_ahead), started by the child as the worker does
+def _warm_like_the_worker():
+    """The child starts the worker's start-up read-ahead (EngineHolder.get) before torch is imported."""
+    import sys
+    from dataclasses import replace as _replace
+    from pathlib import Path as _Path
+
+    if "--child" not in sys.argv or "--no-warm" in sys.argv:
+        return None
+    from worker.engine.formats.layout import published_layout
+    from worker.engine.formats.prefetch import warm_start
+
+    root = _Path(sys.argv[sys.argv.index("--dir") + 1])
+    layout = _replace(published_layout(root), dit_bundle=root / "bundles/infinitetalk_single_bf16.safetensors")
+    return warm_start(layout.read_order())
+
+
+_READ_AHEAD = _warm_like_the_worker()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -295,12 +311,6 @@ def run_child(root: Path, device: str, dtype: str, quant: str = "none") -> None:
     from worker.engine.runtime import Engine, EngineOptions
 
     imports_s = time.perf_counter() - _SCRIPT_T0
-    global _READ_AHEAD
-    if "--no-warm" not in sys.argv:  # as EngineHolder.get: after the imports, before the engine is built
-        from worker.engine.runtime import start_read_ahead
-
-        _READ_AHEAD = start_read_ahead(layout_for(root), quant)
-        _READ_AHEAD.started_s = round(time.perf_counter() - _SCRIPT_T0, 3)
     t = time.perf_counter()
     profiler = None
     if os.environ.get("COLD_START_PROFILE") == "1":  # where the constructor's time goes (slows it a little)
@@ -327,8 +337,7 @@ def run_child(root: Path, device: str, dtype: str, quant: str = "none") -> None:
         "imports_s": round(imports_s, 3),
         "engine_init_s": round(engine_s, 3),
         "read_ahead": None if _READ_AHEAD is None else {"files": len(_READ_AHEAD.files),
-                                                        "bytes_read": _READ_AHEAD.bytes_read,
-                                                        "started_s_since_script_start": _READ_AHEAD.started_s},
+                                                        "bytes_read": _READ_AHEAD.bytes_read},
         "load_report": asdict(engine.report),
         "attention_backend": str(engine.attention_backend),
         "dit_params": sum(p.numel() for p in engine.dit.parameters()),

@@ -85,12 +85,14 @@ class EngineHolder:
                     from testkit.tiny import ensure_tiny_checkpoint
 
                     ensure_tiny_checkpoint(layout.ckpt_dir.parent)
-                from worker.engine import Engine, EngineOptions, start_read_ahead  # torch loads here
+                from worker.engine import EngineOptions, warm_start
 
                 options = EngineOptions(**engine_options(self.cfg))
-                # The disk streams the weights from now on, while CUDA starts and the components are built.
-                self.read_ahead = start_read_ahead(layout, options.quant)
+                # The disk streams the weights from now on, while torch imports and CUDA starts (torch-free).
+                self.read_ahead = warm_start(layout.read_order(options.quant))
                 try:
+                    from worker.engine import Engine  # the facade loads the torch side here
+
                     self._engine = self._load(Engine, layout, options)
                 finally:
                     self.read_ahead.stop(timeout=0)

@@ -37,7 +37,7 @@ _LAZY = {
     "decode_audio": "worker.engine.audio_io",  # numpy/soundfile/PyAV only
     "mono_16k": "worker.engine.audio_io",  # numpy/librosa only
     "CheckpointLayout": "worker.engine.formats.layout",  # torch-free
-    "start_read_ahead": "worker.engine.runtime",
+    "warm_start": "worker.engine.formats.prefetch",  # torch-free
     "prepare_audio": "worker.engine.audio_io",  # numpy/librosa only
     "merge_speakers": "worker.engine.audio_io",  # numpy only
     "loudness_normalize": "worker.engine.audio_io",  # numpy only
@@ -54,12 +54,13 @@ __all__ = [
 if TYPE_CHECKING:
     from worker.engine.audio_io import loudness_normalize, merge_speakers, prepare_audio
     from worker.engine.formats.layout import CheckpointLayout
+    from worker.engine.formats.prefetch import warm_start
     from worker.engine.audio_io import decode_audio, mono_16k
     from worker.engine.models.separation import VoiceIsolator
     from worker.engine.models.tts import KokoroTTS, split_dialogue
     from worker.engine.parallel.leader import ParallelEngine, RankGroup
     from worker.engine.sampling.silence import silent_frames, trailing_silent_frames
-    from worker.engine.runtime import Engine, start_read_ahead
+    from worker.engine.runtime import Engine
     from worker.engine.sampling.generation import ChunkResult, ResumeState, StepInfo
 
 

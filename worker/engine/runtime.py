@@ -65,17 +65,6 @@ def _import_transformers() -> None:
         pass
 
 
-def start_read_ahead(layout: CheckpointLayout, quant: str) -> Any:
-    """Stream every weight file in the engine's load order into the page cache (prefetch.warm_start), started
-    once torch and transformers are imported: on a host where the libraries and the weights share a disk, a
-    stream begun before the imports slowed `import torch` 2.4x and cost more than it saved (bench/README.md
-    section 16). Returns the Prefetcher; stop it once the engine is built."""
-    from worker.engine.formats.prefetch import warm_start
-
-    _import_transformers()
-    return warm_start(layout.read_order(quant))
-
-
 class Engine:
     """All components on their devices, plus a small per-prompt text cache."""
 
