@@ -44,7 +44,7 @@ def test_writes_a_bundle_checkpoint_and_times_a_fresh_engine(tmp_path):
     assert kept["cold_start"]["child"]["dit_params"] > 0
 
     ahead = kept["cold_start"]["child"]["read_ahead"]  # the child started the worker's read-ahead before torch
-    assert ahead["files"] == len(on_disk) - 1  # every weight file but the component sizes json, in load order
+    assert ahead["files"] == len(on_disk) - 2  # every weight file in load order (not the two small config jsons)
     assert 0 < ahead["bytes_read"] <= kept["bytes_total"]
 
     # The kept folder is reused as it is, then removed (no --keep); --compare-warm adds a start without read-ahead.
