@@ -6,7 +6,9 @@ These are estimates, not measurements of this worker. The model:
   tier's FlashAttention-4): 2.82 s for one speaker, measured (bench/README.md section 8); 3.34 s for
   two, scaled by the 1.18 two-speaker/one-speaker ratio measured eager (section 1). A batch of
   guidance passes costs the sum of its passes (measured: batch 2 = 2 x batch 1). 720p costs 3.63x
-  as much (the measured 11.08 s / 3.05 s ratio of the diffusers DiT at the two sizes).
+  as much (the measured 11.08 s / 3.05 s ratio of the diffusers DiT at the two sizes). Tiers that run the DiT in
+  fp8 (`quant: fp8` in conf/gpu: H100, H200) take 0.70 of that (1.962 s vs 2.81 s measured on an H200, bench
+  section 16).
 - forwards per step: 3 guidance passes when text guidance is on (quality preset), 2 when text
   guidance is 1 (fast, turbo), 1 when audio guidance is 1 as well (lightning); steps from the preset (quality 40, fast 8, turbo 4) unless overridden.
   With `guidance_every` k the guidance passes run on every k-th step and the others run one pass.
@@ -44,6 +46,8 @@ from contract.choices import VIDEO_FPS
 __all__ = [
     "GPU_TIERS",
     "GPU_COUNTS",
+    "FP8_TIERS",
+    "load_fp8_tiers",
     "PARALLEL_EFFICIENCY",
     "load_gpu_counts",
     "PRESETS",
@@ -59,6 +63,9 @@ FIRST_CHUNK_FRAMES = 81
 MOTION_FRAMES = 9
 
 FORWARD_S_480_H100 = {1: 2.82, 2: 3.34}
+# The DiT forward at the fp8 tiers' defaults (gpu.quant: fp8: fp8 linears + FA3 fp8 attention) over the bf16 one
+# above: 1.962 s vs 2.81 s compiled bf16 FA3, both measured on an H200 (bench/README.md sections 12 and 16).
+FP8_FORWARD_FACTOR = 1.962 / 2.81
 SIZE_FACTOR = {"infinitetalk-480": 1.0, "infinitetalk-720": 3.63}
 CHUNK_OVERHEAD_S = {"infinitetalk-480": 3.0, "infinitetalk-720": 7.0}
 JOB_OVERHEAD_S = 15.0
@@ -97,6 +104,8 @@ COLD_START_S: dict[str, float] = {
     "h200_141x8": LOAD_S,
     "h100_80x8": LOAD_S,
 }
+# tiers that run the DiT in fp8 (conf/gpu `quant: fp8`); built in for clients without conf/
+_BUILTIN_FP8 = frozenset({"h200_141", "h200_141x4", "h200_141x8", "h100_80", "h100_80x8"})
 # tier -> GPUs a worker holds (conf/gpu/<tier>.yaml parallel.ranks); built in for clients without conf/
 _BUILTIN_GPUS: dict[str, int] = {"h200_141x4": 4, "h200_141x8": 8, "h100_80x8": 8}
 
@@ -143,6 +152,13 @@ def load_gpu_counts(conf_dir: Path = _CONF_GPU) -> dict[str, int]:
     return counts
 
 
+def load_fp8_tiers(conf_dir: Path = _CONF_GPU) -> frozenset[str]:
+    """Tiers whose yaml (or the tier it extends) says `quant: fp8` (the DiT runs fp8 whatever the model)."""
+    if not conf_dir.is_dir():
+        return frozenset(_BUILTIN_FP8)
+    return frozenset(f.stem for f in sorted(conf_dir.glob("*.yaml")) if _scan(f, r"^quant:\s*(\w+)") == "fp8")
+
+
 def _gpus() -> dict[str, int]:
     counts = load_gpu_counts()
     return {name: counts.get(name, _BUILTIN_GPUS.get(name, 1)) for name in _BUILTIN_TIERS}
@@ -160,6 +176,7 @@ def _tiers() -> dict[str, tuple[float, float, str]]:
 
 
 GPU_TIERS = _tiers()
+FP8_TIERS = load_fp8_tiers()
 
 
 def count_chunks(duration_s: float, mode: str = "streaming", frame_num: int = FIRST_CHUNK_FRAMES,
@@ -253,6 +270,8 @@ def estimate_job(*, audio_s: float, tier: str = "h100_80", preset: str = "fast",
     mf = motion_frame or MOTION_FRAMES
     chunks = count_chunks(audio_s, mode, fn, mf)
     forward = FORWARD_S_480_H100[2 if speakers >= 2 else 1] * SIZE_FACTOR[size] * (fn / FIRST_CHUNK_FRAMES)
+    if tier in FP8_TIERS:
+        forward *= FP8_FORWARD_FACTOR
     shape = Estimate(tier, chunks, steps, passes, 0.0, 0.0, price, 0.0, None, every)
     per_chunk = shape.forwards_per_chunk * forward + CHUNK_OVERHEAD_S[size]
     gpus = GPU_COUNTS[tier]

@@ -41,15 +41,19 @@ def test_cost_model_direction() -> None:
     assert estimate_job(audio_s=10, speakers=2, **q).gpu_seconds > base.gpu_seconds
     assert base.gpu_seconds_cold > base.gpu_seconds
     assert base.cost_usd == pytest.approx(base.gpu_seconds * 4.176 / 3600)
-    # turbo at 480p on an H100: 4 steps x 2 passes x 2.82 s + 3 s per chunk, 15 s per job
+    # turbo at 480p on an H100 (an fp8 tier): 4 steps x 2 passes x 2.82 s x 1.962/2.81 + 3 s per chunk, 15 s per job
+    fwd = 2.82 * 1.962 / 2.81
     t = estimate_job(audio_s=3, preset="turbo")
-    assert (t.chunks, t.steps, t.passes) == (1, 4, 2) and t.gpu_seconds == pytest.approx(4 * 2 * 2.82 + 3 + 15)
+    assert (t.chunks, t.steps, t.passes) == (1, 4, 2) and t.gpu_seconds == pytest.approx(4 * 2 * fwd + 3 + 15)
     assert estimate_job(audio_s=3, preset="turbo", text_guide_scale=5).passes == 3
     light = estimate_job(audio_s=3, preset="lightning")  # no guidance: one pass a step
-    assert (light.steps, light.passes) == (4, 1) and light.gpu_seconds == pytest.approx(4 * 2.82 + 3 + 15)
+    assert (light.steps, light.passes) == (4, 1) and light.gpu_seconds == pytest.approx(4 * fwd + 3 + 15)
     # guidance every 2nd step: steps 0 and 2 run both passes, steps 1 and 3 one
     r = estimate_job(audio_s=3, preset="turbo", guidance_every=2)
-    assert r.forwards_per_chunk == 6 and r.gpu_seconds == pytest.approx(6 * 2.82 + 3 + 15)
+    assert r.forwards_per_chunk == 6 and r.gpu_seconds == pytest.approx(6 * fwd + 3 + 15)
+    # a bf16 tier pays the bf16 forward (A100: its speed factor 0.32 on the whole job)
+    a = estimate_job(audio_s=3, preset="turbo", tier="a100_80")
+    assert a.gpu_seconds == pytest.approx((4 * 2 * 2.82 + 3 + 15) / 0.32)
     assert estimate_job(audio_s=3, preset="quality", guidance_every=3).forwards_per_chunk == 14 * 3 + 26
     assert "guidance every 2 steps" in format_estimate(r)
     with pytest.raises(ValueError):
@@ -130,3 +134,14 @@ def test_multi_gpu_estimate_text_states_the_assumption_and_wall_time() -> None:
     text = format_estimate(many)
     assert "assumes 85% scaling, not measured" in text and "4 GPUs" in text and "wall time" in text
     assert "not measured" not in format_estimate(estimate_job(audio_s=30, tier="h200_141", preset="quality"))
+
+
+def test_fp8_tiers_are_read_from_conf_like_prices(tmp_path) -> None:
+    from client.estimate import _BUILTIN_FP8, FP8_TIERS, load_fp8_tiers
+
+    assert FP8_TIERS == _BUILTIN_FP8  # the repo's conf/gpu says what the built-in list says
+    (tmp_path / "base.yaml").write_text("name: base\nquant: fp8\n")
+    (tmp_path / "child.yaml").write_text("defaults:\n  - base\n  - _self_\nname: child\n")
+    (tmp_path / "plain.yaml").write_text("name: plain\nquant: model\n")
+    assert load_fp8_tiers(tmp_path) == {"base", "child"}
+    assert load_fp8_tiers(tmp_path / "missing") == _BUILTIN_FP8
