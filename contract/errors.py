@@ -312,6 +312,9 @@ def error_from_pydantic(
         if "input" in err and kind != "missing":
             entry["input"] = "[REDACTED]" if secret else safe_preview(err["input"])
         entries.append(entry)
+        head, _, about = hint.partition(": ")
+        if about and any(h.endswith(": " + about) for h in hints):
+            hint = f"{head} (as above)."  # several problems in one field: its description once, not per problem
         if hint not in hints:
             hints.append(hint)
     lines = [f"{e['field']}: {e['message']}" for e in entries]

@@ -211,3 +211,12 @@ def test_any_error_serialises_to_utf8_json_with_its_code(message, hint, details)
     wire = err.to_error_string().encode("utf-8")  # raises if a lone surrogate got through
     back = json.loads(wire)
     assert back["code"] == "E_INPUT_VALIDATION" and JobError.from_error_string(wire.decode()).code is err.code
+
+
+def test_several_problems_in_one_field_give_its_description_once():
+    with pytest.raises(JobError) as info:
+        parse_job_input({"image": "https://example.com/face.png", "audio": "https://example.com/speech.wav",
+                         "mask": [0, 0, 0]})
+    hint = info.value.hint
+    assert hint.count("where the video may move") == 1 and "(as above)" in hint
+    assert_human(info.value)
