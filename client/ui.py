@@ -31,7 +31,7 @@ from typing import Any
 from client.api import JobErrorInfo, JobStatus, PollPolicy, RunpodEndpointClient, is_loopback_base
 from client.results import save_result
 from client.ui_checks import check_upload
-from client.ui_extras import ASPECT_DEFAULT, extra_media, extra_params
+from client.ui_extras import ASPECT_DEFAULT, _num, extra_media, extra_params
 from contract.choices import ASPECTS, AUDIO_MUX_CHOICES
 from client.ui_history import choices, find, render_html, upsert
 from client.ui_preview import PLAYER_HTML, STATIC_DIR, file_url, head_html
@@ -71,15 +71,6 @@ MODE_DEFAULT = "default (whole speech)"
 
 def _mode(v: str | None) -> str | None:
     return None if not v or v == MODE_DEFAULT else v
-
-
-def _num(v: Any) -> float | None:
-    if v is None or (isinstance(v, str) and not v.strip()):
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"not a number: {v!r}") from None
 
 
 def _int(v: Any) -> int | None:

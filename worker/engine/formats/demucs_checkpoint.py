@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from worker.engine.errors import WeightLoadError
-from worker.engine.models.separation import HTDemucs, SeparationConfig
+from worker.engine.models.separation import HTDemucs, SeparationConfig, check_keys_and_shapes
 
 __all__ = ["ConvertedIsolation", "read_demucs_package", "convert_htdemucs"]
 
@@ -165,14 +165,7 @@ def convert_htdemucs(src: str | Path, out: str | Path, cfg: SeparationConfig | N
                               f"{cfg.segment_samples / cfg.samplerate:g} s")
     with torch.device("meta"):
         want = HTDemucs(cfg).state_dict()
-    for key, ref in want.items():
-        if key not in state:
-            raise WeightLoadError(str(src), key, "missing")
-        if tuple(state[key].shape) != tuple(ref.shape):
-            raise WeightLoadError(str(src), key, f"shape {tuple(state[key].shape)}, htdemucs needs {tuple(ref.shape)}")
-    extra = sorted(set(state) - set(want))
-    if extra:
-        raise WeightLoadError(str(src), extra[0], "not part of htdemucs")
+    check_keys_and_shapes(state, want, src)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".partial")

@@ -273,6 +273,18 @@ def separate(model: HTDemucs, mix: torch.Tensor, *, overlap: float = 0.25, batch
 # -- loading ------------------------------------------------------------------------------------------------
 
 
+def check_keys_and_shapes(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], src: str | Path) -> None:
+    """Exactly htdemucs's keys with its shapes, else a WeightLoadError naming the first key that differs."""
+    for key, ref in want.items():
+        if key not in got:
+            raise WeightLoadError(str(src), key, "missing")
+        if tuple(got[key].shape) != tuple(ref.shape):
+            raise WeightLoadError(str(src), key, f"shape {tuple(got[key].shape)}, htdemucs needs {tuple(ref.shape)}")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise WeightLoadError(str(src), extra[0], "not part of htdemucs")
+
+
 def load_separation_strict(model: nn.Module, path: str | Path) -> None:
     """Every key of `model` from the safetensors file at `path`, with its shape, and no other key."""
     from safetensors import safe_open
@@ -289,14 +301,7 @@ def load_separation_strict(model: nn.Module, path: str | Path) -> None:
                 got[key] = f.get_tensor(key)
     except Exception as exc:  # noqa: BLE001 - truncated or not a safetensors file
         raise WeightLoadError(str(p), None, f"cannot read the weights: {exc}") from exc
-    for key, ref in want.items():
-        if key not in got:
-            raise WeightLoadError(str(p), key, "missing")
-        if tuple(got[key].shape) != tuple(ref.shape):
-            raise WeightLoadError(str(p), key, f"shape {tuple(got[key].shape)}, htdemucs needs {tuple(ref.shape)}")
-    extra = sorted(set(got) - set(want))
-    if extra:
-        raise WeightLoadError(str(p), extra[0], "not part of htdemucs")
+    check_keys_and_shapes(got, want, p)
     model.load_state_dict({k: v.to(want[k].dtype) for k, v in got.items()}, strict=True)
 
 
