@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -56,15 +55,6 @@ def _bucket_scale(table: dict, scale: float) -> dict:
     return {ratio: ([snap(h), snap(w)], n) for ratio, ([h, w], n) in table.items()}
 
 
-def _import_transformers() -> None:
-    """Import what the T5 tokenizer and wav2vec2 loads need; failures are left to those loads to report."""
-    try:
-        import transformers  # noqa: F401
-        from transformers import AutoTokenizer, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model  # noqa: F401
-    except Exception:  # noqa: BLE001 - the real load raises a WeightLoadError with context
-        pass
-
-
 class Engine:
     """All components on their devices, plus a small per-prompt text cache."""
 
@@ -82,11 +72,8 @@ class Engine:
         self.attention_backend = set_attention_backend(options.attention, self.device,
                                                        fp8=options.quant == "fp8")
         layout.check()
-        # transformers (tokenizer, wav2vec2) costs 5-15 s of cold imports; the DiT load waits on the disk, so
-        # the imports run beside it instead of after it (cold start: bench/README.md section 9).
-        # (Joined before the first use: transformers' lazy module must not be imported from two threads at once.)
-        importer = threading.Thread(target=_import_transformers, name="import-transformers", daemon=True)
-        importer.start()
+        # No transformers on this path: its cold import cost more than reading every weight file (the tokenizer
+        # runs on `tokenizers`, wav2vec2 is ours; bench/README.md section 17).
         self.dit = self._timed("dit", self._load_dit if not options.stream_blocks else self._load_dit_streamed)
         self.lora: tuple[str, float] | None = None  # (resolved path, scale) merged into self.dit
         self.user_lora_stats = UserLoraStats()  # the last request's own LoRAs (merge/unmerge seconds)
@@ -94,7 +81,6 @@ class Engine:
         if options.lora_file:
             self._timed("lora", lambda: self.use_lora(options.lora_file, options.lora_scale))
         self.vae = self._timed("vae", self._load_vae)
-        importer.join()
         self.text_encoder = self._timed("t5", self._load_t5)
         self.clip = self._timed("clip", self._load_clip)
         self.audio_embedder = self._timed("wav2vec2", self._load_wav2vec)

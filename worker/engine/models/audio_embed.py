@@ -6,11 +6,8 @@ resampled along time (linear, align_corners=True) to exactly one frame per 25 fp
 every transformer layer already runs at video rate. The DiT then consumes hidden states 1..L
 (the transformer layer outputs, not the pre-transformer state 0) as ``[seq_len, L, hidden]``.
 
-We reuse transformers' ``Wav2Vec2Model`` submodules (``feature_extractor``, ``feature_projection``,
-``encoder``) and only drive them in that order ourselves. The encoder loop is ours because
-transformers 5 no longer returns per-layer states from ``Wav2Vec2Encoder.forward`` (they are
-collected by hooks on the top-level model); running the layers directly gives the same states on
-transformers 4 and 5.
+The encoder is our own torch module with transformers' tensor names (worker/engine/models/wav2vec2.py): importing
+transformers cost more of a cold start than loading every weight file (bench/README.md section 17).
 """
 from __future__ import annotations
 
@@ -24,10 +21,19 @@ import torch.nn.functional as F
 from worker.engine.audio_io import MIN_SAMPLES, SAMPLE_RATE, VIDEO_FPS, video_frames_for
 from worker.engine.errors import AudioDecodeError, WeightLoadError
 
-# Present only when spec-augment masking is configured; unused at inference.
-_OPTIONAL_KEYS = ("masked_spec_embed",)
-# Old (torch.nn.utils.weight_norm) and new (parametrizations) names of the same tensors.
-_WEIGHT_NORM_ALIASES = (("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1"))
+from worker.engine.models.wav2vec2 import (
+    POS_CONV,
+    WEIGHT_NORM_G,
+    WEIGHT_NORM_V,
+    Wav2Vec2Config,
+    Wav2Vec2ConfigError,
+    Wav2Vec2Encoder,
+    WaveformNormalizer,
+    fold_weight_norm,
+)
+
+# Checkpoint-only halves of the positional convolution's weight (folded into POS_CONV + "weight" at load).
+_FOLDED = (POS_CONV + "weight_g", POS_CONV + "weight_v")
 
 
 @dataclass(frozen=True)
@@ -73,27 +79,27 @@ def _read_state_dict(files: list[Path]) -> dict[str, tuple[Path, torch.Tensor]]:
 
 
 def _canonical_key(key: str, expected: set[str], prefix: str) -> str | None:
-    """Map a checkpoint key onto the module's key space, or None when the module has no such tensor."""
+    """Map a checkpoint key onto the module's key space, or None when the module has no such tensor.
+
+    The positional convolution's weight-norm halves map to ``<conv>.weight_g`` / ``<conv>.weight_v`` whatever
+    spelling the checkpoint used; the loader folds them into ``<conv>.weight``.
+    """
     if key.startswith(prefix + "."):
         key = key[len(prefix) + 1 :]
     if key in expected:
         return key
-    for old, new in _WEIGHT_NORM_ALIASES:
-        if key.endswith("." + old):
-            alt = key[: -len(old)] + new
-            if alt in expected:
-                return alt
-        if key.endswith("." + new):
-            alt = key[: -len(new)] + old
-            if alt in expected:
-                return alt
+    for names, short in ((WEIGHT_NORM_G, "weight_g"), (WEIGHT_NORM_V, "weight_v")):
+        for name in names:
+            if key == POS_CONV + name:
+                return POS_CONV + short
     return None
 
 
 class Wav2Vec2Embedder:
     """Turns a prepared 16 kHz waveform into InfiniteTalk's per-video-frame audio embedding."""
 
-    def __init__(self, model, feature_extractor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model: Wav2Vec2Encoder, feature_extractor: WaveformNormalizer,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
         self.model = model.eval().requires_grad_(False)
         self.feature_extractor = feature_extractor
         self.device = torch.device(device)
@@ -117,84 +123,57 @@ class Wav2Vec2Embedder:
         saved from the pre-training model (``wav2vec2.`` prefix, quantizer heads). Missing or
         mis-shaped tensors raise WeightLoadError naming the file and key.
         """
-        from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
-
         folder = Path(folder)
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():
             raise WeightLoadError(str(cfg_path), None, "wav2vec2 config.json not found")
         try:
-            config = Wav2Vec2Config.from_json_file(str(cfg_path))
-        except Exception as exc:
+            config = Wav2Vec2Config.from_json_file(cfg_path)
+        except Wav2Vec2ConfigError as exc:
             raise WeightLoadError(str(cfg_path), None, f"invalid wav2vec2 config: {exc}") from exc
-        # The reference ran SDPA; eager gives the same math, so SDPA is only a speed choice.
-        config._attn_implementation = "sdpa"
-        # Built on meta and given empty storage: transformers' random initialisation of 95M parameters
-        # costs seconds of a cold start, and every tensor is overwritten below (the optional ones zeroed).
+        try:
+            normalizer = WaveformNormalizer.from_folder(folder, SAMPLE_RATE)
+        except Wav2Vec2ConfigError as exc:
+            raise WeightLoadError(str(folder / "preprocessor_config.json"), None, str(exc)) from exc
+        # Built on meta (no random initialisation) and given empty storage; every tensor is overwritten below.
         with torch.device("meta"):
-            model = Wav2Vec2Model(config)
+            model = Wav2Vec2Encoder(config)
         model.to_empty(device="cpu")
 
         expected = dict(model.state_dict())
-        expected_keys = set(expected)
-        prefix = getattr(Wav2Vec2Model, "base_model_prefix", "wav2vec2")
+        conv_weight = expected.pop(POS_CONV + "weight")
+        expected_keys = set(expected) | set(_FOLDED)
         loaded: dict[str, torch.Tensor] = {}
         for key, (file, tensor) in _read_state_dict(_weight_files(folder)).items():
-            target = _canonical_key(key, expected_keys, prefix)
+            target = _canonical_key(key, expected_keys, "wav2vec2")
             if target is None:
-                # Pre-training heads (quantizer, project_q/hid) and heads of fine-tuned variants are
-                # not part of the encoder; a wrong folder still shows up below as missing keys.
+                # Pre-training heads (quantizer, project_q/hid), spec-augment's masked_spec_embed and heads of
+                # fine-tuned variants are not part of the encoder; a wrong folder still shows up as missing keys.
                 continue
-            if tuple(tensor.shape) != tuple(expected[target].shape):
+            if target in _FOLDED:
+                if tensor.dim() != 3 or (target.endswith("_v") and tuple(tensor.shape) != tuple(conv_weight.shape)):
+                    raise WeightLoadError(str(file), key, f"shape {tuple(tensor.shape)} does not fit the positional "
+                                                          f"convolution {tuple(conv_weight.shape)}")
+            elif tuple(tensor.shape) != tuple(expected[target].shape):
                 raise WeightLoadError(
                     str(file), key, f"shape {tuple(tensor.shape)} does not match expected {tuple(expected[target].shape)}"
                 )
             loaded[target] = tensor
-        missing = sorted(k for k in expected_keys - set(loaded) if k not in _OPTIONAL_KEYS)
+        missing = sorted(expected_keys - set(loaded))
         if missing:
             raise WeightLoadError(str(folder), missing[0], f"missing key ({len(missing)} missing in all)")
-        with torch.no_grad():
-            for key in expected_keys - set(loaded):  # only _OPTIONAL_KEYS get here: unused at inference
-                model.get_parameter(key).zero_()
-        model.load_state_dict(loaded, strict=False)
+        g, v = (loaded.pop(k) for k in _FOLDED)
+        if tuple(g.shape) != (1, 1, conv_weight.shape[2]):
+            raise WeightLoadError(str(folder), POS_CONV + "weight_g",
+                                  f"shape {tuple(g.shape)} does not match expected {(1, 1, conv_weight.shape[2])}")
+        loaded[POS_CONV + "weight"] = fold_weight_norm(g.float(), v.float())
+        model.load_state_dict(loaded, strict=True)
         model.to(device=device, dtype=dtype)
-
-        if (folder / "preprocessor_config.json").is_file():
-            fe = Wav2Vec2FeatureExtractor.from_pretrained(str(folder), local_files_only=True)
-        else:
-            fe = Wav2Vec2FeatureExtractor(
-                feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=False
-            )
-        return cls(model, fe, device=device, dtype=dtype)
+        return cls(model, normalizer, device=device, dtype=dtype)
 
     def normalize(self, audio_16k: np.ndarray) -> np.ndarray:
         """The feature extractor's per-utterance zero-mean/unit-variance normalisation (float32)."""
-        values = self.feature_extractor(np.asarray(audio_16k), sampling_rate=SAMPLE_RATE).input_values
-        return np.asarray(np.squeeze(np.asarray(values)), dtype=np.float32).reshape(-1)
-
-    def _run_encoder(self, hidden: torch.Tensor) -> list[torch.Tensor]:
-        enc = self.model.encoder
-        states: list[torch.Tensor] = []
-
-        def run_layer(layer, h: torch.Tensor) -> torch.Tensor:
-            out = layer(h, attention_mask=None)
-            return out[0] if isinstance(out, tuple) else out
-
-        h = hidden + enc.pos_conv_embed(hidden)
-        if getattr(self.model.config, "do_stable_layer_norm", False):
-            # Pre-LN variant: states are layer inputs, the last one gets the final norm.
-            h = enc.dropout(h)
-            for layer in enc.layers:
-                states.append(h)
-                h = run_layer(layer, h)
-            states.append(enc.layer_norm(h))
-        else:
-            h = enc.dropout(enc.layer_norm(h))
-            states.append(h)
-            for layer in enc.layers:
-                h = run_layer(layer, h)
-                states.append(h)
-        return states
+        return self.feature_extractor(audio_16k)
 
     def _forward(self, audio_16k: np.ndarray, seq_len: int | None, keep: bool):
         audio = np.asarray(audio_16k).reshape(-1)
@@ -213,8 +192,8 @@ class Wav2Vec2Embedder:
             x = torch.from_numpy(normed).to(device=self.device, dtype=self.dtype).unsqueeze(0)
             conv = self.model.feature_extractor(x)  # [1, C, T_conv]
             interp = F.interpolate(conv, size=seq_len, mode="linear", align_corners=True).transpose(1, 2)
-            projected, _ = self.model.feature_projection(interp)
-            states = self._run_encoder(projected)
+            projected = self.model.feature_projection(interp)
+            states = self.model.encoder.hidden_states(projected)
             emb = torch.stack(states[1:], dim=1)[0].permute(1, 0, 2).float().cpu().contiguous()
             inter = None
             if keep:
