@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from worker.engine.models.t5 import (
     clean_prompt,
     write_tiny_tokenizer,
 )
+from worker.engine.models.text_tokenizer import TokenizerFolderError
 
 ATOL = 1e-4
 INPUT_KEYS = {"ids", "mask"}
@@ -179,6 +182,47 @@ def test_tiny_tokenizer_round_trip(tmp_path: Path) -> None:
         full = encoder.model(ids, mask)
     for i, o in enumerate(out):
         torch.testing.assert_close(o, full[i, : o.shape[0]])
+
+
+_NO_TRANSFORMERS = """
+import sys
+from pathlib import Path
+from worker.engine.models.t5 import T5Config, T5TextEncoder, UMT5Encoder
+enc = T5TextEncoder(UMT5Encoder(T5Config.tiny()), Path(sys.argv[1]), text_len=16)
+ids, mask = enc.tokenize(["a man talks"])
+assert "transformers" not in sys.modules, "transformers imported for a tokenizer.json folder"
+print(ids.shape[1], int(mask.sum()))
+try:
+    T5TextEncoder(UMT5Encoder(T5Config.tiny()), Path(sys.argv[2]), text_len=16)
+except Exception as exc:
+    print("fallback", type(exc).__name__, "transformers" in sys.modules)
+"""
+
+
+def test_tokenizer_json_folder_loads_without_transformers(tmp_path: Path) -> None:
+    folder = write_tiny_tokenizer(tmp_path / "tok", T5Config.tiny().vocab_size)
+    (tmp_path / "empty").mkdir()
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-c", _NO_TRANSFORMERS, str(folder), str(tmp_path / "empty")],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.split("\n")
+    assert lines[0] == "16 5"  # "a man talks" -> 4 pieces + </s>, padded to text_len
+    # a folder without tokenizer.json still goes to transformers (which cannot read an empty one)
+    assert lines[1].startswith("fallback ") and lines[1].endswith(" True")
+
+
+def test_broken_tokenizer_folder_raises_a_named_error(tmp_path: Path) -> None:
+    folder = write_tiny_tokenizer(tmp_path / "tok", T5Config.tiny().vocab_size)
+    model = UMT5Encoder(T5Config.tiny())
+    (folder / "tokenizer.json").write_text("{not json")
+    with pytest.raises(TokenizerFolderError, match=r"tokenizer\.json: cannot load"):
+        T5TextEncoder(model, folder)
+    write_tiny_tokenizer(folder, T5Config.tiny().vocab_size)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "pad_token": "[PAD]"}))
+    with pytest.raises(TokenizerFolderError, match=r"pad token '\[PAD\]' is not in the vocabulary"):
+        T5TextEncoder(model, folder)
 
 
 @pytest.mark.parametrize("case", T5_CASES, ids=lambda p: p.name)

@@ -28,6 +28,7 @@ __all__ = [
     "UMT5Encoder",
     "T5TextEncoder",
     "clean_prompt",
+    "load_tokenizer",
     "write_tiny_tokenizer",
 ]
 
@@ -278,6 +279,20 @@ def clean_prompt(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
+def load_tokenizer(folder: str | Path) -> Any:
+    """A folder with `tokenizer.json` is read by the `tokenizers` library alone (importing transformers
+    costs ~13 s of a cold start); only a folder without one (e.g. just `spiece.model`) needs
+    transformers to convert it."""
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        from worker.engine.models.text_tokenizer import TokenizerJson
+
+        return TokenizerJson.from_folder(folder)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 class T5TextEncoder:
     """Tokeniser + encoder: prompts -> one `[L_i, dim]` embedding per prompt, cut to its real length."""
 
@@ -285,9 +300,7 @@ class T5TextEncoder:
         self.model = model
         self.text_len = text_len
         if isinstance(tokenizer, (str, Path)):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+            tokenizer = load_tokenizer(tokenizer)
         self.tokenizer = tokenizer
 
     @property
