@@ -340,6 +340,7 @@ def run_child(root: Path, device: str, dtype: str, quant: str = "none") -> None:
                                                         "bytes_read": _READ_AHEAD.bytes_read},
         "load_report": asdict(engine.report),
         "attention_backend": str(engine.attention_backend),
+        "transformers_imported": "transformers" in sys.modules,  # the engine's start path no longer needs it
         "dit_params": sum(p.numel() for p in engine.dit.parameters()),
         "dit_dtype": str(next(engine.dit.parameters()).dtype).removeprefix("torch."),
         "dit_fp8_linears": sum(type(m).__name__ == "FP8Linear" for m in engine.dit.modules()),

@@ -236,3 +236,12 @@ def test_from_original_pth_checkpoint(golden_dir: Path, case: Path, tmp_path: Pa
     with torch.no_grad():
         out = model(tensors["ids"], tensors["mask"])
     torch.testing.assert_close(out, tensors["output_full"], atol=ATOL, rtol=0)
+
+
+def test_left_padding_tokenizer_is_refused(tmp_path: Path) -> None:
+    """encode_ids keeps each row's first n positions: a left-padding tokenizer would hand the DiT pad embeddings."""
+    folder = write_tiny_tokenizer(tmp_path / "tok", T5Config.tiny().vocab_size)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "padding_side": "left"}))
+    with pytest.raises(ValueError, match="pad on the right"):
+        T5TextEncoder(UMT5Encoder(T5Config.tiny()), folder)

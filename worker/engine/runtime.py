@@ -192,7 +192,7 @@ class Engine:
             raise WeightLoadError(str(self.layout.t5_tokenizer), None, "tokenizer folder not found")
         try:
             return T5TextEncoder(model, self.layout.t5_tokenizer, text_len=text_len)
-        except Exception as exc:  # transformers raises many types for a broken tokenizer folder
+        except Exception as exc:  # tokenizers/transformers raise many types for a broken tokenizer folder
             raise WeightLoadError(str(self.layout.t5_tokenizer), None, f"cannot load tokenizer: {exc}") from exc
 
     def _load_clip(self) -> CLIPVisionTower:

@@ -301,6 +301,9 @@ class T5TextEncoder:
         self.text_len = text_len
         if isinstance(tokenizer, (str, Path)):
             tokenizer = load_tokenizer(tokenizer)
+        if getattr(tokenizer, "padding_side", "right") != "right":
+            # encode_ids keeps each row's first n positions, as upstream does: pads must come last
+            raise ValueError(f"the umT5 tokenizer must pad on the right, not {tokenizer.padding_side!r}")
         self.tokenizer = tokenizer
 
     @property

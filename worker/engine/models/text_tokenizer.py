@@ -105,6 +105,10 @@ class TokenizerJson:
             raise TokenizerFolderError(f"{path}: cannot load ({exc})") from exc
         return cls(backend, settings, str(path))
 
+    @property
+    def padding_side(self) -> str:
+        return self.settings.padding_side
+
     def __len__(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
