@@ -341,6 +341,7 @@ def run_child(root: Path, device: str, dtype: str, quant: str = "none") -> None:
         "load_report": asdict(engine.report),
         "attention_backend": str(engine.attention_backend),
         "transformers_imported": "transformers" in sys.modules,  # the engine's start path no longer needs it
+        "sympy_imported": "sympy" in sys.modules,  # torch.fx's symbolic shapes pull it in: seconds when cold
         "dit_params": sum(p.numel() for p in engine.dit.parameters()),
         "dit_dtype": str(next(engine.dit.parameters()).dtype).removeprefix("torch."),
         "dit_fp8_linears": sum(type(m).__name__ == "FP8Linear" for m in engine.dit.modules()),

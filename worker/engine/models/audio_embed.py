@@ -135,10 +135,10 @@ class Wav2Vec2Embedder:
             normalizer = WaveformNormalizer.from_folder(folder, SAMPLE_RATE)
         except Wav2Vec2ConfigError as exc:
             raise WeightLoadError(str(folder / "preprocessor_config.json"), None, str(exc)) from exc
-        # Built on meta (no random initialisation) and given empty storage; every tensor is overwritten below.
+        # Built on meta (no random initialisation) and given the loaded tensors themselves (assign=True): no
+        # to_empty (whose meta empty_like imports sympy through torch.fx, 2-3 s of a cold start) and no copy.
         with torch.device("meta"):
             model = Wav2Vec2Encoder(config)
-        model.to_empty(device="cpu")
 
         expected = dict(model.state_dict())
         conv_weight = expected.pop(POS_CONV + "weight")
@@ -167,7 +167,7 @@ class Wav2Vec2Embedder:
             raise WeightLoadError(str(folder), POS_CONV + "weight_g",
                                   f"shape {tuple(g.shape)} does not match expected {(1, 1, conv_weight.shape[2])}")
         loaded[POS_CONV + "weight"] = fold_weight_norm(g.float(), v.float())
-        model.load_state_dict(loaded, strict=True)
+        model.load_state_dict(loaded, strict=True, assign=True)
         model.to(device=device, dtype=dtype)
         return cls(model, normalizer, device=device, dtype=dtype)
 
