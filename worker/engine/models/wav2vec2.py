@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker.engine.audio_io import SAMPLE_RATE
+
 _ACTIVATIONS = {
     "gelu": F.gelu,
     "relu": F.relu,
@@ -111,7 +113,7 @@ class WaveformNormalizer:
     """The feature extractor's only work at inference: per-utterance zero mean, unit variance (float32)."""
 
     do_normalize: bool = True
-    sampling_rate: int = 16000
+    sampling_rate: int = SAMPLE_RATE
 
     @classmethod
     def from_folder(cls, folder: Path, sampling_rate: int) -> WaveformNormalizer:
