@@ -155,3 +155,18 @@ def test_max_length_must_be_a_positive_int(pairs, bad) -> None:
 def test_only_the_engine_call_is_supported(pairs) -> None:
     with pytest.raises(ValueError, match="max_length"):
         pairs[0][0](["a"], padding="longest", max_length=4)
+
+
+def test_concurrent_calls_with_different_lengths_keep_their_own_settings(pairs) -> None:
+    """The backend's truncation/padding is shared state; calls from several threads must not mix it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tok = pairs[0][0]
+    texts = [" ".join(WORDS * 8), "the man", ""]
+    lengths = [3, 7, 16, 41] * 25
+    expected = {n: tok.batch(texts, n) for n in set(lengths)}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda n: (n, tok.batch(texts, n)), lengths))
+    for n, (ids, mask) in results:
+        assert ids.shape == (len(texts), n)
+        assert torch.equal(ids, expected[n][0]) and torch.equal(mask, expected[n][1])

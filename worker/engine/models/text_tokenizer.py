@@ -9,6 +9,7 @@ loads a folder (tokenizer.json used as written), bit for bit.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,10 @@ def read_settings(folder: Path) -> TokenizerSettings:
 
 
 class TokenizerJson:
-    """Callable like a transformers fast tokenizer for the one call the engine makes."""
+    """Callable like a transformers fast tokenizer for the one call the engine makes.
+
+    The Rust backend holds truncation and padding as state, so each call sets them and encodes under
+    one lock: two threads with different lengths never see each other's settings."""
 
     def __init__(self, backend: Tokenizer, settings: TokenizerSettings, source: str = "tokenizer.json") -> None:
         pad_id = backend.token_to_id(settings.pad_token)
@@ -93,6 +97,7 @@ class TokenizerJson:
         self.settings = settings
         self.pad_token_id = pad_id
         self.eos_token_id = backend.token_to_id(settings.eos_token) if settings.eos_token else None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> TokenizerJson:
@@ -124,10 +129,12 @@ class TokenizerJson:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
             raise ValueError(f"max_length must be a positive int, got {max_length!r}")
         s = self.settings
-        self.backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction=s.truncation_side)
-        self.backend.enable_padding(direction=s.padding_side, pad_id=self.pad_token_id, pad_type_id=0,
-                                    pad_token=s.pad_token, length=max_length)
-        encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        with self._lock:
+            self.backend.enable_truncation(max_length, stride=0, strategy="longest_first",
+                                           direction=s.truncation_side)
+            self.backend.enable_padding(direction=s.padding_side, pad_id=self.pad_token_id, pad_type_id=0,
+                                        pad_token=s.pad_token, length=max_length)
+            encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long).reshape(len(encodings), max_length)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long).reshape(ids.shape)
         return ids, mask
