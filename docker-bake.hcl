@@ -14,14 +14,15 @@ variable "IMAGE" {
 variable "VERSION" {
   default = "dev"
 }
+# The same defaults as images/Dockerfile (tests/ci/test_image_pins.py checks they agree).
 variable "TORCH_VERSION" {
-  default = "2.9.1"
+  default = "2.11.0"
 }
 variable "TORCH_INDEX_URL" {
-  default = "https://download.pytorch.org/whl/cu128"
+  default = "https://download.pytorch.org/whl/cu130"
 }
 variable "CUDA_IMAGE" {
-  default = "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04"
+  default = "nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04"
 }
 # Registry-backed build cache, shared by CI runs (empty: local cache only).
 variable "CACHE_REF" {

@@ -7,8 +7,8 @@
 #   PYTHON  the target environment's interpreter (e.g. /opt/venv/bin/python; create the venv first)
 #   SRC     the project folder (the deps step reads only SRC/pyproject.toml)
 # Environment:
-#   TORCH_VERSION    torch release to pin, e.g. 2.9.1 (empty: the newest pip finds within pyproject's range)
-#   TORCH_INDEX_URL  index holding that torch build, e.g. https://download.pytorch.org/whl/cu128
+#   TORCH_VERSION    torch release to pin, e.g. 2.11.0 (empty: the newest pip finds within pyproject's range)
+#   TORCH_INDEX_URL  index holding that torch build, e.g. https://download.pytorch.org/whl/cu130
 #                    (empty: pip's configured indexes; CI uses the CPU build from there)
 #   EXTRAS           the project's extras to install (default: worker)
 #   PIP_ARGS         extra arguments for every pip install (e.g. --no-cache-dir)

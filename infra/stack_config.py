@@ -32,8 +32,10 @@ from typing import Any, Mapping, Optional
 BUCKET_MODES = ("aws", "external")
 API_MODES = ("rest", "graphql")
 NAMESPACE = "infinitetalk"
-# images/Dockerfile builds on CUDA 12.8 (nvidia/cuda:12.8.x); hosts with an older driver cannot run it
-IMAGE_MIN_CUDA = "12.8"
+# images/Dockerfile builds on CUDA 13.0 (nvidia/cuda:13.0.x, torch cu130); hosts with an older driver cannot
+# run it, so the endpoint asks Runpod for this floor (stack config `minCudaVersion` overrides it for an image
+# built on another CUDA line)
+IMAGE_MIN_CUDA = "13.0"
 
 
 class StackConfigError(ValueError):
