@@ -17,7 +17,7 @@ Pulumi config lives under the project namespace `infinitetalk:` (see Pulumi.exam
   private image registry (GHCR, ECR), kept as a Runpod registry credential the template uses.
 - `importVolumeId`, `importTemplateId`, `importEndpointId`: adopt existing Runpod resources on
   the next `up` instead of creating new ones (`pulumi import` for dynamic resources).
-- `minCudaVersion`: lowest CUDA the endpoint's hosts must offer (default: the image's, 12.8).
+- `minCudaVersion`: lowest CUDA the endpoint's hosts must offer (default: the image's, 13.0).
 
 Parsing is a pure function of a string mapping, so it is tested without the Pulumi CLI.
 """
