@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from worker.background import SerialBackground
 from configuration import AppConfig
 from worker.resolve import ResolvedJobConfig, apply_job_overrides, build_request
@@ -44,7 +42,7 @@ from worker.loras import JobLora, LoraCache, fetch_lora
 from worker.media.audio import cut_to_video, synthesized_tracks, uploaded_tracks
 from worker.media.masks import mask_for_condition, speaker_regions_for_condition
 from worker.media.trim import trim_trailing_silence
-from worker.media.media_frames import iter_video_frames
+from worker.media.media_frames import iter_video_frames, open_image_rgb
 from worker.media.mux import Mp4Writer, probe_mp4
 from worker.progress import ProgressReporter, Stage
 from contract.job import DEFAULT_NEGATIVE_PROMPT, JobInput, JobOutput, parse_job_input
@@ -357,7 +355,7 @@ class _JobRun:
         self.timer.enter("encode")
         self.progress.stage(Stage.ENCODE)
         job, media, cfg = self.job, self.media, self.cfg
-        cond = Image.open(media["image"]).convert("RGB") if "image" in media else iter_video_frames(media["video"], FPS)
+        cond = open_image_rgb(media["image"]) if "image" in media else iter_video_frames(media["video"], FPS)
         motion_mask = None
         if job.mask is not None:
             cond, motion_mask = mask_for_condition(media.get("mask", job.mask), cond)

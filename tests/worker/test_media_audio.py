@@ -10,7 +10,7 @@ from configuration import compose_config
 from contract.choices import AUDIO_SAMPLE_RATE, VIDEO_FPS
 from contract.errors import ErrorCode, JobError
 from contract.job import parse_job_input
-from worker.media.audio import cut_to_video
+from worker.media.audio import cut_to_video, uploaded_tracks
 from worker.resolve import apply_job_overrides
 
 CFG = compose_config(env={})
@@ -47,3 +47,30 @@ def test_too_short_audio_is_refused_with_its_code():
     with pytest.raises(JobError) as ei:
         cut_to_video((track,), track, resolved())
     assert ei.value.code is ErrorCode.E_AUDIO_EMBEDDING and "too short" in ei.value.message
+    assert ei.value.message.startswith("tts.text: ") and ei.value.details == {"field": "tts.text"}
+
+
+@pytest.mark.parametrize("bad,words", [("nan", "NaN"), ("short", "too short"), ("garbage", "decode")])
+def test_an_undecodable_upload_names_its_field_not_the_workers_path(tmp_path, bad, words):
+    """Speaker 2's broken file: E_AUDIO_EMBEDDING naming audio.person2, without the worker's copy's path."""
+    import soundfile as sf
+
+    good = tmp_path / "p1.wav"
+    sf.write(good, np.full(AUDIO_SAMPLE_RATE, 0.1, np.float32), AUDIO_SAMPLE_RATE)
+    broken = tmp_path / "p2.flac"
+    if bad == "nan":
+        sf.write(broken, np.full(AUDIO_SAMPLE_RATE, np.nan, np.float32), AUDIO_SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    elif bad == "short":
+        sf.write(broken, np.zeros(3, np.float32), AUDIO_SAMPLE_RATE, format="WAV")
+    else:
+        noise = np.random.default_rng(0).uniform(-0.5, 0.5, AUDIO_SAMPLE_RATE).astype(np.float32)
+        sf.write(broken, noise, AUDIO_SAMPLE_RATE, format="FLAC")
+        data = broken.read_bytes()
+        broken.write_bytes(data[: len(data) // 3] + b"\x00" * 100)
+    r = resolved(audio={"person1": "/runpod-volume/a.wav", "person2": "/runpod-volume/b.wav"}, audio_type="para")
+    with pytest.raises(JobError) as ei:
+        uploaded_tracks(r, {"audio.person1": good, "audio.person2": broken})
+    err = ei.value
+    assert err.code is ErrorCode.E_AUDIO_EMBEDDING and err.details == {"field": "audio.person2"}
+    assert err.message.startswith("audio.person2: ") and words in err.message and "audio.person2" in err.hint
+    assert str(tmp_path) not in err.message + err.hint

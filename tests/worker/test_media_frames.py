@@ -1,12 +1,15 @@
-"""Reference video frames come out at 25 fps whatever the source rate, lazily."""
+"""Reference video frames come out at 25 fps whatever the source rate, lazily, and upright; images upright and 8-bit."""
 from __future__ import annotations
+
+import subprocess
 
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from contract.errors import ErrorCode, JobError
-from worker.media.media_frames import iter_video_frames
+from worker.media.media_frames import iter_video_frames, open_image_rgb
 
 
 def make_video(path, fps: int, n: int) -> None:
@@ -35,3 +38,60 @@ def test_corrupt_video_is_input_validation(tmp_path):
     with pytest.raises(JobError) as e:
         list(iter_video_frames(bad))
     assert e.value.code is ErrorCode.E_INPUT_VALIDATION
+
+
+def _marked(w: int, h: int) -> Image.Image:
+    """Grey with a red block in the top-left corner, to see which way a picture was turned."""
+    a = np.full((h, w, 3), 128, dtype=np.uint8)
+    a[: h // 4, : w // 4] = (255, 0, 0)
+    return Image.fromarray(a)
+
+
+def _red_corner(im: Image.Image) -> str:
+    a = np.asarray(im).astype(int)
+    h, w = a.shape[:2]
+    corners = {"top-left": a[2, 2], "top-right": a[2, w - 3], "bottom-left": a[h - 3, 2], "bottom-right": a[h - 3, w - 3]}
+    return max(corners, key=lambda k: corners[k][0] - corners[k][1])
+
+
+@pytest.mark.parametrize("orientation,size,corner", [(1, (96, 64), "top-left"), (3, (96, 64), "bottom-right"),
+                                                      (6, (64, 96), "top-right"), (8, (64, 96), "bottom-left")])
+def test_an_image_is_turned_upright_as_its_exif_says(tmp_path, orientation, size, corner):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.jpg"
+    _marked(96, 64).save(path, "JPEG", exif=exif, quality=95)
+    im = open_image_rgb(path)
+    assert (im.mode, im.size, _red_corner(im)) == ("RGB", size, corner)
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    got = np.asarray(open_image_rgb(tmp_path / "g16.png"))[..., 0].astype(int)
+    assert np.abs(got - ramp / 257.0).max() <= 1  # a plain convert("RGB") clips this to 255 almost everywhere
+    Image.fromarray(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)).save(tmp_path / "f.tif")
+    got = np.asarray(open_image_rgb(tmp_path / "f.tif"))[..., 0].astype(int)
+    assert got.min() == 0 and got.max() == 255 and abs(got.mean() - 127.5) < 1
+
+
+def test_a_rotated_video_comes_out_as_ffmpeg_shows_it(tmp_path):
+    """The display matrix (a phone's portrait video is stored landscape) is applied exactly as ffmpeg's
+    autorotate does: ffmpeg's own decode of the first frame is the reference."""
+    src, rotated, ref = tmp_path / "src.mp4", tmp_path / "rot.mp4", tmp_path / "ref.png"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv444p"
+        for _ in range(3):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.asarray(_marked(96, 64)), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    for angle in ("90", "270"):
+        run = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y"]
+        subprocess.run([*run, "-i", str(src), "-c", "copy", "-metadata:s:v:0", f"rotate={angle}", str(rotated)], check=True)
+        subprocess.run([*run, "-i", str(rotated), "-frames:v", "1", str(ref)], check=True)
+        expected = np.asarray(Image.open(ref).convert("RGB")).astype(int)
+        got = np.asarray(next(iter_video_frames(rotated))).astype(int)
+        assert got.shape == expected.shape == (96, 64, 3)
+        assert np.abs(got - expected).mean() < 2 and _red_corner(Image.fromarray(got.astype(np.uint8))) != "top-left"

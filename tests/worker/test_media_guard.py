@@ -117,3 +117,50 @@ def test_audio_duration_cap(tmp_path: Path) -> None:
     junk.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + b"\x01" * 100)
     with pytest.raises(JobError):
         check_audio(junk)
+
+
+def _wav(channels: int, rate: int, seconds: float, fmt_tag: int = 1) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\x00\x00" * channels * int(rate * seconds))
+    data = bytearray(buf.getvalue())
+    data[20:22] = struct.pack("<H", fmt_tag)  # the fmt chunk's codec tag
+    return bytes(data)
+
+
+def test_audio_with_a_codec_ffmpeg_cannot_decode_is_corrupt_not_a_crash(tmp_path: Path) -> None:
+    """A WAV whose format tag is 0 (or any unknown codec) opens with no decoder: PyAV gives the stream no codec
+    context, which used to be an AttributeError (E_INTERNAL)."""
+    for tag in (0, 0x1234):
+        p = tmp_path / f"tag{tag}.wav"
+        p.write_bytes(_wav(1, 16000, 0.5, fmt_tag=tag))
+        with pytest.raises(JobError) as e:
+            check_audio(p)
+        assert e.value.code is ErrorCode.E_INPUT_VALIDATION and e.value.details["reason"] == "corrupt", e.value
+
+
+def test_audio_that_would_decode_to_gigabytes_is_refused_from_its_header(tmp_path: Path) -> None:
+    """Duration alone is not enough: 8 channels at 384 kHz for 28 minutes is 20 GB of float32 once decoded,
+    from a FLAC of a few hundred bytes (silence) — refused from STREAMINFO, before a sample is decoded."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros((38400, 8), np.float32), 384000, format="FLAC")
+    data = bytearray(buf.getvalue())
+    word = int.from_bytes(data[18:26], "big")  # STREAMINFO: rate, channels, bits, then 36 bits of total samples
+    data[18:26] = ((word & ~((1 << 36) - 1)) | (1700 * 384000)).to_bytes(8, "big")
+    p = tmp_path / "bomb.flac"
+    p.write_bytes(bytes(data))
+    t0 = time.perf_counter()
+    with pytest.raises(JobError) as e:
+        check_audio(p, MediaLimits(max_audio_duration_s=1800))
+    assert e.value.details["reason"] == "too_large_decoded" and "8 channel" in e.value.message
+    assert time.perf_counter() - t0 < 2
+    # the limit is on seconds x rate x channels x 4 bytes, to the sample
+    p.write_bytes(_wav(2, 48000, 1.0))
+    assert check_audio(p, MediaLimits(max_audio_decoded_bytes=48000 * 2 * 4 + 64)).channels == 2
+    with pytest.raises(JobError):
+        check_audio(p, MediaLimits(max_audio_decoded_bytes=48000 * 2 * 4 - 64))

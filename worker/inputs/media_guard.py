@@ -25,6 +25,10 @@ class MediaLimits:
     max_video_duration_s: float = 600.0
     max_video_frames: int = 600 * 60
     max_audio_duration_s: float = 600.0
+    #: float32 bytes the whole file decodes to (seconds x rate x channels x 4): a few MB of FLAC silence can
+    #: declare 8 channels at 384 kHz for half an hour, 20 GB once decoded; speech at 48 kHz stereo for
+    #: 30 minutes is 0.7 GB.
+    max_audio_decoded_bytes: int = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ def check_video(path: Path, limits: MediaLimits = MediaLimits()) -> VideoInfo:
             if not c.streams.video:
                 raise _invalid("video", name, "has no video stream")
             v = c.streams.video[0]
+            if v.codec_context is None:  # a stream FFmpeg has no decoder for (or a corrupt codec tag)
+                raise _invalid("video", name, "unknown or unsupported codec", hint="Re-encode the video as H.264 MP4.",
+                               reason="corrupt")
             w, h = v.codec_context.width, v.codec_context.height
             if w <= 0 or h <= 0:
                 raise _invalid("video", name, "unknown frame size", reason="corrupt")
@@ -172,6 +179,9 @@ def check_audio(path: Path, limits: MediaLimits = MediaLimits()) -> AudioInfo:
             if not c.streams.audio:
                 raise _invalid("audio", name, "has no audio stream")
             a = c.streams.audio[0]
+            if a.codec_context is None:  # a stream FFmpeg has no decoder for (or a corrupt codec tag)
+                raise _invalid("audio", name, "unknown or unsupported codec", hint="Send WAV, MP3, FLAC or M4A.",
+                               reason="corrupt")
             rate = int(a.codec_context.sample_rate or 0)
             channels = int(a.codec_context.channels or 0) if hasattr(a.codec_context, "channels") else 0
             if a.duration and a.time_base:
@@ -197,6 +207,13 @@ def check_audio(path: Path, limits: MediaLimits = MediaLimits()) -> AudioInfo:
                 raise _invalid(
                     "audio", name, f"{duration:.1f} s exceeds the limit of {limits.max_audio_duration_s:.0f} s",
                     hint="Shorten the audio or split the job.", reason="too_long",
+                )
+            decoded = duration * rate * max(channels, 1) * 4
+            if decoded > limits.max_audio_decoded_bytes:
+                raise _invalid(
+                    "audio", name, f"{duration:.1f} s of {channels} channel(s) at {rate} Hz decodes to "
+                    f"{decoded / 1e6:.0f} MB, over the limit of {limits.max_audio_decoded_bytes / 1e6:.0f} MB",
+                    hint="Send mono or stereo speech at 48 kHz or less.", reason="too_large_decoded",
                 )
             return AudioInfo(duration_s=duration, sample_rate=rate, channels=channels, codec=a.codec_context.name)
     except JobError:

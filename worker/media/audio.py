@@ -37,20 +37,31 @@ def uploaded_tracks(
     With resolved.audio_isolation, `isolator` (the engine's VoiceIsolator) separates each speaker's file and
     the isolated voices are the tracks; the soundtrack is the uploaded mix (audio_mux original) or the voices."""
     names = ["audio.person1"] + (["audio.person2"] if "audio.person2" in media else [])
+    originals = [_decoded(name, engine.prepare_audio, media[name]) for name in names]
+    voices = None
+    if resolved.audio_isolation:
+        voices = [_decoded(name, isolated_voice, isolator, media[name], len(orig), progress, f"{i + 1}/{len(names)}")
+                  for i, (name, orig) in enumerate(zip(names, originals))]
+    tracks, soundtrack = _lay_out(originals, resolved)
+    if voices is not None:
+        tracks, voice_mix = _lay_out(voices, resolved)
+        if resolved.audio_mux == "voice":
+            soundtrack = voice_mix
+    return cut_to_video(tracks, soundtrack, resolved, field=names[0] if len(names) == 1 else "audio")
+
+
+def _decoded(name: str, fn: Any, *args: Any) -> np.ndarray:
+    """`fn(*args)` for the file of job field `name`; a decode failure becomes E_AUDIO_EMBEDDING naming that field,
+    in words without the worker's own path to its copy of the file (that says nothing to the sender)."""
     try:
-        originals = [engine.prepare_audio(media[name]) for name in names]
-        voices = None
-        if resolved.audio_isolation:
-            voices = [isolated_voice(isolator, media[name], len(orig), progress, f"{i + 1}/{len(names)}")
-                      for i, (name, orig) in enumerate(zip(names, originals))]
-        tracks, soundtrack = _lay_out(originals, resolved)
-        if voices is not None:
-            tracks, voice_mix = _lay_out(voices, resolved)
-            if resolved.audio_mux == "voice":
-                soundtrack = voice_mix
+        return fn(*args)
     except engine.AudioDecodeError as exc:
-        raise JobError(ErrorCode.E_AUDIO_EMBEDDING, str(exc)) from exc
-    return cut_to_video(tracks, soundtrack, resolved)
+        what = str(exc)
+        if exc.path:
+            what = what.removesuffix(f" ({exc.path})").replace(exc.path, "the file")
+        raise JobError(ErrorCode.E_AUDIO_EMBEDDING, f"{name}: {what}",
+                       hint=f"{name}: send speech as WAV, MP3, FLAC or M4A that plays in an ordinary player.",
+                       details={"field": name}) from exc
 
 
 def _lay_out(per_speaker: list[np.ndarray], resolved: ResolvedJobConfig) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
@@ -114,10 +125,11 @@ def synthesized_tracks(
 
 
 def cut_to_video(
-    tracks: tuple[np.ndarray, ...], soundtrack: np.ndarray, resolved: ResolvedJobConfig
+    tracks: tuple[np.ndarray, ...], soundtrack: np.ndarray, resolved: ResolvedJobConfig, field: str = "tts.text"
 ) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
     """Both cut to the length the video will have (max_duration_s; one chunk in clip mode), plus the
-    seconds of speech cut off, which the result reports (`truncated_s`) so a cut is never silent."""
+    seconds of speech cut off, which the result reports (`truncated_s`) so a cut is never silent.
+    Audio too short for a video is E_AUDIO_EMBEDDING naming `field`, the job field it came from."""
     seconds = resolved.max_duration_s
     if resolved.mode == "clip":
         seconds = min(seconds, resolved.frame_num / VIDEO_FPS)
@@ -129,7 +141,7 @@ def cut_to_video(
         tracks = tuple(t[:limit] for t in tracks)
     if len(soundtrack) < AUDIO_SAMPLE_RATE // VIDEO_FPS * 2:
         raise JobError(
-            ErrorCode.E_AUDIO_EMBEDDING, "the audio is too short to drive a video (under 80 ms)",
-            hint="send at least a fraction of a second of speech in audio (or tts.text)",
+            ErrorCode.E_AUDIO_EMBEDDING, f"{field}: the audio is too short to drive a video (under 80 ms)",
+            hint=f"{field}: send at least a fraction of a second of speech", details={"field": field},
         )
     return tracks, soundtrack, dropped_s

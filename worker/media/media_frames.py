@@ -1,4 +1,5 @@
-"""Reads a reference video as RGB frames at the output frame rate, one at a time.
+"""The condition picture as RGB the way a viewer shows it: the image upright (EXIF orientation), or the
+reference video's frames upright (its display rotation) at the output frame rate, one at a time.
 
 Dubbing conditions each chunk on the source frame at that chunk's start, so the engine pulls
 frames lazily: a long source video is never held in memory.
@@ -9,10 +10,41 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import av
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from contract.choices import VIDEO_FPS
 from contract.errors import ErrorCode, JobError
+
+# PIL modes that hold more than 8 bits a sample; a plain convert("RGB") clips them instead of scaling
+# (a 16-bit grey PNG comes out white, a float TIFF black).
+_WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+
+def open_image_rgb(path: Path | str) -> Image.Image:
+    """The image as 8-bit RGB, turned upright as its EXIF orientation says (phone photos are stored
+    sideways with a tag), with 16-bit and float samples scaled to 8 bits rather than clipped."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im) or im
+        if im.mode in _WIDE_MODES:
+            a = np.asarray(im, dtype=np.float64)
+            a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+            # float images hold 0..1, integer ones 0..65535 (16-bit PNG/TIFF)
+            peak = a.max(initial=0.0)
+            if im.mode.startswith("I;16"):
+                top = 65535.0
+            else:  # "I" (16-bit PNGs open so) and "F": their values say the range
+                top = 1.0 if im.mode == "F" and peak <= 1.0 else 65535.0 if peak > 255 else 255.0
+            im = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        return im.convert("RGB")
+
+
+def _upright(image: Image.Image, rotation: int) -> Image.Image:
+    """PyAV's frame.rotation: degrees counterclockwise the display matrix turns the frame (PIL's sense too)."""
+    turn = {90: Image.Transpose.ROTATE_90, -270: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
+            -180: Image.Transpose.ROTATE_180, -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270}
+    t = turn.get(int(round(rotation)))
+    return image.transpose(t) if t is not None else image
 
 
 def iter_video_frames(path: Path | str, fps: float = VIDEO_FPS) -> Iterator[Image.Image]:
@@ -29,7 +61,7 @@ def iter_video_frames(path: Path | str, fps: float = VIDEO_FPS) -> Iterator[Imag
         try:
             for frame in container.decode(stream):
                 t = float(frame.time) if frame.time is not None else tick / fps
-                image = frame.to_image().convert("RGB")
+                image = _upright(frame.to_image().convert("RGB"), getattr(frame, "rotation", 0) or 0)
                 while tick / fps < t:
                     # Source frames are sparser than the output rate: repeat the previous one.
                     if last is None:
