@@ -165,8 +165,11 @@ def safe_preview(value: Any) -> Any:
     data: URIs keep only their media type and length; URLs lose their query string (presigned
     signatures live there); long strings are cut. Containers are summarised, never echoed.
     """
-    if value is None or isinstance(value, (bool, int, float)):
+    if value is None or isinstance(value, (bool, float)):
         return value
+    if isinstance(value, int):  # JSON allows 4300-digit numbers; a preview does not
+        digits = len(str(value)) if abs(value) < 10**4000 else 4000
+        return value if digits <= 40 else f"<whole number of {digits}+ digits>"
     if isinstance(value, str):
         value = clean_text(value)
         if value[:5].lower() == "data:":
@@ -233,6 +236,7 @@ _PHRASES: Mapping[str, str] = {
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
     "string_type": "must be text",
+    "string_unicode": "must be valid Unicode text (it holds a lone UTF-16 surrogate)",
     "string_too_long": "must be at most {max_length} characters",
     "too_long": "must have at most {max_length} items",
     "too_short": "must have at least {min_length} items",
@@ -283,11 +287,14 @@ def error_from_pydantic(
     entries: list[dict[str, Any]] = []
     hints: list[str] = []
     seen: set[tuple[str, str]] = set()
-    for err in exc.errors(include_url=False, include_context=True, include_input=True):
+    errors = exc.errors(include_url=False, include_context=True, include_input=True)
+    for err in errors:
+        if len(entries) >= MAX_REPORTED_ERRORS:  # 100k unknown keys: a bounded answer, in linear time
+            break
         loc = tuple(err.get("loc", ()))
         # pydantic appends union member / function tags to loc; keep names users wrote.
         loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
-        path = _loc_to_path(loc)
+        path = _cut(_loc_to_path(loc))  # a key name is the user's text: a 1 MB key must not come back
         problem = (err.get("ctx") or {}).get("error")
         hint = None
         if isinstance(problem, InputProblem):
@@ -309,7 +316,7 @@ def error_from_pydantic(
         if hint is None:
             hint = _hint_for(kind, path, help_, known_fields, difflib)
         entry: dict[str, Any] = {"field": path, "type": kind, "message": text, "hint": hint}
-        if "input" in err and kind != "missing":
+        if "input" in err and kind not in ("missing", "extra_forbidden"):  # an unknown field's value fixes nothing
             entry["input"] = "[REDACTED]" if secret else safe_preview(err["input"])
         entries.append(entry)
         head, _, about = hint.partition(": ")
@@ -318,12 +325,26 @@ def error_from_pydantic(
         if hint not in hints:
             hints.append(hint)
     lines = [f"{e['field']}: {e['message']}" for e in entries]
+    total = len(errors) if len(entries) >= MAX_REPORTED_ERRORS else len(lines)
     if message is None:
-        if len(lines) == 1:
+        if total == 1:
             message = lines[0]
         else:
-            message = f"{len(lines)} problems in the job input: " + "; ".join(lines[:4]) + ("; …" if len(lines) > 4 else "")
-    return JobError(ErrorCode.E_INPUT_VALIDATION, message, hint=" ".join(hints[:3]), details={"errors": entries})
+            message = f"{total} problems in the job input: " + "; ".join(lines[:4]) + ("; …" if total > 4 else "")
+    details: dict[str, Any] = {"errors": entries}
+    if total > len(entries):
+        details["more_errors"] = total - len(entries)
+    return JobError(ErrorCode.E_INPUT_VALIDATION, message, hint=" ".join(hints[:3]), details=details)
+
+
+# At most this many problems are listed (the count says how many there were): the answer stays small
+# and is built in linear time whatever the input holds.
+MAX_REPORTED_ERRORS = 20
+MAX_PATH_CHARS = 120
+
+
+def _cut(path: str) -> str:
+    return path if len(path) <= MAX_PATH_CHARS else path[:MAX_PATH_CHARS] + f"…({len(path)} chars)"
 
 
 def _hint_for(kind: str, path: str, help_: Mapping[str, str], known: tuple[str, ...], difflib: Any) -> str:

@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from contract.choices import (
-    ASPECTS, LORA_SCALE_LIMIT, MAX_LORAS, MAX_SCENE_PROMPTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZES,
+    ASPECTS, LORA_SCALE_LIMIT, MAX_LORAS, MAX_SCENE_PROMPTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZE_PIXELS, SIZES,
     TRIM_TAIL_S,
 )
 from contract.choices import AUDIO_MUX_CHOICES
@@ -58,6 +58,9 @@ __all__ = [
 ]
 
 MAX_SEED = 2**32 - 1
+# No frame side can be longer: the largest tier's pixel budget over the smallest side (16). Bounds width/height
+# before the worker multiplies them (a 4000-digit width made the tier check echo 12 KB of digits).
+MAX_SIDE = max(SIZE_PIXELS.values()) // 16
 DEFAULT_NEGATIVE_PROMPT = (
     # The negative prompt InfiniteTalk's config ships with (a model fact: the guidance was tuned with it).
     "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
@@ -174,6 +177,18 @@ def _allow_http(info: ValidationInfo) -> bool:
 # ---------------------------------------------------------------------------------------
 # Sub-models
 
+
+def _no_nul(v: str) -> str:
+    # The TTS phonemizer (espeak-ng) and other C consumers stop at NUL: the rest of the text would vanish silently.
+    if "\x00" in v:
+        raise ValueError("text contains a NUL character (\\u0000)")
+    return v
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+# Kokoro voice pack names, as worker.engine.models.tts checks them (a file stem under voices/, never a path).
+_VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+
 # strict: the contract is JSON's types, not Python's coercions (`true` is not a step count, "42" is
 # not a seed, "yes" is not a boolean, 2.0 is not an integer); floats still take JSON integers.
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=True, strict=True)
@@ -206,7 +221,7 @@ class TtsSpec(BaseModel):
 
     model_config = _STRICT
 
-    text: str = Field(
+    text: Text = Field(
         min_length=1, max_length=10_000,
         description="The words to speak (up to 10,000 characters); mark two speakers' turns with (s1) and (s2).",
     )
@@ -225,6 +240,14 @@ class TtsSpec(BaseModel):
     def speakers(self) -> int:
         return 2 if _TTS_S2.search(self.text) else 1
 
+    @field_validator("voice", "voice2")
+    @classmethod
+    def _voice_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not _VOICE_NAME.match(v):
+            raise InputProblem(f"tts.{info.field_name}", "must be a voice pack name: letters, digits, _ and -, up to 64 "
+                               "characters", hint=f"Set tts.{info.field_name} to a Kokoro voice such as af_heart.")
+        return v
+
     @model_validator(mode="after")
     def _voices(self) -> "TtsSpec":
         if self.voice2 and self.speakers < 2:
@@ -241,7 +264,7 @@ class ScenePrompt(BaseModel):
     model_config = _STRICT
 
     from_s: float = Field(ge=0, le=86_400, description="Where the scene starts, in seconds of the audio (0 or more).")
-    text: str = Field(max_length=4000, description="What the video shows from from_s on, in words (up to 4000 characters).")
+    text: Text = Field(max_length=4000, description="What the video shows from from_s on, in words (up to 4000 characters).")
 
 
 class LoraSpec(BaseModel):
@@ -306,7 +329,9 @@ def _bbox_check(v: list[float]) -> list[float]:
     return v
 
 
-BBox = Annotated[list[float], Field(min_length=4, max_length=4), AfterValidator(_bbox_check)]
+# Coordinates are finite: the JSON tokens Infinity/NaN parse to floats, and int(inf) fails deep in the engine.
+Coord = Annotated[float, Field(allow_inf_nan=False)]
+BBox = Annotated[list[Coord], Field(min_length=4, max_length=4), AfterValidator(_bbox_check)]
 
 
 def _polygon_check(v: list[list[float]]) -> list[list[float]]:
@@ -320,13 +345,13 @@ def _polygon_check(v: list[list[float]]) -> list[list[float]]:
     return v
 
 
-Point = Annotated[list[float], Field(min_length=2, max_length=2)]
+Point = Annotated[list[Coord], Field(min_length=2, max_length=2)]
 Polygon = Annotated[list[Point], Field(min_length=3, max_length=256), AfterValidator(_polygon_check)]
 # A mask is a polygon or an image ref (a string: checked as a media ref by JobInput._mask_refs); the
 # discriminator picks the form so that an error speaks of the one the job used, not of both.
 Mask = Annotated[
-    Union[Annotated[Polygon, Tag("polygon")], Annotated[str, Tag("image")]],
-    Discriminator(lambda v: "image" if isinstance(v, str) else "polygon" if isinstance(v, list) else None,
+    Union[Annotated[Polygon, Tag("[polygon]")], Annotated[str, Tag("[image]")]],
+    Discriminator(lambda v: "[image]" if isinstance(v, str) else "[polygon]" if isinstance(v, list) else None,
                   custom_error_type="mask_form",
                   custom_error_message="must be a polygon [[x, y], …] or an image ref (URL, data: URI, s3:// or path)"),
 ]
@@ -378,14 +403,14 @@ class JobInput(BaseModel):
     )
 
     # prompt and layout
-    prompt: str = Field(default="", max_length=4000, description="What the video shows, in words (up to 4000 characters).")
+    prompt: Text = Field(default="", max_length=4000, description="What the video shows, in words (up to 4000 characters).")
     prompts: list[ScenePrompt] | None = Field(
         default=None, max_length=MAX_SCENE_PROMPTS,
         description=f'Per-scene prompts, [{{"from_s": 0, "text": "…"}}, …] with from_s strictly increasing (up to '
         f"{MAX_SCENE_PROMPTS}); each applies to the chunks that start in its span, and prompt covers the start when "
         "the first from_s is above 0. Default: prompt throughout.",
     )
-    negative_prompt: str | None = Field(
+    negative_prompt: Text | None = Field(
         default=None, max_length=4000, validation_alias=_alias("negative_prompt", "n_prompt", "neg_prompt"),
         description="What to avoid; default: the negative prompt InfiniteTalk ships with.",
         json_schema_extra={"default": DEFAULT_NEGATIVE_PROMPT},
@@ -430,12 +455,12 @@ class JobInput(BaseModel):
         "the input's own aspect.",
     )
     width: int | None = Field(
-        default=None, gt=0,
+        default=None, gt=0, le=MAX_SIDE,
         description="Output width in pixels, a multiple of 16, given with height; width*height at most the size's "
         "pixel budget (640*640 for infinitetalk-480, 960*960 for infinitetalk-720). Default: from the bucket.",
     )
     height: int | None = Field(
-        default=None, gt=0,
+        default=None, gt=0, le=MAX_SIDE,
         description="Output height in pixels, a multiple of 16, given with width (see width). Default: from the bucket.",
     )
     mode: Mode | None = Field(
@@ -724,9 +749,17 @@ class JobInput(BaseModel):
         if self.webhook_events and not self.webhook_url:
             raise InputProblem("webhook_url", "webhook_events is given but webhook_url is not: the worker has nowhere to post",
                                hint="Add webhook_url (an https:// address), or leave webhook_events out.")
-        if self.webhook_url is not None and not re.match(r"^https?://[^\s/?#]+", self.webhook_url):
-            raise InputProblem("webhook_url", "webhook_url must be an http:// or https:// address",
-                               hint="Give webhook_url as https://host/path.")
+        if self.webhook_url is not None:
+            # The same form rules as media URLs (a host DNS can encode, no NUL or spaces, no user:pass@ that
+            # logs would keep); whether the host is public is decided when the job starts (worker.preview).
+            problem = None if re.match(r"^https?://", self.webhook_url, re.I) else "must be an http:// or https:// address"
+            if problem is None:
+                try:
+                    _check_url(self.webhook_url)
+                except ValueError as exc:
+                    problem = str(exc)
+            if problem:
+                raise InputProblem("webhook_url", problem, hint="Give webhook_url as https://host/path.")
         return self
 
     # -- derived ------------------------------------------------------------------------
@@ -775,6 +808,8 @@ class JobInput(BaseModel):
             data["loras"] = [{"ref": safe_preview(lo.ref), "scale": lo.scale} for lo in self.loras]
         if self.tts:
             data["tts"] = {"chars": len(self.tts.text), "speakers": self.tts.speakers}
+        if self.webhook_url:  # its query may hold the receiver's token
+            data["webhook_url"] = safe_preview(self.webhook_url)
         return data
 
 

@@ -56,10 +56,12 @@ def url_problem(url: str) -> str | None:
         return "URL contains spaces, backslashes or control characters"
     try:
         parts = urlsplit(url)
-        _ = parts.port  # raises on a bad port
+        port = parts.port  # raises on a bad port
         netloc_host = parts.netloc.rsplit("@", 1)[-1]
     except ValueError as exc:
         return f"malformed URL ({exc})"
+    if port == 0:  # no server listens there; refused here rather than retried as a network failure
+        return "port 0 is not a port a server can listen on"
     if netloc_host.startswith("["):
         host = netloc_host.split("]", 1)[0] + "]"
     else:
