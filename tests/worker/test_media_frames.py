@@ -95,3 +95,22 @@ def test_a_rotated_video_comes_out_as_ffmpeg_shows_it(tmp_path):
         got = np.asarray(next(iter_video_frames(rotated))).astype(int)
         assert got.shape == expected.shape == (96, 64, 3)
         assert np.abs(got - expected).mean() < 2 and _red_corner(Image.fromarray(got.astype(np.uint8))) != "top-left"
+
+
+@pytest.mark.parametrize("remux", [["-output_ts_offset", "5", "-f", "mp4"], ["-f", "mpegts"]])
+def test_a_video_whose_clock_starts_late_is_timed_from_its_first_frame(tmp_path, remux):
+    """MPEG-TS starts at 1.4 s, a cut clip anywhere: each 25 fps source frame comes out once, in order (timed
+    from 0 the first frame stood frozen for the offset, and float error repeated one frame and dropped the next)."""
+    src, moved = tmp_path / "src.mp4", tmp_path / "moved.bin"
+    with av.open(str(src), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"qp": "0"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv444p"
+        for i in range(50):
+            for p in s.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 5, dtype=np.uint8), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-c", "copy", *remux, str(moved)],
+                   check=True)
+    levels = [int(np.asarray(f).mean() / 5 + 0.5) for f in iter_video_frames(moved, 25)]
+    assert levels == list(range(50))

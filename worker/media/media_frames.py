@@ -48,7 +48,8 @@ def _upright(image: Image.Image, rotation: int) -> Image.Image:
 
 
 def iter_video_frames(path: Path | str, fps: float = VIDEO_FPS) -> Iterator[Image.Image]:
-    """Frames resampled to `fps` by timestamp (the latest source frame at or before each tick)."""
+    """Frames resampled to `fps` by timestamp (the latest source frame at or before each tick), timed from the
+    first frame: MPEG-TS starts at 1.4 s and a cut clip may start anywhere, which must not freeze the first frame."""
     try:
         container = av.open(str(path), metadata_errors="ignore")  # corrupt tags must not stop the frames
     except (av.FFmpegError, OSError, ValueError) as exc:
@@ -58,11 +59,16 @@ def iter_video_frames(path: Path | str, fps: float = VIDEO_FPS) -> Iterator[Imag
         stream.thread_type = "AUTO"
         tick = 0
         last: Image.Image | None = None
+        origin: float | None = None
         try:
             for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else tick / fps
+                if frame.time is None:
+                    t = tick / fps
+                else:
+                    origin = float(frame.time) if origin is None else origin
+                    t = float(frame.time) - origin
                 image = _upright(frame.to_image().convert("RGB"), getattr(frame, "rotation", 0) or 0)
-                while tick / fps < t:
+                while tick / fps < t - 1e-6:  # the same tolerance as below: t is a difference of floats
                     # Source frames are sparser than the output rate: repeat the previous one.
                     if last is None:
                         break
