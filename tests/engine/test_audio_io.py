@@ -273,3 +273,42 @@ def test_video_without_audio_raises(tmp_path: Path):
         pytest.skip(f"ffmpeg cannot write mp4: {proc.stderr.strip()[:200]}")
     with pytest.raises(AudioDecodeError, match="no audio stream"):
         load_audio_16k(out)
+
+
+def _flac_with_length(tmp_path: Path, x: np.ndarray, declared: int) -> Path:
+    """`x` as FLAC whose STREAMINFO says `declared` samples (0: unknown, as a streamed FLAC says)."""
+    p = tmp_path / f"declared{declared}.flac"
+    sf.write(p, x, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    data = bytearray(p.read_bytes())
+    word = int.from_bytes(data[18:26], "big")  # rate, channels, bits, then 36 bits of total samples
+    data[18:26] = ((word & ~((1 << 36) - 1)) | declared).to_bytes(8, "big")
+    p.write_bytes(bytes(data))
+    return p
+
+
+def test_a_flac_of_unknown_length_decodes_whole(tmp_path: Path):
+    """Total samples 0 is legal FLAC; libsndfile then reports 2**63 frames, and reading that as one array was a
+    ValueError ('array is too big') that reached the job as E_INTERNAL."""
+    from worker.engine.audio_io import decode_audio
+
+    x = np.random.default_rng(0).uniform(-0.3, 0.3, 5 * SAMPLE_RATE).astype(np.float32)
+    data, sr = decode_audio(_flac_with_length(tmp_path, x, 0))
+    reference, _ = sf.read(_flac_with_length(tmp_path, x, len(x)), dtype="float32")
+    assert sr == SAMPLE_RATE and data.shape == (1, len(x))
+    np.testing.assert_array_equal(data[0], reference)
+
+
+@pytest.mark.parametrize("ext", ["flac", "ogg"])
+def test_decoding_stops_at_the_byte_budget(tmp_path: Path, ext: str):
+    """Whatever a header says (or does not), a file never decodes past max_bytes (both decoders)."""
+    from worker.engine.audio_io import decode_audio
+
+    p = tmp_path / f"long.{ext}"
+    sf.write(p, np.zeros(4 * SAMPLE_RATE, np.float32) + 0.01, SAMPLE_RATE, format=ext.upper())
+    assert decode_audio(p, max_bytes=4 * SAMPLE_RATE * 4 + 4096)[0].shape[1] >= 4 * SAMPLE_RATE - 2048
+    with pytest.raises(AudioDecodeError, match="decodes to more than"):
+        decode_audio(p, max_bytes=SAMPLE_RATE * 4)
+    mp4 = tmp_path / "long.m4a"  # the PyAV path (libsndfile cannot read MP4)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(p), "-c:a", "aac", str(mp4)], check=True)
+    with pytest.raises(AudioDecodeError, match="decodes to more than"):
+        decode_audio(mp4, max_bytes=SAMPLE_RATE * 4)

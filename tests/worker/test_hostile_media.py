@@ -272,12 +272,14 @@ def _with(value: float) -> bytes:
     return wav_bytes(x, 16000, "FLOAT")
 
 
-def _flac_declaring(seconds: int, sr: int = 384000, channels: int = 8) -> bytes:
-    """A 0.1 s FLAC whose STREAMINFO declares `seconds`: a few hundred bytes that would decode to gigabytes."""
-    data = bytearray(wav_bytes(np.zeros((sr // 10, channels), np.float32), sr, "PCM_16", "FLAC"))
+def _flac_declaring(seconds: float, sr: int = 384000, channels: int = 8, x: np.ndarray | None = None) -> bytes:
+    """A FLAC (0.1 s of silence, or `x`) whose STREAMINFO declares `seconds`: a few hundred bytes that would
+    decode to gigabytes, or with 0 a streamed FLAC of unknown length."""
+    x = np.zeros((sr // 10, channels), np.float32) if x is None else x
+    data = bytearray(wav_bytes(x, sr, "PCM_16", "FLAC"))
     assert data[:4] == b"fLaC"
     word = int.from_bytes(data[18:26], "big")
-    data[18:26] = ((word & ~((1 << 36) - 1)) | (seconds * sr)).to_bytes(8, "big")
+    data[18:26] = ((word & ~((1 << 36) - 1)) | int(seconds * sr)).to_bytes(8, "big")
     return bytes(data)
 
 
@@ -289,6 +291,8 @@ AUDIO_OK = {
     "rate_384k.wav": lambda: wav_bytes(tone(1.0, 384000), 384000),
     "pcm24.wav": lambda: wav_bytes(tone(), 16000, "PCM_24"),
     "ogg.ogg": lambda: wav_bytes(tone(), 16000, "VORBIS", "OGG"),
+    "length_unknown.flac": lambda: _flac_declaring(0, 16000, 1, tone()),
+    "length_understated.flac": lambda: _flac_declaring(0.6, 16000, 1, tone()),
 }
 
 AUDIO_REFUSED = {
@@ -356,6 +360,7 @@ def videos(files, video) -> dict[str, Path]:
     make("ten_bit.mp4", *src, "-pix_fmt", "yuv420p10le", "-c:v", "libx264")
     make("vfr.mp4", *src, "-vf", "setpts='if(lt(N,10),N*2,N+10)/TB/25'", "-fps_mode", "vfr", "-pix_fmt", "yuv420p")
     make("rotated.mp4", "-i", str(video), "-c", "copy", "-metadata:s:v:0", "rotate=90")
+    make("late_start.mp4", "-i", str(video), "-c", "copy", "-output_ts_offset", "5")
     make("one_frame.mp4", "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=0.04", "-frames:v", "1", "-pix_fmt", "yuv420p")
     make("audio_only.mp4", "-f", "lavfi", "-i", "sine=f=300:d=2", "-c:a", "aac")
     make("no_frames.mp4", *src, "-frames:v", "0", "-pix_fmt", "yuv420p")
@@ -368,7 +373,7 @@ def videos(files, video) -> dict[str, Path]:
     return out
 
 
-VIDEO_OK = ["odd_33x17.mp4", "ten_bit.mp4", "vfr.mp4", "one_frame.mp4"]
+VIDEO_OK = ["odd_33x17.mp4", "ten_bit.mp4", "vfr.mp4", "one_frame.mp4", "late_start.mp4"]
 VIDEO_REFUSED = {"audio_only.mp4": "no video stream", "no_frames.mp4": "no video stream",
                  "corrupt_moov.mp4": "video", "truncated.mp4": "corrupt", "still.png": "not a supported video"}
 

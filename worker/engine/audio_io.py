@@ -70,20 +70,42 @@ def video_frames_for(audio: np.ndarray, sr: int = SAMPLE_RATE, fps: int = VIDEO_
     return int(np.asarray(audio).shape[-1] / sr * fps)
 
 
-def _decode_soundfile(path: Path) -> tuple[np.ndarray, int] | None:
-    """float32 [channels, n] via libsndfile, or None when libsndfile does not know the format."""
+# float32 bytes one file may decode to (all channels): the guard refuses larger declarations before this runs
+# (worker/inputs/media_guard.py); this bounds files whose header does not say (a streamed FLAC's length is 0).
+MAX_DECODED_BYTES = 2 * 1024**3
+_BLOCK_FRAMES = 1 << 20
+
+
+def _over_budget(path: Path, nbytes: int, max_bytes: int) -> AudioDecodeError:
+    return AudioDecodeError(f"audio decodes to more than {max_bytes // 2**20} MiB (at least {nbytes // 2**20} MiB); "
+                            "send shorter, mono or lower-rate audio", str(path))
+
+
+def _decode_soundfile(path: Path, max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, int] | None:
+    """float32 [channels, n] via libsndfile, or None when libsndfile does not know the format. Read in blocks
+    to the end, not as one array of the header's frame count: an unknown length reads as 2**63 frames."""
     import soundfile as sf
 
+    blocks: list[np.ndarray] = []
+    nbytes = 0
     try:
         with sf.SoundFile(str(path)) as f:
-            sr = int(f.samplerate)
-            data = f.read(dtype="float32", always_2d=True)
+            sr, channels = int(f.samplerate), int(f.channels)
+            while True:
+                block = f.read(frames=_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                blocks.append(block)
+                nbytes += block.nbytes
+                if nbytes > max_bytes:
+                    raise _over_budget(path, nbytes, max_bytes)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
+    data = np.concatenate(blocks) if blocks else np.zeros((0, max(channels, 1)), np.float32)
     return np.ascontiguousarray(data.T), sr
 
 
-def _decode_pyav(path: Path) -> tuple[np.ndarray, int]:
+def _decode_pyav(path: Path, max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
     """float32 [channels, n] via PyAV/ffmpeg, for containers and codecs libsndfile lacks."""
     try:
         import av
@@ -101,10 +123,14 @@ def _decode_pyav(path: Path) -> tuple[np.ndarray, int]:
             # Planar float keeps the source layout and rate; mono/resampling are done below
             # exactly as for libsndfile input.
             resampler = av.AudioResampler(format="fltp")
+            nbytes = 0
             for frame in container.decode(stream):
                 sr = sr or int(frame.sample_rate)
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray())
+                    nbytes += chunks[-1].nbytes
+                if nbytes > max_bytes:
+                    raise _over_budget(path, nbytes, max_bytes)
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray())
     except AudioDecodeError:
@@ -128,18 +154,19 @@ def resample_to_16k(mono: np.ndarray, sr: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def decode_audio(path: str | Path) -> tuple[np.ndarray, int]:
+def decode_audio(path: str | Path, max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
     """Decode any common audio file as it is: float32 [channels, n] at the file's own rate.
 
-    Raises AudioDecodeError for missing, corrupt, empty or non-finite audio."""
+    Raises AudioDecodeError for missing, corrupt, empty or non-finite audio, or audio that decodes to more
+    than `max_bytes`."""
     p = Path(path)
     if not p.is_file():
         raise AudioDecodeError("audio file not found", str(p))
     if p.stat().st_size == 0:
         raise AudioDecodeError("audio file is empty (0 bytes)", str(p))
 
-    decoded = _decode_soundfile(p)
-    data, sr = decoded if decoded is not None else _decode_pyav(p)
+    decoded = _decode_soundfile(p, max_bytes)
+    data, sr = decoded if decoded is not None else _decode_pyav(p, max_bytes)
     if data.ndim != 2 or data.shape[-1] == 0:
         raise AudioDecodeError("file contains no audio samples", str(p))
     if sr <= 0:
