@@ -1,11 +1,15 @@
 """Reference video frames come out at 25 fps whatever the source rate, lazily, and upright; images upright and 8-bit."""
 from __future__ import annotations
 
+import io
+import struct
 import subprocess
 
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from contract.errors import ErrorCode, JobError
@@ -114,3 +118,27 @@ def test_a_video_whose_clock_starts_late_is_timed_from_its_first_frame(tmp_path,
                    check=True)
     levels = [int(np.asarray(f).mean() / 5 + 0.5) for f in iter_video_frames(moved, 25)]
     assert levels == list(range(50))
+
+
+def _exif_jpeg() -> tuple[bytes, int, int]:
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "camera"
+    buf = io.BytesIO()
+    _marked(40, 30).save(buf, "JPEG", exif=exif)
+    data = buf.getvalue()
+    at = data.find(b"Exif\x00\x00")
+    return data, at + 6, at - 2 + struct.unpack(">H", data[at - 2:at])[0]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL's own notes on the corrupt block, the point here
+@settings(max_examples=300, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6))
+def test_a_mangled_exif_block_leaves_the_picture_as_stored(edits):
+    """Broken metadata never fails a picture whose pixels decode (PIL's exif_transpose raised struct.error and
+    TypeError here): the image comes out upright when the orientation survives, as stored when it does not."""
+    data, start, end = _exif_jpeg()
+    raw = bytearray(data)
+    for where, value in edits:
+        raw[start + where % (end - start)] = value
+    im = open_image_rgb(io.BytesIO(bytes(raw)))
+    assert im.mode == "RGB" and im.size in ((40, 30), (30, 40))

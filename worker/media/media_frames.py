@@ -6,12 +6,14 @@ frames lazily: a long source video is never held in memory.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from contract.choices import VIDEO_FPS
 from contract.errors import ErrorCode, JobError
@@ -21,11 +23,32 @@ from contract.errors import ErrorCode, JobError
 _WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 
-def open_image_rgb(path: Path | str) -> Image.Image:
+# EXIF orientation -> the transpose that shows the picture upright (the TIFF/EXIF spec's table, as PIL's
+# ImageOps.exif_transpose has it).
+_EXIF_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation, or 1 when there is none or the EXIF block is corrupt: broken metadata leaves the
+    picture as stored rather than failing a job whose pixels are fine (PIL raises struct.error, TypeError, ...
+    from a mangled block, and ImageOps.exif_transpose with it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = im.getexif().get(0x0112, 1)
+        return int(value) if isinstance(value, int) else 1
+    except Exception:  # noqa: BLE001 - any parse failure of optional metadata means "no orientation"
+        return 1
+
+
+def open_image_rgb(path: Path | str | BinaryIO) -> Image.Image:
     """The image as 8-bit RGB, turned upright as its EXIF orientation says (phone photos are stored
     sideways with a tag), with 16-bit and float samples scaled to 8 bits rather than clipped."""
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im) or im
+        turn = _EXIF_TURNS.get(_orientation(im))
+        im = im.transpose(turn) if turn is not None else im
         if im.mode in _WIDE_MODES:
             a = np.asarray(im, dtype=np.float64)
             a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
