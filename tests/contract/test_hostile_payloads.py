@@ -273,6 +273,18 @@ def test_refs_outside_the_volume_or_to_private_hosts_are_refused_by_the_handler(
     assert err["code"] == "E_INPUT_VALIDATION" and err["message"].startswith("image"), err
 
 
+def test_an_infinite_speaker_box_is_an_input_error_not_an_internal_one(ctx, volume):
+    """Before: the job reached sampling and failed there as E_INTERNAL (OverflowError from int(inf))."""
+    speech = f"{volume}/speech.wav"
+    out = ctx.handler({"id": "j", "input": {
+        "image": f"{volume}/portrait.png", "audio": {"person1": speech, "person2": speech}, "audio_type": "add",
+        "bbox": {"person1": [0, 0, math.inf, math.inf], "person2": [0, 0, 5, 5]}, "output": {"target": "inline"},
+        "sampler": "lightning"}})
+    err = json.loads(out["error"])
+    assert err["code"] == "E_INPUT_VALIDATION" and err["message"].startswith("2 problems"), err
+    assert [e["field"] for e in err["details"]["errors"]] == ["bbox.person1[2]", "bbox.person1[3]"]
+
+
 def _raw(server_base: str, body: str | bytes) -> requests.Response:
     return requests.post(f"{server_base}/local-test/runsync?wait=20000", data=body, timeout=60,
                          headers={"Authorization": "test", "Content-Type": "application/json"})
