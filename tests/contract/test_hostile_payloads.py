@@ -109,6 +109,61 @@ def test_a_hostile_value_in_any_field_is_refused_naming_it(field, value):
     assert time.monotonic() - started < 2.0
 
 
+# Paths into nested objects and lists: (top-level field, inner keys/indexes), placed into a job that is valid
+# around them (two speakers where the path needs them).
+NESTED_PATHS = [
+    ("audio", "person1"), ("audio", "person2"), ("tts", "text"), ("tts", "voice"), ("tts", "voice2"),
+    ("output", "target"), ("output", "key_prefix"), ("output", "presign_expiry_s"), ("loras", 0, "ref"),
+    ("loras", 0, "scale"), ("loras", 0), ("prompts", 0, "from_s"), ("prompts", 0, "text"), ("prompts", 0),
+    ("bbox", "person1"), ("bbox", "person2", 2), ("mask", 0), ("mask", 1, 0), ("masks", "person1"),
+    ("masks", "person2", 0, 1), ("webhook_events", 0),
+]
+
+
+def _nested_job(path: tuple, value) -> dict:
+    two = {"audio": {"person1": "a.wav", "person2": "b.wav"}, "audio_type": "add"}
+    shells = {
+        "audio": dict(two), "tts": {"image": "a.png", "tts": {"text": "(s1) hi (s2) yo"}},
+        "output": {"output": {}}, "loras": {"loras": [{"ref": "a.safetensors"}]},
+        "prompts": {"prompts": [{"from_s": 0, "text": "a"}]}, "bbox": {**two, "bbox": {"person1": [0, 0, 5, 5],
+                                                                                       "person2": [5, 5, 9, 9]}},
+        "mask": {"mask": [[0, 0], [9, 0], [9, 9]]},
+        "masks": {**two, "masks": {"person1": [[0, 0], [9, 0], [9, 9]], "person2": [[0, 0], [9, 0], [9, 9]]}},
+        "webhook_events": {"webhook_url": "https://example.com/h", "webhook_events": ["done"]},
+    }
+    job = json.loads(json.dumps({**BASE, **shells[path[0]]}))
+    if path[0] == "tts":
+        job.pop("audio")
+    node = job[path[0]]
+    for step in path[1:-1]:
+        node = node[step]
+    if value is not _KEEP:
+        node[path[-1]] = value
+    return job
+
+
+_KEEP = object()
+
+
+@pytest.mark.parametrize("path", NESTED_PATHS)
+def test_the_jobs_around_the_nested_paths_are_valid(path):
+    """So that a refusal above is the hostile value's, not the surrounding job's."""
+    assert isinstance(parse_job_input(_nested_job(path, _KEEP)), JobInput)
+
+
+@hsettings(max_examples=250, **HYP)
+@given(path=st.sampled_from(NESTED_PATHS), value=st.one_of(hostile_scalars, nested))
+def test_a_hostile_value_in_a_nested_field_is_refused_naming_it(path, value):
+    job = _nested_job(path, value)
+    try:
+        parse_job_input(job)
+    except JobError as err:
+        data = assert_well_formed(err)
+        assert data["details"]["errors"][0]["field"].startswith(path[0]), (path, data["message"][:200])
+    else:
+        assert not _hostile(value), (path, safe_preview(value))
+
+
 @hsettings(max_examples=60, **HYP)
 @given(key=st.one_of(st.text(min_size=1, max_size=30), st.just("k" * 5000), st.just(SECRET)),
        value=st.one_of(hostile_scalars, st.just(SECRET)))
