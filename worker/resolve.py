@@ -122,8 +122,11 @@ def apply_job_overrides(cfg: AppConfig, job: "JobInput") -> ResolvedJobConfig:
     frame_num = _pick(job.frame_num, preset.frame_num)
     motion_frame = _pick(job.motion_frame, preset.motion_frame)
     if motion_frame >= frame_num:
+        given = "motion_frame" if job.motion_frame is not None else "frame_num"  # the one the job set
         raise _invalid(
-            f"motion_frame ({motion_frame}) must be smaller than frame_num ({frame_num})", "motion_frame"
+            f"motion_frame ({motion_frame}) must be smaller than frame_num ({frame_num})", given,
+            hint=f"Set {given} so that motion_frame < frame_num (both 4n+1), e.g. frame_num 81 with motion_frame 9, "
+            "or frame_num 5 with motion_frame 1.",
         )
     max_duration = _pick(job.max_duration_s, cfg.server.max_duration_s)
     if max_duration > cfg.server.max_duration_s:

@@ -77,6 +77,10 @@ def test_job_limits(cfg):
     assert e.details["errors"][0]["field"] == "size"
     assert apply_job_overrides(compose_config(["gpu=h100_80"], env={}), job(size="infinitetalk-720", sampler="quality")).sample_shift == 11.0
     refused(job(motion_frame=81))  # preset frame_num is 81
+    # against the preset's value, the field the job set is the one named, with a hint that fixes it
+    for given, expect in (({"motion_frame": 81}, "motion_frame"), ({"frame_num": 5}, "frame_num")):
+        e = refused(job(**given))
+        assert e.details["errors"][0]["field"] == expect and expect in e.hint and "motion_frame <" in e.hint
     refused(job(output={"target": "s3"}))  # no bucket configured
     single = compose_config(["model=infinitetalk_single"], env={})
     refused(job(audio={"person1": AUD, "person2": AUD}, audio_type="add"), single)
