@@ -58,9 +58,10 @@ __all__ = [
 ]
 
 MAX_SEED = 2**32 - 1
-# No frame side can be longer: the largest tier's pixel budget over the smallest side (16). Bounds width/height
-# before the worker multiplies them (a 4000-digit width made the tier check echo 12 KB of digits).
-MAX_SIDE = max(SIZE_PIXELS.values()) // 16
+# The longest frame side: the longest in the model's own bucket tables (infinitetalk-720's 448x2048). Without it a
+# 57600x16 frame fit the pixel budget, rendered, and then failed in the H.264 encoder (libx264 takes <= 16384), and
+# a 4000-digit width made the tier check echo 12 KB of digits.
+MAX_SIDE = 2048
 DEFAULT_NEGATIVE_PROMPT = (
     # The negative prompt InfiniteTalk's config ships with (a model fact: the guidance was tuned with it).
     "bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
@@ -456,12 +457,14 @@ class JobInput(BaseModel):
     )
     width: int | None = Field(
         default=None, gt=0, le=MAX_SIDE,
-        description="Output width in pixels, a multiple of 16, given with height; width*height at most the size's "
-        "pixel budget (640*640 for infinitetalk-480, 960*960 for infinitetalk-720). Default: from the bucket.",
+        description=f"Output width in pixels, a multiple of 16 up to {MAX_SIDE}, given with height; width*height at "
+        "most the size's pixel budget (640*640 for infinitetalk-480, 960*960 for infinitetalk-720). Default: from "
+        "the bucket.",
     )
     height: int | None = Field(
         default=None, gt=0, le=MAX_SIDE,
-        description="Output height in pixels, a multiple of 16, given with width (see width). Default: from the bucket.",
+        description=f"Output height in pixels, a multiple of 16 up to {MAX_SIDE}, given with width (see width). "
+        "Default: from the bucket.",
     )
     mode: Mode | None = Field(
         default=None,

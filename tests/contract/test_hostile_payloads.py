@@ -23,6 +23,7 @@ import requests
 from hypothesis import HealthCheck, given, settings as hsettings
 from hypothesis import strategies as st
 
+from contract.choices import SIZE_PIXELS
 from contract.errors import MAX_REPORTED_ERRORS, JobError, safe_preview
 from contract.job import MAX_SEED, MAX_SIDE, JobInput, known_field_names, parse_job_input
 
@@ -143,6 +144,12 @@ def _nested_job(path: tuple, value) -> dict:
 
 
 _KEEP = object()
+
+
+def test_the_longest_side_is_the_longest_of_the_models_bucket_tables():
+    from worker.engine.sampling.buckets import BUCKET_TABLES
+
+    assert MAX_SIDE == max(max(hw) for table in BUCKET_TABLES.values() for hw, _ in table.values())
 
 
 @pytest.mark.parametrize("path", NESTED_PATHS)
@@ -271,9 +278,10 @@ def test_port_zero_is_malformed_for_media_too():
 
 @pytest.mark.parametrize("width, height, ok", [
     (16, 16, True), (MAX_SIDE, 16, True), (MAX_SIDE + 16, 16, False), (2**64, 16, False), (0, 16, False),
-    (-16, 16, False), (24, 16, False),
+    (-16, 16, False), (24, 16, False), (57600, 16, False), (16384, 32, False),
 ])
 def test_width_and_height_bounds(width, height, ok):
+    """Before: 57600x16 fit the 720 tier's budget and failed only in the encoder, after the whole render."""
     payload = {**BASE, "width": width, "height": height}
     if ok:
         assert parse_job_input(payload).width == width
@@ -470,3 +478,52 @@ def test_valid_jobs_at_other_seeds_and_sizes_render_what_they_asked_for(ctx, vol
     else:
         assert abs(frames - speech * 25) <= 1, (frames, speech)
     assert abs(vdur - frames / 25) <= 0.04 and abs(adur - vdur) <= 0.05, (vdur, adur)
+
+
+# ----------------------------------------------------------------------------- every bound, through resolve
+
+def _opt(**fields):
+    return st.fixed_dictionaries({}, optional=fields)
+
+
+BOUNDED_JOBS = _opt(
+    seed=st.sampled_from([0, 1, MAX_SEED]), size=st.sampled_from(["infinitetalk-480", "infinitetalk-720"]),
+    aspect=st.sampled_from(["16:9", "9:16", "1:1", "4:5"]), mode=st.sampled_from(["clip", "streaming"]),
+    sampler=st.sampled_from(["fast", "turbo", "lightning", "quality"]), sample_steps=st.sampled_from([1, 100]),
+    sample_shift=st.sampled_from([0.5, 20]), frame_num=st.sampled_from([5, 9, 81, 197, 201]),
+    motion_frame=st.sampled_from([1, 5, 9, 197]), max_duration_s=st.sampled_from([0.5, 1800]),
+    guidance_every=st.sampled_from([1, 10]), teacache_thresh=st.sampled_from([1e-9, 1]),
+    dub_strength=st.sampled_from([1e-9, 1]), width=st.sampled_from([16, 640, 2048, 57600]),
+    height=st.sampled_from([16, 640, 2048, 57600]), output=st.sampled_from([{"target": "inline"}, {"presign_expiry_s": 60},
+                                                                      {"presign_expiry_s": 604800}]),
+)
+
+
+@hsettings(max_examples=300, **HYP)
+@given(extra=BOUNDED_JOBS, video=st.booleans())
+def test_jobs_at_every_bound_resolve_or_are_refused_with_a_code(extra, video):
+    from configuration import compose_config
+    from worker.resolve import apply_job_overrides, generation_settings
+
+    payload = {**({"video": "/runpod-volume/v.mp4"} if video else {"image": "/runpod-volume/a.png"}),
+               "audio": "/runpod-volume/a.wav", **extra}
+    if not video:
+        payload.pop("dub_strength", None)
+    for cfg in _CONFIGS(compose_config):
+        try:
+            resolved = apply_job_overrides(cfg, parse_job_input(payload))
+        except JobError as err:
+            assert_well_formed(err)
+            continue
+        settings = generation_settings(resolved)
+        assert resolved.motion_frame < resolved.frame_num and settings.max_frames >= 1
+        if resolved.frame_size is not None:
+            h, w = resolved.frame_size
+            assert h % 16 == 0 and w % 16 == 0 and 16 <= min(h, w) and h * w <= SIZE_PIXELS[resolved.size]
+            assert max(h, w) <= 16384  # what libx264 can encode
+
+
+def _CONFIGS(compose_config, _cache=[]):  # noqa: B006 - composed once per session
+    if not _cache:
+        _cache += [compose_config(env={}), compose_config(["gpu=h100_80"], env={})]
+    return _cache
