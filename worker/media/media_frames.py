@@ -70,36 +70,71 @@ def _upright(image: Image.Image, rotation: int) -> Image.Image:
     return image.transpose(t) if t is not None else image
 
 
+def _damaged(what: str) -> JobError:
+    return JobError(ErrorCode.E_INPUT_VALIDATION, f"video: {what}",
+                    hint="video: re-encode the reference video (H.264 MP4) and send it again.",
+                    details={"field": "video", "reason": "corrupt"})
+
+
+def _frames(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+    """The stream's frames, packet by packet. A packet the decoder refuses is skipped, as ffmpeg does (a damaged
+    stretch of an otherwise good video must not fail a job in the middle of sampling); a video that is mostly
+    damaged, or whose container breaks before any frame, is E_INPUT_VALIDATION naming `video`."""
+    good = bad = 0
+    try:
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                bad += 1
+                if bad > max(_BAD_PACKETS, good):
+                    raise _damaged(f"the reference video is damaged ({bad} packets do not decode)") from None
+                continue
+            for frame in frames:
+                good += 1
+                yield frame
+    except av.FFmpegError:  # the container itself breaks off: the frames so far are the video
+        if good == 0:
+            raise _damaged("the reference video does not decode") from None
+    if good == 0:
+        raise _damaged("the reference video has no frame that decodes")
+
+
+_BAD_PACKETS = 25
+
+
 def iter_video_frames(path: Path | str, fps: float = VIDEO_FPS) -> Iterator[Image.Image]:
     """Frames resampled to `fps` by timestamp (the latest source frame at or before each tick), timed from the
     first frame: MPEG-TS starts at 1.4 s and a cut clip may start anywhere, which must not freeze the first frame."""
     try:
         container = av.open(str(path), metadata_errors="ignore")  # corrupt tags must not stop the frames
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise JobError(ErrorCode.E_INPUT_VALIDATION, f"cannot open the reference video: {exc}") from exc
+    except (av.FFmpegError, OSError, ValueError):
+        raise _damaged("cannot open the reference video") from None
     with container:
+        if not container.streams.video:
+            raise _damaged("the reference video has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         tick = 0
         last: Image.Image | None = None
         origin: float | None = None
-        try:
-            for frame in container.decode(stream):
-                if frame.time is None:
-                    t = tick / fps
-                else:
-                    origin = float(frame.time) if origin is None else origin
-                    t = float(frame.time) - origin
+        for frame in _frames(container, stream):
+            if frame.time is None:
+                t = tick / fps
+            else:
+                origin = float(frame.time) if origin is None else origin
+                t = float(frame.time) - origin
+            try:
                 image = _upright(frame.to_image().convert("RGB"), getattr(frame, "rotation", 0) or 0)
-                while tick / fps < t - 1e-6:  # the same tolerance as below: t is a difference of floats
-                    # Source frames are sparser than the output rate: repeat the previous one.
-                    if last is None:
-                        break
-                    yield last
-                    tick += 1
-                if tick / fps <= t + 1e-6:
-                    yield image
-                    tick += 1
-                last = image
-        except (av.FFmpegError, ValueError) as exc:
-            raise JobError(ErrorCode.E_INPUT_VALIDATION, f"the reference video does not decode: {exc}") from exc
+            except (av.FFmpegError, ValueError, OSError):  # a pixel format the converter refuses
+                raise _damaged("a frame of the reference video cannot be converted to RGB") from None
+            while tick / fps < t - 1e-6:  # the same tolerance as below: t is a difference of floats
+                # Source frames are sparser than the output rate: repeat the previous one.
+                if last is None:
+                    break
+                yield last
+                tick += 1
+            if tick / fps <= t + 1e-6:
+                yield image
+                tick += 1
+            last = image
