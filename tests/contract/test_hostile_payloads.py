@@ -406,7 +406,8 @@ def test_raw_http_bodies_through_the_local_endpoint(endpoint, volume, extra, fie
 @pytest.mark.parametrize("body, status", [
     ('{"input": null}', 400), ('{}', 400), ('[]', 400), ('{"input": {"a": ' + "[" * 10_000 + "]" * 10_000 + "}}", 400),
     ('{"input": [1, 2]}', 200), ('{"input": "x"}', 200), ('{"input": 5}', 200), ('{"input": {}}', 200),
-    ('{"input": {"image": "a.png", "audio": "b.wav"', 400),
+    ('{"input": {"image": "a.png", "audio": "b.wav"', 400), (b'{"input": {"prompt": "\xff\xfe"}}', 400),
+    ('{"input": {"seed": ' + "9" * 5000 + "}}", 400), ('{"input": {"seed": 1}} trailing', 400),
 ])
 def test_input_missing_null_or_not_an_object(endpoint, body, status):
     r = _raw(endpoint.base, body)
