@@ -8,6 +8,7 @@ killed for memory mid-job.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,9 @@ class AudioInfo:
 
 
 def _invalid(kind: str, name: str, what: str, hint: str | None = None, **details: object) -> JobError:
-    return JobError(ErrorCode.E_INPUT_VALIDATION, f"{kind} {name}: {what}", hint=hint, details=details or None)
+    """The message says what is wrong; the job puts the field in front (`image: ...`, `audio.person2: ...`).
+    The file's name here is the worker's own for its download, which tells the sender nothing: details only."""
+    return JobError(ErrorCode.E_INPUT_VALIDATION, what, hint=hint, details={"file": name, "kind": kind, **details})
 
 
 def check_image(path: Path, limits: MediaLimits = MediaLimits()) -> ImageInfo:
@@ -83,8 +86,10 @@ def check_image(path: Path, limits: MediaLimits = MediaLimits()) -> ImageInfo:
     except JobError:
         raise
     except Image.DecompressionBombError as exc:  # PIL refused in Image.open (over 2x the cap)
+        said = re.search(r"\((\d+) pixels\)", str(exc))  # PIL's words name its own 2x figure, not our cap
+        pixels = f"{int(said.group(1))} pixels" if said else "its declared size"
         raise _invalid(
-            "image", name, f"declared size exceeds the pixel limit ({exc})",
+            "image", name, f"{pixels} exceeds the limit of {limits.max_image_pixels}",
             hint="Downscale the image (the model works at 480p/720p).", reason="too_many_pixels"
         ) from None
     except UnidentifiedImageError:
