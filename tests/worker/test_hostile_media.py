@@ -363,6 +363,9 @@ def videos(files, video) -> dict[str, Path]:
     make("vfr.mp4", *src, "-vf", "setpts='if(lt(N,10),N*2,N+10)/TB/25'", "-fps_mode", "vfr", "-pix_fmt", "yuv420p")
     make("rotated.mp4", "-i", str(video), "-c", "copy", "-metadata:s:v:0", "rotate=90")
     make("late_start.mp4", "-i", str(video), "-c", "copy", "-output_ts_offset", "5")
+    out["streamed.mkv"] = write(files, "streamed.mkv", subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(video), "-c", "copy", "-f", "matroska", "-"],
+        check=True, capture_output=True, timeout=60).stdout)  # to a pipe: no duration in the header
     make("one_frame.mp4", "-f", "lavfi", "-i", "color=c=gray:s=64x64:d=0.04", "-frames:v", "1", "-pix_fmt", "yuv420p")
     make("audio_only.mp4", "-f", "lavfi", "-i", "sine=f=300:d=2", "-c:a", "aac")
     make("no_frames.mp4", *src, "-frames:v", "0", "-pix_fmt", "yuv420p")
@@ -375,7 +378,7 @@ def videos(files, video) -> dict[str, Path]:
     return out
 
 
-VIDEO_OK = ["odd_33x17.mp4", "ten_bit.mp4", "vfr.mp4", "one_frame.mp4", "late_start.mp4"]
+VIDEO_OK = ["odd_33x17.mp4", "ten_bit.mp4", "vfr.mp4", "one_frame.mp4", "late_start.mp4", "streamed.mkv"]
 VIDEO_REFUSED = {"audio_only.mp4": "no video stream", "no_frames.mp4": "no video stream",
                  "corrupt_moov.mp4": "video", "truncated.mp4": "corrupt", "still.png": "not a supported video"}
 

@@ -164,3 +164,30 @@ def test_audio_that_would_decode_to_gigabytes_is_refused_from_its_header(tmp_pat
     assert check_audio(p, MediaLimits(max_audio_decoded_bytes=48000 * 2 * 4 + 64)).channels == 2
     with pytest.raises(JobError):
         check_audio(p, MediaLimits(max_audio_decoded_bytes=48000 * 2 * 4 - 64))
+
+
+def _streamed_mkv(seconds: int, rate: int = 25) -> bytes:
+    """Matroska written to a pipe, as a browser's MediaRecorder writes WebM: no duration in the header."""
+    import subprocess
+
+    return subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                           f"testsrc=size=64x48:rate={rate}:d={seconds}", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                           "-f", "matroska", "-"], check=True, capture_output=True, timeout=60).stdout
+
+
+def test_a_streamed_video_without_a_duration_is_measured_from_its_packets(tmp_path: Path) -> None:
+    """It was refused as 'unknown duration'; now its packets are counted (no decoding) and held to the caps."""
+    p = tmp_path / "streamed.mkv"
+    p.write_bytes(_streamed_mkv(3))
+    import av
+
+    with av.open(str(p)) as c:  # the premise: the container says nothing of its length
+        assert not c.duration and not c.streams.video[0].duration and not c.streams.video[0].frames
+    info = check_video(p)
+    assert info.num_frames == 75 and info.duration_s == pytest.approx(3.0, abs=0.05)
+    with pytest.raises(JobError) as e:
+        check_video(p, MediaLimits(max_video_duration_s=2.0))
+    assert e.value.details["reason"] == "too_long"
+    with pytest.raises(JobError) as e:
+        check_video(p, MediaLimits(max_video_frames=60))
+    assert e.value.details["reason"] == "too_many_frames"

@@ -142,7 +142,10 @@ def check_video(path: Path, limits: MediaLimits = MediaLimits()) -> VideoInfo:
                 duration = c.duration / av.time_base
             else:
                 duration = 0.0
-            frames = int(v.frames) if v.frames else int(round(duration * fps))
+            if duration <= 0:  # a streamed WebM/MKV (a browser's recorder, ffmpeg to a pipe) says no length
+                frames, duration = _count_packets(path, fps, limits)
+            else:
+                frames = int(v.frames) if v.frames else int(round(duration * fps))
             if duration > limits.max_video_duration_s:
                 raise _invalid(
                     "video", name, f"{duration:.1f} s exceeds the limit of {limits.max_video_duration_s:.0f} s",
@@ -174,6 +177,30 @@ def check_video(path: Path, limits: MediaLimits = MediaLimits()) -> VideoInfo:
             "video", name, f"corrupt or unsupported video ({type(exc).__name__})",
             hint="Re-encode the video as H.264 MP4.", reason="corrupt",
         ) from None
+
+
+def _count_packets(path: Path, fps: float, limits: MediaLimits) -> tuple[int, float]:
+    """(frames, seconds) of the first video stream from its packets' timestamps, read without decoding and
+    only until a cap is passed, for containers whose header gives no duration."""
+    n, first, last = 0, None, None
+    with av.open(str(path), metadata_errors="ignore") as c:
+        v = c.streams.video[0]
+        tb = v.time_base
+        for packet in c.demux(v):
+            if packet.size == 0:  # the flush packet at the end
+                continue
+            n += 1
+            if packet.pts is not None and tb:
+                t = float(packet.pts * tb)
+                first = t if first is None else min(first, t)
+                last = t if last is None else max(last, t)
+            span = (last - first) if first is not None and last is not None else n / fps
+            if n > limits.max_video_frames or span > limits.max_video_duration_s:
+                break
+    if n == 0:
+        return 0, 0.0
+    span = (last - first) if first is not None and last is not None else (n - 1) / fps
+    return n, span + 1 / fps
 
 
 def check_audio(path: Path, limits: MediaLimits = MediaLimits()) -> AudioInfo:
