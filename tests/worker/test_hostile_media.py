@@ -405,3 +405,20 @@ def test_truncated_reference_videos_never_crash_the_job(ctx, files, video, cut):
     data = video.read_bytes()
     job(ctx, "video", write(files, "cut.mp4", data[: int(len(data) * cut)]))
 
+
+
+@pytest.mark.parametrize("name", ["nan.wav", "broken.flac", "one_sample.wav"])
+def test_a_broken_second_speaker_is_named_as_audio_person2(ctx, files, name):
+    """Two speakers, the second file broken: the error names audio.person2 (the first is fine), with no path of
+    the worker's in it, and nothing is left behind."""
+    make, code, words = AUDIO_REFUSED[name]
+    bad = write(files, f"p2-{name}", make())
+    p = {**BASE, "image": str(MEDIA / "two_people.png"), "audio_type": "para",
+         "audio": {"person1": str(SPEECH), "person2": str(bad)}}
+    work = Path(ctx.cfg.server.work_dir)
+    with pytest.raises(JobError) as info:
+        run_job("two", p, ctx, lambda _e: None)
+    err = info.value
+    assert err.code is code and err.message.startswith("audio.person2: ") and words in err.message, err.message
+    assert err.details["field"] == "audio.person2" and str(work) not in err.message
+    assert not any(work.iterdir())
