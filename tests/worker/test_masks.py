@@ -177,3 +177,21 @@ def test_a_bad_mask_image_is_e_input_validation_naming_mask(tmp_path, bad, words
         run(ctx, _mask_job(mask=ref))
     assert e.value.code is ErrorCode.E_INPUT_VALIDATION and e.value.message.startswith("mask")
     assert words in e.value.message and e.value.details.get("field") == "mask", e.value.message
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_an_exif_rotated_mask_lines_up_with_the_upright_picture(tmp_path, orientation):
+    """A mask saved sideways with an EXIF orientation tag (as phone editors do) is read upright, the same way
+    the picture is, so it covers the same pixels as the mask stored upright."""
+    w, h = 48, 32
+    upright = np.zeros((h, w), dtype=np.uint8)
+    upright[4:14, 6:30] = 255  # off-centre, so every turn of it differs
+    turn = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    stored = Image.fromarray(upright, "L").transpose(turn)  # the inverse of what orientation `o` asks for
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"mask{orientation}.jpg"
+    stored.save(path, exif=exif, quality=100, subsampling=0)
+    got = mask_image_raster(path, (w, h))
+    assert got.shape == (h, w)
+    assert np.array_equal(got, upright >= 128)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from contract.errors import ErrorCode, JobError
+from worker.media.media_frames import exif_upright
 
 
 def rasterize_polygon(points: Sequence[Sequence[float]], size: tuple[int, int], field: str = "mask") -> np.ndarray:
@@ -53,7 +54,8 @@ def mask_image_raster(path: Path, size: tuple[int, int], field: str = "mask") ->
     it has real transparency, else its brightness, at least MASK_LEVEL. A ratio far from the picture's, or a mask
     with no pixel that may move, is the caller's mistake: E_INPUT_VALIDATION naming `field`."""
     w, h = size
-    with Image.open(path) as im:
+    with Image.open(path) as stored:
+        im = exif_upright(stored)
         mw, mh = im.size
         if abs((mw / mh) / (w / h) - 1) > ASPECT_TOLERANCE:
             raise JobError(ErrorCode.E_INPUT_VALIDATION,

@@ -43,12 +43,18 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
+def exif_upright(im: Image.Image) -> Image.Image:
+    """`im` turned as its EXIF orientation says: every image a job gives (picture and mask alike) goes
+    through this, so a mask painted on a phone photo lines up with the upright picture."""
+    turn = _EXIF_TURNS.get(_orientation(im))
+    return im.transpose(turn) if turn is not None else im
+
+
 def open_image_rgb(path: Path | str | BinaryIO) -> Image.Image:
     """The image as 8-bit RGB, turned upright as its EXIF orientation says (phone photos are stored
     sideways with a tag), with 16-bit and float samples scaled to 8 bits rather than clipped."""
     with Image.open(path) as im:
-        turn = _EXIF_TURNS.get(_orientation(im))
-        im = im.transpose(turn) if turn is not None else im
+        im = exif_upright(im)
         if im.mode in _WIDE_MODES:
             a = np.asarray(im, dtype=np.float64)
             a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
