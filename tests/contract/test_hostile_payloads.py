@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import time
 import wave
 from pathlib import Path
@@ -355,19 +354,13 @@ def _raw(server_base: str, body: str | bytes) -> requests.Response:
 
 @pytest.fixture(scope="module")
 def endpoint(volume, tmp_path_factory):
-    from tests.tools.test_local_endpoint import Server
+    from tests.processes import handler_server
 
     tmp = tmp_path_factory.mktemp("ep")
     env = {"INFINITETALK_OVERRIDES": json.dumps([f"server.cache_dir={tmp}/c", f"server.work_dir={tmp}/w",
                                                   f"server.volume_root={volume}"]),
            "INFINITETALK_PRELOAD": "0"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        srv = Server("worker.handler:handler", tmp)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    srv = handler_server(env, tmp)
     yield srv
     srv.stop()
 

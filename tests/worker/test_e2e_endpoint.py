@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import stop_process
+from tests.processes import handler_server, stop_process
 from tests.worker.conftest import TEST_ACCESS_KEY, TEST_SECRET_KEY, free_port
-from tests.tools.test_local_endpoint import Server
 from worker.media.mux import probe_mp4
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,13 +60,7 @@ def stack(tmp_path_factory, moto_server):
         "S3_SECRET_KEY": SECRET_KEY,
         "S3_REGION": "us-east-1",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        srv = Server("worker.handler:handler", tmp)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    srv = handler_server(env, tmp)
     yield srv, moto_server, tmp
     srv.stop()
 

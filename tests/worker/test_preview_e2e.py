@@ -10,7 +10,6 @@ import base64
 import http.server
 import io
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import soundfile as sf
 
 from tests.worker.conftest import TEST_ACCESS_KEY
 from tests.worker.test_e2e_endpoint import data_uri
-from tests.tools.test_local_endpoint import Server
+from tests.processes import handler_server
 from worker.media.mux import probe_mp4
 from worker.preview.playlist import parse_playlist
 
@@ -66,13 +65,7 @@ def stack(tmp_path_factory, moto_server):
         "S3_ENDPOINT": moto_server.endpoint, "S3_BUCKET": BUCKET, "S3_ACCESS_KEY": TEST_ACCESS_KEY,
         "S3_SECRET_KEY": SECRET_KEY, "S3_REGION": "us-east-1",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        srv = Server("worker.handler:handler", tmp)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    srv = handler_server(env, tmp)
     yield srv, tmp
     srv.stop()
 
