@@ -103,3 +103,14 @@ def test_timed_out_job_names_its_partial_video(env, tmp_path):
     assert e.code is ErrorCode.E_TIMEOUT and e.details["job_timeout_s"] == deadline
     probe = probe_mp4(Path(e.details["partial_video_path"]))
     assert probe.faststart and probe.num_frames >= 81 and probe.duration_s < 40
+
+
+@pytest.mark.parametrize("events", [None, [], ["done"]])
+def test_a_private_webhook_url_is_refused_with_or_without_events(env, events):
+    ctx, tmp = env
+    extra = {"webhook_url": "http://10.1.2.3/hook", "max_duration_s": 3.0}
+    if events is not None:
+        extra["webhook_events"] = events
+    with pytest.raises(JobError) as err:
+        run_job(f"hook{len(events or ())}{events is None}", job(tmp, **extra), ctx, lambda p: None)
+    assert err.value.code is ErrorCode.E_INPUT_VALIDATION and err.value.details["field"] == "webhook_url"

@@ -112,8 +112,9 @@ def open_preview(
     events = None
     url = getattr(job, "webhook_url", None)
     kinds = frozenset(getattr(job, "webhook_events", None) or ())
-    if url and kinds:
+    if url:  # checked even with no events to post: the contract refuses private addresses, whatever is sent
         check_webhook_url(url, net)
+    if url and kinds:
         events = EventPoster(job_id, url, kinds, net)
     wanted = job.preview if getattr(job, "preview", None) is not None else resolved.mode == "streaming"
     if not wanted:
