@@ -29,6 +29,8 @@ __all__ = [
     "SAMPLER_PRESETS",
     "OUTPUT_TARGETS",
     "AUDIO_MUX_CHOICES",
+    "VOICE_NAME_PATTERN",
+    "MAX_AUDIO_DECODED_BYTES",
 ]
 
 CONF_DIR_ENV_VAR = "INFINITETALK_CONF_DIR"
@@ -58,6 +60,13 @@ MODES = ("clip", "streaming")
 TRIM_TAIL_S = 0.2
 # The MP4's soundtrack with audio_isolation: the uploaded mix as sent, or the isolated voice.
 AUDIO_MUX_CHOICES = ("original", "voice")
+# A Kokoro voice pack name (a file stem under the TTS folder's voices/, never a path): the contract refuses
+# others at once, and the engine checks again before it opens the file.
+VOICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
+# float32 bytes (all channels) one audio file may decode to: the media guard refuses larger declarations from
+# the header, and the decoders stop there whatever the header said. 30 min of 48 kHz stereo speech is 0.7 GB;
+# a few MB of FLAC silence can declare 8 channels at 384 kHz for half an hour, 20 GB once decoded.
+MAX_AUDIO_DECODED_BYTES = 2 * 1024**3
 
 
 def conf_dir() -> Path:

@@ -34,7 +34,7 @@ from pydantic import (
 
 from contract.choices import (
     ASPECTS, LORA_SCALE_LIMIT, MAX_LORAS, MAX_SCENE_PROMPTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZE_PIXELS, SIZES,
-    TRIM_TAIL_S,
+    TRIM_TAIL_S, VOICE_NAME_PATTERN,
 )
 from contract.choices import AUDIO_MUX_CHOICES
 from contract.errors import InputProblem, JobError, error_from_pydantic, safe_preview
@@ -187,8 +187,7 @@ def _no_nul(v: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_no_nul)]
-# Kokoro voice pack names, as worker.engine.models.tts checks them (a file stem under voices/, never a path).
-_VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+_VOICE_NAME = re.compile(VOICE_NAME_PATTERN)
 
 # strict: the contract is JSON's types, not Python's coercions (`true` is not a step count, "42" is
 # not a seed, "yes" is not a boolean, 2.0 is not an integer); floats still take JSON integers.

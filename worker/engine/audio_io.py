@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 from contract.choices import AUDIO_SAMPLE_RATE as SAMPLE_RATE
-from contract.choices import VIDEO_FPS
+from contract.choices import MAX_AUDIO_DECODED_BYTES, VIDEO_FPS
 
 from worker.engine.errors import AudioDecodeError
 
@@ -70,9 +70,8 @@ def video_frames_for(audio: np.ndarray, sr: int = SAMPLE_RATE, fps: int = VIDEO_
     return int(np.asarray(audio).shape[-1] / sr * fps)
 
 
-# float32 bytes one file may decode to (all channels): the guard refuses larger declarations before this runs
-# (worker/inputs/media_guard.py); this bounds files whose header does not say (a streamed FLAC's length is 0).
-MAX_DECODED_BYTES = 2 * 1024**3
+# MAX_AUDIO_DECODED_BYTES: the guard refuses larger declarations before decoding (worker/inputs/media_guard.py);
+# the decoders below stop there for files whose header does not say (a streamed FLAC's length is 0).
 _BLOCK_FRAMES = 1 << 20
 
 
@@ -81,7 +80,7 @@ def _over_budget(path: Path, nbytes: int, max_bytes: int) -> AudioDecodeError:
                             "send shorter, mono or lower-rate audio", str(path))
 
 
-def _decode_soundfile(path: Path, max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, int] | None:
+def _decode_soundfile(path: Path, max_bytes: int = MAX_AUDIO_DECODED_BYTES) -> tuple[np.ndarray, int] | None:
     """float32 [channels, n] via libsndfile, or None when libsndfile does not know the format. Read in blocks
     to the end, not as one array of the header's frame count: an unknown length reads as 2**63 frames."""
     import soundfile as sf
@@ -105,7 +104,7 @@ def _decode_soundfile(path: Path, max_bytes: int = MAX_DECODED_BYTES) -> tuple[n
     return np.ascontiguousarray(data.T), sr
 
 
-def _decode_pyav(path: Path, max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
+def _decode_pyav(path: Path, max_bytes: int = MAX_AUDIO_DECODED_BYTES) -> tuple[np.ndarray, int]:
     """float32 [channels, n] via PyAV/ffmpeg, for containers and codecs libsndfile lacks."""
     try:
         import av
@@ -154,7 +153,7 @@ def resample_to_16k(mono: np.ndarray, sr: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def decode_audio(path: str | Path, max_bytes: int = MAX_DECODED_BYTES) -> tuple[np.ndarray, int]:
+def decode_audio(path: str | Path, max_bytes: int = MAX_AUDIO_DECODED_BYTES) -> tuple[np.ndarray, int]:
     """Decode any common audio file as it is: float32 [channels, n] at the file's own rate.
 
     Raises AudioDecodeError for missing, corrupt, empty or non-finite audio, or audio that decodes to more

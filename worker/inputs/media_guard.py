@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from contract.choices import MAX_AUDIO_DECODED_BYTES
 from contract.errors import ErrorCode, JobError
 
 
@@ -26,10 +27,8 @@ class MediaLimits:
     max_video_duration_s: float = 600.0
     max_video_frames: int = 600 * 60
     max_audio_duration_s: float = 600.0
-    #: float32 bytes the whole file decodes to (seconds x rate x channels x 4): a few MB of FLAC silence can
-    #: declare 8 channels at 384 kHz for half an hour, 20 GB once decoded; speech at 48 kHz stereo for
-    #: 30 minutes is 0.7 GB.
-    max_audio_decoded_bytes: int = 2 * 1024**3
+    #: float32 bytes the whole file decodes to (seconds x rate x channels x 4; contract.choices says why)
+    max_audio_decoded_bytes: int = MAX_AUDIO_DECODED_BYTES
 
 
 @dataclass(frozen=True)

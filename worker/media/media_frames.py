@@ -68,12 +68,18 @@ def open_image_rgb(path: Path | str | BinaryIO) -> Image.Image:
         return im.convert("RGB")
 
 
+# PyAV's frame.rotation (degrees counterclockwise the display matrix turns the frame; PIL's sense too) -> transpose
+_ROTATION_TURNS = {90: Image.Transpose.ROTATE_90, -270: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
+                   -180: Image.Transpose.ROTATE_180, -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270}
+
+
 def _upright(image: Image.Image, rotation: int) -> Image.Image:
-    """PyAV's frame.rotation: degrees counterclockwise the display matrix turns the frame (PIL's sense too)."""
-    turn = {90: Image.Transpose.ROTATE_90, -270: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
-            -180: Image.Transpose.ROTATE_180, -90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_270}
-    t = turn.get(int(round(rotation)))
+    t = _ROTATION_TURNS.get(int(round(rotation)))
     return image.transpose(t) if t is not None else image
+
+
+# Bad packets a reference video may have before it counts as damaged (or as many as the frames decoded so far).
+_BAD_PACKETS = 25
 
 
 def _damaged(what: str) -> JobError:
@@ -105,8 +111,6 @@ def _frames(container: av.container.InputContainer, stream: av.VideoStream) -> I
     if good == 0:
         raise _damaged("the reference video has no frame that decodes")
 
-
-_BAD_PACKETS = 25
 
 
 def iter_video_frames(path: Path | str, fps: float = VIDEO_FPS) -> Iterator[Image.Image]:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from contract.choices import VOICE_NAME_PATTERN
 from worker.engine.errors import TtsInputError, WeightLoadError
 
 __all__ = [
@@ -47,7 +48,7 @@ VOICES_DIR = "voices"
 KOKORO_COMPONENTS = ("bert", "bert_encoder", "predictor", "text_encoder", "decoder")
 KOKORO_REPO_ID = "hexgrad/Kokoro-82M"  # only a label for KModel; nothing is downloaded
 
-_VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+_VOICE_NAME = re.compile(VOICE_NAME_PATTERN)
 _SPEAKER_MARK = re.compile(r"\(s([12])\)", re.I)  # as contract.job.TtsSpec counts speakers
 _SENTENCE_END = re.compile(r"(?<=[.!?;:…])\s+")
 
