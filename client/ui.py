@@ -603,8 +603,10 @@ def build_app(base_url: str | None = None) -> Any:
             return md, gr.update(value=preview, visible=bool(preview) and shown["image"], label=CANVAS_LABELS[shown["boxes"]])
 
         file_inputs = [c["setup"], c["image"], c["video"], c["audio1"], c["audio2"], c["bbox1"], c["bbox2"]]
-        for key in ("image", "video", "audio1", "audio2"):
-            c[key].change(on_files, file_inputs, [check_md, canvas])
+        # One listener for all triggers, run one at a time and always once more with the latest values: separate
+        # listeners ran concurrently and could finish out of order, leaving a stale message on the page.
+        gr.on([c[k].change for k in ("setup", "image", "video", "audio1", "audio2")], on_files, file_inputs,
+              [check_md, canvas], trigger_mode="always_last", concurrency_limit=1)
 
         # --- boxes: click two corners on the image
         def on_pick(evt: gr.SelectData, target: str, corner, img, b1, b2):
@@ -635,8 +637,8 @@ def build_app(base_url: str | None = None) -> Any:
                                      sample_steps=v["steps"], text_guide_scale=v["text_scale"], frame_num=v["frame_num"],
                                      motion_frame=v["motion_frame"], guidance_every=v["guide_every"])
 
-        for key in est_keys:
-            c[key].change(on_estimate, [c[k] for k in est_keys], estimate)
+        gr.on([c[k].change for k in est_keys], on_estimate, [c[k] for k in est_keys], estimate,
+              trigger_mode="always_last", concurrency_limit=1)  # latest values win (see the uploads above)
 
         # --- running a job
         def _running(up: UiUpdate, hist: list, busy: bool, entry: dict[str, Any] | None = None):

@@ -28,6 +28,27 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+_LISTENERS = """
+from client.ui import build_app
+for fn in build_app(None).fns.values():
+    print(fn.name, fn.trigger_mode, fn.concurrency_limit, len(fn.targets))
+"""
+
+
+@pytest.mark.skipif(not CLIENT_PYTHON.exists(), reason="no .venv-client (scripts/bootstrap.sh makes it)")
+def test_form_listeners_show_the_latest_values() -> None:
+    """The estimate and the upload checks follow many fields. One listener each, run one at a time and once more
+    with the latest values: separate listeners ran side by side and a slow, older one could overwrite the page
+    with a stale answer (seen in CI: the estimate never showed the text typed last)."""
+    out = subprocess.run([str(CLIENT_PYTHON), "-c", _LISTENERS], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split("\n")
+    rows = [line.split() for line in out if line.startswith(("on_estimate ", "on_files "))]
+    by_name = {r[0]: r for r in rows}
+    assert sorted(r[0] for r in rows) == ["on_estimate", "on_files"], rows  # one listener each
+    assert by_name["on_estimate"][1:] == ["always_last", "1", "14"]
+    assert by_name["on_files"][1:] == ["always_last", "1", "5"]  # setup, image, video, audio1, audio2
+
+
 # ---------------------------------------------------------------------------------------
 # Form logic (no gradio needed)
 
