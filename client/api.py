@@ -330,10 +330,15 @@ class RunpodEndpointClient:
                 return not submit or self.retry_unsafe
             return False
 
+        try:  # NaN/Infinity would go out as tokens no JSON parser but Python's accepts
+            content = None if body is None else json.dumps(body, allow_nan=False).encode()
+        except ValueError:
+            raise ValueError("the job holds a number that JSON cannot carry (NaN or infinity)") from None
+
         def once() -> Any:
             kw: dict[str, Any] = {"params": params}
-            if body is not None:
-                kw["content"] = json.dumps(body).encode()
+            if content is not None:
+                kw["content"] = content
                 kw["headers"] = {"Content-Type": "application/json"}
             if timeout_s is not None:
                 kw["timeout"] = httpx.Timeout(timeout_s, connect=10.0)

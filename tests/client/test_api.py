@@ -99,6 +99,14 @@ def test_cancel_a_running_job(fixture_endpoint) -> None:
         assert c.status(job.id).status == "CANCELLED"
 
 
+def test_a_job_with_nan_is_refused_before_sending(fixture_endpoint) -> None:
+    with RunpodEndpointClient(base_url=fixture_endpoint.url, endpoint_id=ENDPOINT_ID) as c:
+        for bad in (float("nan"), float("inf"), [1.0, float("-inf")]):
+            with pytest.raises(ValueError, match="NaN or infinity"):
+                c.run({"mode": "echo", "value": bad})
+        assert c.runsync({"mode": "echo", "value": 1e308}).output is not None  # finite large numbers still go
+
+
 def test_unknown_job_is_a_plain_api_error(fixture_endpoint) -> None:
     with make(fixture_endpoint.url) as c:
         with pytest.raises(ApiError) as exc:

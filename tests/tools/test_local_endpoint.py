@@ -391,6 +391,21 @@ def test_body_size_is_limited_per_route(server: Server, route: str, over: int) -
     _health_within(server.base)
 
 
+@hsettings(max_examples=12, **HYP)
+@given(token=st.sampled_from(["NaN", "Infinity", "-Infinity"]), where=st.sampled_from(["value", "list", "key"]),
+       route=st.sampled_from(["run", "runsync"]))
+def test_non_json_number_tokens_are_refused(server: Server, token: str, where: str, route: str) -> None:
+    """NaN/Infinity are not JSON: Python's parser takes them, Runpod's and the worker's do not."""
+    value = {"value": token, "list": f"[1, {token}]", "key": '{"a": ' + token + "}"}[where]
+    body = '{"input": {"mode": "echo", "value": ' + value + "}}"
+    r = requests.post(f"{server.base}/{ENDPOINT_ID}/{route}?wait=1000", data=body, timeout=10,
+                      headers={"Authorization": "test", "Content-Type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"], r.text[:200]
+    ok = requests.post(f"{server.base}/{ENDPOINT_ID}/{route}?wait=1000", data=body.replace(token, "1.5e308"),
+                       timeout=10, headers={"Authorization": "test", "Content-Type": "application/json"})
+    assert ok.status_code == 200, ok.text[:200]
+
+
 def test_server_log_holds_no_payloads_or_locals(server: Server) -> None:
     requests.post(f"{server.base}/{ENDPOINT_ID}/run", data=_nested(900), timeout=10, headers={"Authorization": "test"})
     log = server.log_path.read_text()

@@ -41,10 +41,18 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+def _not_json(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
 def parse_body(raw: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """The request's JSON, or BodyRefused (400) when it is not JSON or nests too deeply."""
+    """The request's JSON, or BodyRefused (400) when it is not JSON or nests too deeply.
+
+    Strict RFC 8259: Python's parser takes the tokens NaN/Infinity/-Infinity, which no other JSON parser (nor the
+    worker's) does, so a job the local endpoint queued would fail elsewhere.
+    """
     try:
-        value = json.loads(raw or b"null")
+        value = json.loads(raw or b"null", parse_constant=_not_json)
     except RecursionError:
         raise BodyRefused(400, f"request body nests deeper than {max_depth} levels") from None
     except ValueError:
