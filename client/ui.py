@@ -62,6 +62,7 @@ __all__ = ["collect_params", "estimate_markdown", "follow_job", "UiUpdate", "bui
 
 OUTPUT_CHOICES = ["auto", "inline", "s3", "local", "volume"]
 TRISTATE = ["preset default", "on", "off"]
+UPLOADS_OK = "✓ Uploads checked."  # shown once the checks of what is uploaded have run and found nothing
 TTS_CHARS_PER_S = 15.0  # reading speed used to guess TTS audio length for the estimate
 # The form's preset and mode start as the user's guide recommends: 8 steps ("fast"), and the mode
 # left to the worker, which renders the whole speech unless asked for one clip.
@@ -596,7 +597,9 @@ def build_app(base_url: str | None = None) -> Any:
         # --- uploads checked by content as they arrive
         def on_files(label: str, img, vid, a1, a2, b1, b2):
             problems = check_form_files(label, {"image": img, "video": vid, "audio1": a1, "audio2": a2})
-            md = "\n\n".join(f"⚠ {p}" for p in problems)
+            uploaded = any(f for f, k in ((img, "image"), (vid, "video"), (a1, "audio1"), (a2, "audio2"))
+                           if visible_inputs(label)[k])
+            md = "\n\n".join(f"⚠ {p}" for p in problems) or (UPLOADS_OK if uploaded else "")
             img_ok = bool(img) and check_upload(img, "image", "Image").ok
             shown = visible_inputs(label)
             preview = draw_boxes(img, _safe_bbox(b1), _safe_bbox(b2), _out_dir()) if img_ok else None
