@@ -896,7 +896,9 @@ class JobOutput(BaseModel):
     truncated: bool = Field(
         default=False, description="True when the video covers less than the audio (clip mode, max_duration_s)."
     )
-    truncated_s: float = Field(default=0.0, ge=0, description="Seconds of audio left out of the video.")
+    truncated_s: float = Field(default=0.0, ge=0, description=(
+        "Seconds of audio left out of the video (text to speech: estimated for the words past the video's end, "
+        "which are not synthesised)."))
     trimmed_s: float = Field(
         default=0.0, ge=0, description="Seconds of trailing silence cut by trim_trailing_silence (after any "
         "truncation; the video and its soundtrack both lose them)."

@@ -328,8 +328,9 @@ class _JobRun:
         self.progress.stage(Stage.AUDIO, "isolating voice" if self.resolved.audio_isolation else None)
         job, resolved = self.job, self.resolved
         if job.tts is not None:
-            spoken = synthesized_tracks(job, resolved, self.ctx.engine.tts(), self.progress)
-            self.tracks, self.soundtrack, self.dropped_s = cut_to_video(*spoken, resolved)
+            tracks, soundtrack, unspoken_s = synthesized_tracks(job, resolved, self.ctx.engine.tts(), self.progress)
+            self.tracks, self.soundtrack, cut_s = cut_to_video(tracks, soundtrack, resolved)
+            self.dropped_s = cut_s + unspoken_s
         else:
             isolator = self.ctx.engine.isolator() if resolved.audio_isolation else None  # "isolating voice"
             self.tracks, self.soundtrack, self.dropped_s = uploaded_tracks(resolved, self.media, isolator, self.progress)

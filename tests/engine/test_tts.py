@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from worker.engine.errors import TtsInputError, WeightLoadError
 from testkit.tiny import TINY_VOICES, ensure_tiny_kokoro
@@ -63,6 +65,46 @@ def test_synthesis_is_finite_repeatable_and_of_plausible_length(tts):
     assert np.array_equal(wave, tts.synthesize(text, "af_heart"))
     other = tts.synthesize(text, TINY_VOICES[1])
     assert not np.array_equal(wave, other[: len(wave)])
+
+
+_TEXT = "Good morning to you. How was the trip over here? We waited a while."
+
+
+@pytest.fixture(scope="module")
+def short_chunks(folder) -> KokoroTTS:
+    """Its own instance with 20-token chunks, so a short text (cheap on the CPU) spans several."""
+    tts = KokoroTTS.from_folder(folder, device="cpu")
+    tts.max_tokens = 20
+    return tts
+
+
+@pytest.fixture(scope="module")
+def full_speech(short_chunks):
+    return {seed: short_chunks.speak(_TEXT, "af_heart", seed=seed) for seed in (0, 2**32 - 1)}
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(max_s=st.one_of(st.just(0.0), st.floats(0.01, 12.0)), seed=st.sampled_from([0, 2**32 - 1]))
+def test_a_speech_budget_stops_the_vocoder_and_counts_what_it_skipped(short_chunks, full_speech, max_s, seed):
+    """Speech past a video's end is cut anyway; the vocoder stops at the first chunk boundary past `max_s`. What it
+    says is the start of the full speech, sample for sample, and no phoneme is lost from the count."""
+    tts, full = short_chunks, full_speech[seed]
+    part = tts.speak(_TEXT, "af_heart", seed=seed, max_s=max_s)
+    chunks = [len(c.ids) for c in tts.chunks(_TEXT, "af_heart")]
+    assert len(chunks) > 2 and full.tokens_left == 0 and full.tokens_spoken == sum(chunks)
+    assert part.tokens_spoken + part.tokens_left == sum(chunks)
+    assert np.array_equal(part.wave, full.wave[: len(part.wave)])
+    spoken_s = len(part.wave) / TTS_SAMPLE_RATE
+    if max_s == 0:
+        assert part.wave.size == 0 and part.tokens_spoken == 0
+    elif part.tokens_left:
+        assert spoken_s >= max_s  # stopped only once the budget was spoken, at a chunk boundary, within one chunk
+        assert part.tokens_spoken in np.cumsum(chunks).tolist()
+        one_chunk = (max(chunks) + 2) * tts.config["max_dur"] * SAMPLES_PER_FRAME / TTS_SAMPLE_RATE
+        assert spoken_s - max_s < one_chunk
+    else:
+        assert len(part.wave) == len(full.wave)
 
 
 def test_16k_output_is_the_resampled_24k_speech(tts):

@@ -10,7 +10,8 @@ from configuration import compose_config
 from contract.choices import AUDIO_SAMPLE_RATE, VIDEO_FPS
 from contract.errors import ErrorCode, JobError
 from contract.job import parse_job_input
-from worker.media.audio import cut_to_video, uploaded_tracks
+from worker.media.audio import cut_to_video, synthesized_tracks, uploaded_tracks
+from worker.progress import ProgressReporter, Stage
 from worker.resolve import apply_job_overrides
 
 CFG = compose_config(env={})
@@ -74,3 +75,42 @@ def test_an_undecodable_upload_names_its_field_not_the_workers_path(tmp_path, ba
     assert err.code is ErrorCode.E_AUDIO_EMBEDDING and err.details == {"field": "audio.person2"}
     assert err.message.startswith("audio.person2: ") and words in err.message and "audio.person2" in err.hint
     assert str(tmp_path) not in err.message + err.hint
+
+
+@pytest.fixture(scope="module")
+def short_chunk_tts(tmp_path_factory):
+    """The tiny Kokoro with 20-token chunks: a short dialogue (cheap on the CPU) spans several."""
+    from testkit.tiny import ensure_tiny_kokoro
+    from worker.engine.models.tts import KokoroTTS
+
+    tts = KokoroTTS.from_folder(ensure_tiny_kokoro(tmp_path_factory.mktemp("kokoro")), device="cpu")
+    tts.max_tokens = 20
+    return tts
+
+
+def reporter() -> ProgressReporter:
+    progress = ProgressReporter(lambda _: None)
+    progress.stage(Stage.AUDIO)
+    return progress
+
+
+def tts_resolved(text: str, **fields):
+    job = parse_job_input({"image": "/runpod-volume/a.png", "tts": {"text": text}, "seed": 3, **fields})
+    return job, apply_job_overrides(CFG, job)
+
+
+def test_speech_past_the_video_is_not_synthesised_but_its_cut_is_reported(short_chunk_tts):
+    """A dialogue far longer than a 1 s video: the vocoder stops once the video's second is spoken (the later turns
+    are only phonemised), and the cut the result reports estimates the unspoken rest at the spoken pace."""
+    text = "(s1) Good morning to you. How was the trip? (s2) Long, but fine. We are glad to be here at last."
+    job, full_r = tts_resolved(text)
+    (one, two), full, unspoken = synthesized_tracks(job, full_r, short_chunk_tts, reporter())
+    assert unspoken == 0 and len(full) > 4 * AUDIO_SAMPLE_RATE and np.any(two)
+    job, short_r = tts_resolved(text, max_duration_s=1.0)
+    got, soundtrack, unspoken = synthesized_tracks(job, short_r, short_chunk_tts, reporter())
+    assert AUDIO_SAMPLE_RATE <= len(soundtrack) < len(full) / 2 and unspoken > 0
+    assert not np.any(got[1])  # the second speaker's turn was never reached
+    _, cut, dropped = cut_to_video(got, soundtrack, short_r)
+    assert len(cut) == AUDIO_SAMPLE_RATE
+    total_s = len(full) / AUDIO_SAMPLE_RATE
+    assert dropped + unspoken == pytest.approx(total_s - 1.0, rel=0.5)

@@ -22,7 +22,7 @@ from contract.job import JobInput
 from worker.progress import ProgressReporter
 from worker.resolve import ResolvedJobConfig
 
-__all__ = ["DEFAULT_VOICES", "uploaded_tracks", "isolated_voice", "synthesized_tracks", "cut_to_video"]
+__all__ = ["DEFAULT_VOICES", "uploaded_tracks", "isolated_voice", "synthesized_tracks", "video_seconds", "cut_to_video"]
 
 # Kokoro voice packs used when a tts job names none (speaker 1, speaker 2).
 DEFAULT_VOICES = ("af_heart", "am_michael")
@@ -89,22 +89,30 @@ def isolated_voice(isolator: Any, path: Path, length: int, progress: ProgressRep
 
 def synthesized_tracks(
     job: JobInput, resolved: ResolvedJobConfig, tts: Any, progress: ProgressReporter
-) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, float]:
     """Kokoro speech laid out like uploaded audio: one track per speaker, turns one after the
     other (as `add`), each track silent while the other speaker talks. Each speaker's speech is
     loudness-normalised as a whole, as an uploaded file of that speaker would be. `tts` is the
-    engine's Kokoro model (built on first use by the job's engine holder)."""
+    engine's Kokoro model (built on first use by the job's engine holder). Also returns the
+    estimated seconds of speech never synthesised because the video ends before them."""
     spec = job.tts
     assert spec is not None
     voices = {1: spec.voice or DEFAULT_VOICES[0], 2: spec.voice2 or DEFAULT_VOICES[1]}
     turns = engine.split_dialogue(spec.text)
     if not turns:
         raise JobError(ErrorCode.E_INPUT_VALIDATION, "tts.text has no words to speak", hint="put the words in tts.text")
+    # Speech past the video's length is cut anyway: the vocoder stops there (every turn is still checked), and the
+    # words it skipped are counted, at the pace of the words it spoke, into the seconds the result says were cut.
+    budget_s = video_seconds(resolved)
     speech: list[tuple[int, np.ndarray]] = []
+    spoken_s, tokens_spoken, tokens_left = 0.0, 0, 0
     for i, (who, text) in enumerate(turns):
-        wave = tts.synthesize_16k(text, voices[who], seed=(resolved.seed + i) % 2**32)
-        speech.append((who, wave))
+        said = tts.speak_16k(text, voices[who], seed=(resolved.seed + i) % 2**32, max_s=max(0.0, budget_s - spoken_s))
+        speech.append((who, said.wave))
+        spoken_s += len(said.wave) / AUDIO_SAMPLE_RATE
+        tokens_spoken, tokens_left = tokens_spoken + said.tokens_spoken, tokens_left + said.tokens_left
         progress.update((i + 1) / len(turns), f"speech {i + 1}/{len(turns)} (speaker {who})")
+    unspoken_s = tokens_left * spoken_s / tokens_spoken if tokens_spoken else 0.0
     normed_turns: dict[int, list[np.ndarray]] = {}
     for who in (1, 2):
         mine = [w for s, w in speech if s == who]
@@ -121,7 +129,14 @@ def synthesized_tracks(
             lanes[lane].append(seg if lane == who else np.zeros(len(seg), dtype=np.float32))
     tracks = tuple(np.concatenate(lanes[p]).astype(np.float32, copy=False) for p in range(1, people + 1))
     soundtrack = tracks[0] if people == 1 else (tracks[0] + tracks[1]).astype(np.float32, copy=False)
-    return tracks, soundtrack
+    return tracks, soundtrack, unspoken_s
+
+
+def video_seconds(resolved: ResolvedJobConfig) -> float:
+    """The longest video this job makes: max_duration_s, and one chunk in clip mode."""
+    if resolved.mode == "clip":
+        return min(resolved.max_duration_s, resolved.frame_num / VIDEO_FPS)
+    return resolved.max_duration_s
 
 
 def cut_to_video(
@@ -130,10 +145,7 @@ def cut_to_video(
     """Both cut to the length the video will have (max_duration_s; one chunk in clip mode), plus the
     seconds of speech cut off, which the result reports (`truncated_s`) so a cut is never silent.
     Audio too short for a video is E_AUDIO_EMBEDDING naming `field`, the job field it came from."""
-    seconds = resolved.max_duration_s
-    if resolved.mode == "clip":
-        seconds = min(seconds, resolved.frame_num / VIDEO_FPS)
-    limit = int(math.floor(seconds * AUDIO_SAMPLE_RATE))
+    limit = int(math.floor(video_seconds(resolved) * AUDIO_SAMPLE_RATE))
     dropped_s = 0.0
     if len(soundtrack) > limit:
         dropped_s = (len(soundtrack) - limit) / AUDIO_SAMPLE_RATE

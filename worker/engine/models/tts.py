@@ -37,6 +37,7 @@ __all__ = [
     "KOKORO_MODEL_FILE",
     "VOICES_DIR",
     "KokoroTTS",
+    "Speech",
     "split_dialogue",
     "voice_language",
 ]
@@ -176,6 +177,15 @@ class _Chunk:
     ids: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Speech:
+    """Speech for one text: the samples spoken, and the phoneme tokens spoken and left unspoken (budget reached)."""
+
+    wave: np.ndarray
+    tokens_spoken: int
+    tokens_left: int
+
+
 class KokoroTTS:
     """A loaded Kokoro model plus its voice packs; `synthesize` is safe to call from one thread at a time."""
 
@@ -296,29 +306,49 @@ class KokoroTTS:
     # -- synthesis ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def synthesize(self, text: str, voice: str, speed: float = 1.0, seed: int = 0) -> np.ndarray:
-        """float32 mono speech at 24 kHz. The vocoder draws noise; `seed` makes it repeatable
-        without touching the global RNG."""
+    def speak(self, text: str, voice: str, speed: float = 1.0, seed: int = 0, max_s: float | None = None) -> Speech:
+        """float32 mono speech at 24 kHz, chunk by chunk until `max_s` seconds are spoken (None: all of it).
+
+        The whole text is phonemised and checked either way (the same errors with or without a budget); only the
+        vocoder, the costly part, stops early, and the chunks it skipped are counted so the caller can report the
+        cut. The vocoder draws noise; `seed` makes it repeatable without touching the global RNG, and the chunks it
+        does speak are the same as in a full run."""
         if not text or not text.strip():
             raise TtsInputError("the tts text is empty", hint="put the words to speak in tts.text")
         pack = self.voice_pack(voice)
+        chunks = self.chunks(text, voice)
         parts: list[np.ndarray] = []
+        spoken = spoken_samples = 0
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, device_type=self.device.type if devices else "cuda"):
             torch.manual_seed(seed)
-            for chunk in self.chunks(text, voice):
+            for chunk in chunks:
+                if max_s is not None and spoken_samples >= max_s * TTS_SAMPLE_RATE:
+                    break
                 n = len(chunk.ids)
                 style = pack[min(n, pack.shape[0]) - 1].reshape(1, -1).to(self.device)
                 ids = torch.tensor([[0, *chunk.ids, 0]], dtype=torch.long, device=self.device)
                 audio, _ = self.model.forward_with_tokens(ids, style, speed)
                 parts.append(audio.reshape(-1).float().cpu().numpy())
-        wave = np.concatenate(parts).astype(np.float32, copy=False)
+                spoken += n
+                spoken_samples += parts[-1].size
+        wave = np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
         if not np.all(np.isfinite(wave)):
             raise WeightLoadError("kokoro", None, "the voice model produced non-finite samples")
-        return wave
+        return Speech(wave, spoken, sum(len(c.ids) for c in chunks) - spoken)
 
-    def synthesize_16k(self, text: str, voice: str, speed: float = 1.0, seed: int = 0) -> np.ndarray:
-        """Speech resampled to the video model's 16 kHz (soxr HQ, as uploaded audio)."""
+    def synthesize(self, text: str, voice: str, speed: float = 1.0, seed: int = 0) -> np.ndarray:
+        """All of `text` as float32 mono speech at 24 kHz."""
+        return self.speak(text, voice, speed=speed, seed=seed).wave
+
+    def speak_16k(self, text: str, voice: str, speed: float = 1.0, seed: int = 0, max_s: float | None = None) -> Speech:
+        """`speak` resampled to the video model's 16 kHz (soxr HQ, as uploaded audio)."""
         from worker.engine.audio_io import resample_to_16k
 
-        return resample_to_16k(self.synthesize(text, voice, speed=speed, seed=seed), TTS_SAMPLE_RATE)
+        said = self.speak(text, voice, speed=speed, seed=seed, max_s=max_s)
+        wave = resample_to_16k(said.wave, TTS_SAMPLE_RATE) if said.wave.size else said.wave
+        return Speech(wave, said.tokens_spoken, said.tokens_left)
+
+    def synthesize_16k(self, text: str, voice: str, speed: float = 1.0, seed: int = 0) -> np.ndarray:
+        """All of `text` as speech at 16 kHz."""
+        return self.speak_16k(text, voice, speed=speed, seed=seed).wave
