@@ -90,6 +90,9 @@ _S3 = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(.+)$")
 _DATA = re.compile(r"^data:([\w.+\-]+/[\w.+\-]+)?((?:;[\w.+\-]+=[\w.+\-]+)*);base64,", re.I)
 _B64_CHARS = re.compile(r"^[A-Za-z0-9+/=_\-\s]*$")
 MAX_REF_CHARS = 4096  # URLs and paths; data: URIs are bounded by Runpod's payload cap instead
+MAX_NAME_BYTES = 255  # Linux NAME_MAX: one path component
+MAX_PATH_BYTES = 4096  # Linux PATH_MAX, with its closing NUL
+MAX_S3_KEY_BYTES = 1024  # S3's object key limit
 
 
 def media_ref_kind(ref: str) -> MediaRefKind:
@@ -140,15 +143,28 @@ def validate_media_ref(ref: Any, *, allow_http: bool = False) -> str:
         _check_url(ref)
         return ref
     if scheme == "s3":
-        if not _S3.match(ref):
+        m3 = _S3.match(ref)
+        if not m3:
             raise ValueError("s3 refs must look like s3://bucket/key")
+        if len(m3.group(2).encode("utf-8", "surrogatepass")) > MAX_S3_KEY_BYTES:
+            raise ValueError(f"s3 key is longer than S3 allows ({MAX_S3_KEY_BYTES} bytes)")
         return ref
     if scheme is not None:
         raise ValueError(
             f"unsupported scheme {scheme}:// ; use an https:// URL, a data: URI, s3://bucket/key "
             "or a path on the worker's volume"
         )
+    _check_path_lengths(ref)
     return ref
+
+
+def _check_path_lengths(ref: str) -> None:
+    """Linux's limits, checked here so an over-long path is the caller's error, not a failed read on the worker."""
+    if len(ref.encode("utf-8", "surrogatepass")) >= MAX_PATH_BYTES:
+        raise ValueError(f"path is longer than the file system allows ({MAX_PATH_BYTES - 1} bytes)")
+    for part in ref.split("/"):
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise ValueError(f"a path component is longer than the file system allows ({MAX_NAME_BYTES} bytes)")
 
 
 def _check_url(ref: str) -> None:

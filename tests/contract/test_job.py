@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contract.errors import ErrorCode, JobError
@@ -210,6 +212,29 @@ def test_media_ref_refused(ref, needle):
     assert needle in str(ei.value)
     e = bad({"image": ref, "audio": AUD})
     assert "image" in fields_of(e)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(parts=st.lists(st.tuples(st.sampled_from(["a", "é", "語", "😀"]), st.integers(1, 300)), min_size=1, max_size=20),
+       where=st.sampled_from(["path", "s3"]))
+def test_over_long_paths_and_keys_are_the_callers_error(parts, where):
+    """Linux refuses a path component over 255 bytes and a path of 4096; S3 a key over 1024 bytes. A ref past them
+    is an input error naming the field, found before the worker reads anything; one within them passes."""
+    names = [ch * n for ch, n in parts]
+    if where == "path":
+        ref = "/runpod-volume/" + "/".join(names)
+        fits = all(len(n.encode()) <= 255 for n in names) and len(ref.encode()) < 4096 and len(ref) <= 4096
+    else:
+        key = "/".join(names)
+        ref = "s3://bucket/" + key
+        fits = len(key.encode()) <= 1024 and len(ref) <= 4096
+    if fits:
+        assert validate_media_ref(ref) == ref
+        return
+    with pytest.raises(ValueError, match="longer than"):
+        validate_media_ref(ref)
+    e = bad({"image": ref, "audio": AUD})
+    assert e.code is ErrorCode.E_INPUT_VALIDATION and "image" in fields_of(e)
 
 
 def test_http_only_when_allowed():
