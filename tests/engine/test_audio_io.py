@@ -204,6 +204,23 @@ def test_reaches_target_and_keeps_float32():
     assert loudness_normalize(x.astype(np.float64)).dtype == np.float32
 
 
+@pytest.mark.parametrize("gain", [0.05, 0.5, 1.0, 3.0, 1e3, 1e6, 3e7])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_float_file_past_full_scale_is_prepared_like_the_same_speech_within_it(tmp_path_factory, gain, seed):
+    """Loudness normalisation makes the level of an upload not matter (above the meter's -70 LUFS gate, where
+    speech is all but silent), including a float WAV whose samples reach
+    +-1e6 (it was left un-normalised, its loudness reading as > 100 LUFS, and the model heard it at another level)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(SAMPLE_RATE * 2) / SAMPLE_RATE
+    x = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t)) / 2
+         + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+    folder = tmp_path_factory.mktemp("gain")
+    sf.write(folder / "ref.wav", x, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(folder / "scaled.wav", x * np.float32(gain), SAMPLE_RATE, subtype="FLOAT")
+    ref, scaled = prepare_audio(folder / "ref.wav"), prepare_audio(folder / "scaled.wav")
+    np.testing.assert_allclose(scaled, ref, rtol=0, atol=2e-5)
+
+
 # ---------------------------------------------------------------- merge
 
 

@@ -324,6 +324,28 @@ def test_broken_audio_is_refused_naming_the_field(ctx, files, name):
     refused(job(ctx, "audio", write(files, name, make())), code, words)
 
 
+def _mp4_sound(path: str) -> np.ndarray:
+    with av.open(path) as c:
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+
+
+@pytest.mark.parametrize("gain", [1.0, 3e7])
+def test_a_float_wav_past_full_scale_plays_unclipped(ctx, files, gain):
+    """A float WAV at +-1e7 (never normalised by the tool that wrote it; its loudness reads past 100 LUFS) sounds in
+    the MP4 as the same speech within full scale does: loudness-normalised, not a clipped square wave."""
+    speech, _ = sf.read(SPEECH, dtype="float32")
+    name = f"hot_{gain:g}.wav"
+    out = ok(job(ctx, "audio", write(files, name, wav_bytes(speech * np.float32(gain), 16000, "FLOAT")),
+                 job_id=f"hot-{gain:g}"))
+    sound = _mp4_sound(out["video_path"])
+    assert float(np.mean(np.abs(sound) > 0.98)) < 0.001, "the soundtrack clips"
+    if gain != 1.0:
+        ref = _mp4_sound(ok(job(ctx, "audio", write(files, "hot_ref.wav", wav_bytes(speech, 16000, "FLOAT")),
+                                job_id="hot-ref"))["video_path"])
+        n = min(len(ref), len(sound))
+        assert float(np.sqrt(np.mean(sound[:n] ** 2))) == pytest.approx(float(np.sqrt(np.mean(ref[:n] ** 2))), rel=0.05)
+
+
 def test_a_video_file_as_audio_uses_its_soundtrack_and_one_without_is_refused(ctx, files, video):
     ok(job(ctx, "audio", video))
     silent = files / "no_audio.mp4"

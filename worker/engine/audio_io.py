@@ -222,8 +222,16 @@ def loudness_normalize(x: np.ndarray, sr: int = SAMPLE_RATE, target: float = LOU
 
 
 def prepare_audio(path: str | Path) -> np.ndarray:
-    """Decode + resample + loudness-normalise one speaker's file (what each person's embedding uses)."""
-    return loudness_normalize(load_audio_16k(path))
+    """Decode + resample + loudness-normalise one speaker's file (what each person's embedding uses).
+
+    A float file whose samples pass full scale (e.g. +-1e6 from a tool that never normalised) is first brought to a
+    peak of 1: its loudness would read as implausible (> 100 LUFS) and be left as is, so the model would hear it at
+    another level than every other upload. Files within full scale are untouched, as the reference does them."""
+    y = load_audio_16k(path)
+    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    if peak > 1.0:
+        y = (y / np.float32(peak)).astype(np.float32, copy=False)
+    return loudness_normalize(y)
 
 
 def merge_speakers(a1: np.ndarray, a2: np.ndarray, mode: MergeMode) -> MergedAudio:
