@@ -373,12 +373,17 @@ def test_fuzz_target_through_the_local_endpoint(tmp_path, tiny_cache):
         @settings(max_examples=FUZZ_ENDPOINT_PAYLOADS, **COMMON)
         @given(payload=endpoint_payloads())
         def submit(payload: Any) -> None:
-            # json.dumps' defaults (ASCII escapes, NaN allowed): lone surrogates travel as \\udxxx escapes, as
+            # json.dumps' defaults (ASCII escapes, NaN allowed, which must be refused): lone surrogates travel as \\udxxx escapes, as
             # any JSON client may send them (httpx's json= would refuse to encode them).
             r = ep.http.post(f"{ep.base}/run", content=json.dumps({"input": payload}).encode(),
                              headers={"Content-Type": "application/json"})
             if payload is None:  # Runpod's API refuses a body without input
                 assert r.status_code == 400
+                return
+            try:
+                json.dumps(payload, allow_nan=False)
+            except ValueError:  # NaN/Infinity tokens are not JSON: refused before a worker sees them
+                assert r.status_code == 400 and "not valid JSON" in r.text, r.text[:300]
                 return
             assert r.status_code == 200, r.text[:300]
             ids.append(r.json()["id"])
