@@ -45,6 +45,10 @@ SIZES = tuple(SIZE_RANK)
 DEFAULT_SIZE = "infinitetalk-480"
 # A tier's pixel budget for free framing (aspect, width/height): its square bucket's pixel count.
 SIZE_PIXELS = {"infinitetalk-480": 640 * 640, "infinitetalk-720": 960 * 960}
+# The framings the model renders, as height/width: the extremes of its own bucket tables (infinitetalk-720's
+# 448x2048, infinitetalk-480's 1280x320). A frame past them (2048x16) encodes, but the model never saw such a shape.
+MIN_FRAME_RATIO = 448 / 2048
+MAX_FRAME_RATIO = 1280 / 320
 # Framing presets, width:height.
 ASPECTS = ("16:9", "9:16", "1:1", "4:5")
 # Per-scene prompts a job may give (each is one T5 encoding per job).

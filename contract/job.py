@@ -15,6 +15,7 @@ a host is private, and whether a value fits the worker's GPU tier are decided la
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Mapping, Union
 
@@ -33,8 +34,8 @@ from pydantic import (
 )
 
 from contract.choices import (
-    ASPECTS, LORA_SCALE_LIMIT, MAX_LORAS, MAX_SCENE_PROMPTS, MODES, OUTPUT_TARGETS, SAMPLER_PRESETS, SIZE_PIXELS, SIZES,
-    TRIM_TAIL_S, VOICE_NAME_PATTERN,
+    ASPECTS, LORA_SCALE_LIMIT, MAX_FRAME_RATIO, MAX_LORAS, MAX_SCENE_PROMPTS, MIN_FRAME_RATIO, MODES, OUTPUT_TARGETS,
+    SAMPLER_PRESETS, SIZE_PIXELS, SIZES, TRIM_TAIL_S, VOICE_NAME_PATTERN,
 )
 from contract.choices import AUDIO_MUX_CHOICES
 from contract.errors import InputProblem, JobError, error_from_pydantic, safe_preview
@@ -165,6 +166,20 @@ def _check_path_lengths(ref: str) -> None:
     for part in ref.split("/"):
         if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
             raise ValueError(f"a path component is longer than the file system allows ({MAX_NAME_BYTES} bytes)")
+
+
+def _check_frame_ratio(width: int, height: int) -> None:
+    """A frame the model can render: height/width within its bucket tables' extremes (about 1:4.6 to 4:1)."""
+    ratio = height / width
+    if MIN_FRAME_RATIO <= ratio <= MAX_FRAME_RATIO:
+        return
+    if ratio < MIN_FRAME_RATIO:  # too wide: raise the height
+        field, fix = "height", f"height {math.ceil(width * MIN_FRAME_RATIO / 16) * 16} or more with width {width}"
+    else:  # too tall: widen
+        field, fix = "width", f"width {math.ceil(height / MAX_FRAME_RATIO / 16) * 16} or more with height {height}"
+    raise InputProblem(field, f"a {width}x{height} frame is more lopsided than the model renders: height/width "
+                       f"must lie between {MIN_FRAME_RATIO:.4g} (448x2048) and {MAX_FRAME_RATIO:g} (1280x320)",
+                       hint=f"Use {fix}, or an aspect such as 16:9 or 9:16.")
 
 
 def _check_url(ref: str) -> None:
@@ -473,8 +488,8 @@ class JobInput(BaseModel):
     width: int | None = Field(
         default=None, gt=0, le=MAX_SIDE,
         description=f"Output width in pixels, a multiple of 16 up to {MAX_SIDE}, given with height; width*height at "
-        "most the size's pixel budget (640*640 for infinitetalk-480, 960*960 for infinitetalk-720). Default: from "
-        "the bucket.",
+        "most the size's pixel budget (640*640 for infinitetalk-480, 960*960 for infinitetalk-720) and height/width "
+        f"from {MIN_FRAME_RATIO:.4g} to {MAX_FRAME_RATIO:g} (the model's own buckets). Default: from the bucket.",
     )
     height: int | None = Field(
         default=None, gt=0, le=MAX_SIDE,
@@ -737,6 +752,8 @@ class JobInput(BaseModel):
             missing = "height" if self.height is None else "width"
             raise InputProblem(missing, "width and height go together: give both or neither",
                                hint=f"Add {missing}, or use aspect for a preset framing.")
+        if self.width is not None and self.height is not None:
+            _check_frame_ratio(self.width, self.height)
         if self.aspect is not None and self.width is not None and self.height is not None:
             aw, ah = (int(p) for p in self.aspect.split(":"))
             if self.width * ah != self.height * aw:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import time
 import wave
 from pathlib import Path
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 
 from contract.choices import SIZE_PIXELS
 from contract.errors import MAX_REPORTED_ERRORS, JobError, safe_preview
+from contract.choices import MAX_FRAME_RATIO, MIN_FRAME_RATIO
 from contract.job import MAX_SEED, MAX_SIDE, JobInput, known_field_names, parse_job_input
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,6 +151,27 @@ def test_the_longest_side_is_the_longest_of_the_models_bucket_tables():
     from worker.engine.sampling.buckets import BUCKET_TABLES
 
     assert MAX_SIDE == max(max(hw) for table in BUCKET_TABLES.values() for hw, _ in table.values())
+    ratios = [h / w for table in BUCKET_TABLES.values() for (h, w), _ in table.values()]
+    assert (MIN_FRAME_RATIO, MAX_FRAME_RATIO) == (min(ratios), max(ratios))
+
+
+@hsettings(max_examples=200, **HYP)
+@given(w=st.integers(1, MAX_SIDE // 16), h=st.integers(1, MAX_SIDE // 16))
+def test_a_frame_is_accepted_exactly_when_its_shape_is_one_the_model_renders(w, h):
+    """Before: 2048x16 was accepted (it encodes; the model's buckets span about 1:4.6 to 4:1). A refusal names the
+    side to change and a size that passes."""
+    width, height = 16 * w, 16 * h
+    payload = {**BASE, "width": width, "height": height}
+    if MIN_FRAME_RATIO <= height / width <= MAX_FRAME_RATIO:
+        assert parse_job_input(payload).height == height
+        return
+    data = assert_well_formed(refused(payload))
+    err = data["details"]["errors"][0]
+    assert err["field"] == ("height" if height / width < MIN_FRAME_RATIO else "width"), err
+    suggested = int(re.search(r"(width|height) (\d+) or more", data["hint"]).group(2))
+    fixed = {**payload, err["field"]: suggested}
+    if suggested <= MAX_SIDE:
+        assert isinstance(parse_job_input(fixed), JobInput)
 
 
 @pytest.mark.parametrize("path", NESTED_PATHS)
@@ -276,7 +299,7 @@ def test_port_zero_is_malformed_for_media_too():
 
 
 @pytest.mark.parametrize("width, height, ok", [
-    (16, 16, True), (MAX_SIDE, 16, True), (MAX_SIDE + 16, 16, False), (2**64, 16, False), (0, 16, False),
+    (16, 16, True), (MAX_SIDE, 448, True), (MAX_SIDE + 16, 448, False), (2**64, 16, False), (0, 16, False),
     (-16, 16, False), (24, 16, False), (57600, 16, False), (16384, 32, False),
 ])
 def test_width_and_height_bounds(width, height, ok):
