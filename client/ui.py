@@ -596,12 +596,12 @@ def build_app(base_url: str | None = None) -> Any:
 
         # --- uploads checked by content as they arrive
         def on_files(label: str, img, vid, a1, a2, b1, b2):
-            problems = check_form_files(label, {"image": img, "video": vid, "audio1": a1, "audio2": a2})
-            uploaded = any(f for f, k in ((img, "image"), (vid, "video"), (a1, "audio1"), (a2, "audio2"))
-                           if visible_inputs(label)[k])
+            files = {"image": img, "video": vid, "audio1": a1, "audio2": a2}
+            problems = check_form_files(label, files)
+            shown = visible_inputs(label)
+            uploaded = any(f for k, f in files.items() if shown[k])
             md = "\n\n".join(f"⚠ {p}" for p in problems) or (UPLOADS_OK if uploaded else "")
             img_ok = bool(img) and check_upload(img, "image", "Image").ok
-            shown = visible_inputs(label)
             preview = draw_boxes(img, _safe_bbox(b1), _safe_bbox(b2), _out_dir()) if img_ok else None
             return md, gr.update(value=preview, visible=bool(preview) and shown["image"], label=CANVAS_LABELS[shown["boxes"]])
 

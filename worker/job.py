@@ -31,6 +31,7 @@ from worker.engine import (
     RankFailedError,
     TtsInputError,
     WeightLoadError,
+    fit_peak,
 )
 from contract.choices import AUDIO_SAMPLE_RATE as SAMPLE_RATE
 from contract.choices import VIDEO_FPS as FPS
@@ -39,7 +40,7 @@ from worker.inputs.fetch import fetch_media
 from worker.inputs.media_guard import check_audio, check_image, check_video
 from worker.logging_setup import bind_job, get_logger
 from worker.loras import JobLora, LoraCache, fetch_lora
-from worker.media.audio import cut_to_video, fit_peak, synthesized_tracks, uploaded_tracks
+from worker.media.audio import cut_to_video, synthesized_tracks, uploaded_tracks
 from worker.media.masks import mask_for_condition, speaker_regions_for_condition
 from worker.media.trim import trim_trailing_silence
 from worker.media.media_frames import iter_video_frames, open_image_rgb
@@ -341,7 +342,9 @@ class _JobRun:
             self.tracks, self.soundtrack, self.trimmed_s = trim_trailing_silence(
                 self.tracks, self.soundtrack, resolved.silence_threshold_db, resolved.silence_min_s)
             self.progress.update(1.0, f"trimmed {self.trimmed_s:.2f} s of trailing silence")
-        self.soundtrack = fit_peak(self.soundtrack)  # the muxed sound never clips (media/audio.py)
+        # Loudness normalisation can push a spiky track past full scale; the MP4's sound is scaled, never clipped.
+        # Only the soundtrack: the embedder's tracks stay as the model takes them.
+        self.soundtrack = fit_peak(self.soundtrack)
 
     def load(self) -> None:
         self.timer.enter("load")

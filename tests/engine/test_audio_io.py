@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
 from tests.conftest import golden_cases
@@ -16,6 +18,7 @@ from worker.engine.audio_io import (
     SAMPLE_RATE,
     MergedAudio,
     duration_s,
+    fit_peak,
     load_audio_16k,
     loudness_normalize,
     merge_speakers,
@@ -219,6 +222,23 @@ def test_a_float_file_past_full_scale_is_prepared_like_the_same_speech_within_it
     sf.write(folder / "scaled.wav", x * np.float32(gain), SAMPLE_RATE, subtype="FLOAT")
     ref, scaled = prepare_audio(folder / "ref.wav"), prepare_audio(folder / "scaled.wav")
     np.testing.assert_allclose(scaled, ref, rtol=0, atol=2e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(peak=st.floats(1e-3, 1e7), n=st.integers(1, 4000), seed=st.integers(0, 2**16))
+def test_the_soundtrack_never_passes_full_scale_and_keeps_its_shape(peak, n, seed):
+    """The muxed sound is scaled, never clipped: within full scale it is untouched, past it one gain brings the
+    peak to exactly 1 (AAC would otherwise clip the peaks, which is audible)."""
+    x = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+    x *= np.float32(peak / max(float(np.max(np.abs(x))), 1e-12))
+    out = fit_peak(x)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    top = float(np.max(np.abs(x)))
+    if top <= 1.0:
+        assert out is x
+    else:
+        assert float(np.max(np.abs(out))) == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(out * np.float32(top), x, rtol=1e-5, atol=1e-6 * top)
 
 
 # ---------------------------------------------------------------- merge

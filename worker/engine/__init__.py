@@ -41,6 +41,7 @@ _LAZY = {
     "prepare_audio": "worker.engine.audio_io",  # numpy/librosa only
     "merge_speakers": "worker.engine.audio_io",  # numpy only
     "loudness_normalize": "worker.engine.audio_io",  # numpy only
+    "fit_peak": "worker.engine.audio_io",  # numpy only
     "silent_frames": "worker.engine.sampling.silence",  # numpy only
     "trailing_silent_frames": "worker.engine.sampling.silence",  # numpy only
 }
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from worker.engine.audio_io import loudness_normalize, merge_speakers, prepare_audio
+    from worker.engine.audio_io import fit_peak, loudness_normalize, merge_speakers, prepare_audio
     from worker.engine.formats.layout import CheckpointLayout
     from worker.engine.formats.prefetch import warm_start
     from worker.engine.audio_io import decode_audio, mono_16k

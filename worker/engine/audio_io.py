@@ -221,17 +221,22 @@ def loudness_normalize(x: np.ndarray, sr: int = SAMPLE_RATE, target: float = LOU
     return (y * gain).astype(np.float32, copy=False)
 
 
+def fit_peak(x: np.ndarray) -> np.ndarray:
+    """`x` scaled down to a peak of 1 when it passes full scale, unchanged (the same array) otherwise: one uniform
+    gain keeps the waveform, where clipping (as AAC does past 1) distorts it."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak <= 1.0:
+        return x
+    return (x / np.float32(peak)).astype(np.float32, copy=False)
+
+
 def prepare_audio(path: str | Path) -> np.ndarray:
     """Decode + resample + loudness-normalise one speaker's file (what each person's embedding uses).
 
     A float file whose samples pass full scale (e.g. +-1e6 from a tool that never normalised) is first brought to a
     peak of 1: its loudness would read as implausible (> 100 LUFS) and be left as is, so the model would hear it at
     another level than every other upload. Files within full scale are untouched, as the reference does them."""
-    y = load_audio_16k(path)
-    peak = float(np.max(np.abs(y))) if y.size else 0.0
-    if peak > 1.0:
-        y = (y / np.float32(peak)).astype(np.float32, copy=False)
-    return loudness_normalize(y)
+    return loudness_normalize(fit_peak(load_audio_16k(path)))
 
 
 def merge_speakers(a1: np.ndarray, a2: np.ndarray, mode: MergeMode) -> MergedAudio:

@@ -22,7 +22,7 @@ from contract.job import JobInput
 from worker.progress import ProgressReporter
 from worker.resolve import ResolvedJobConfig
 
-__all__ = ["DEFAULT_VOICES", "uploaded_tracks", "isolated_voice", "synthesized_tracks", "video_seconds", "cut_to_video", "fit_peak"]
+__all__ = ["DEFAULT_VOICES", "uploaded_tracks", "isolated_voice", "synthesized_tracks", "video_seconds", "cut_to_video"]
 
 # Kokoro voice packs used when a tts job names none (speaker 1, speaker 2).
 DEFAULT_VOICES = ("af_heart", "am_michael")
@@ -130,16 +130,6 @@ def synthesized_tracks(
     tracks = tuple(np.concatenate(lanes[p]).astype(np.float32, copy=False) for p in range(1, people + 1))
     soundtrack = tracks[0] if people == 1 else (tracks[0] + tracks[1]).astype(np.float32, copy=False)
     return tracks, soundtrack, unspoken_s
-
-
-def fit_peak(soundtrack: np.ndarray) -> np.ndarray:
-    """The soundtrack scaled down to a peak of 1 when it passes full scale, unchanged otherwise. Loudness
-    normalisation can push a spiky track's peaks past 1, and the MP4's AAC would clip them (audible distortion);
-    a uniform gain keeps the waveform. Only the muxed sound: the embedder's tracks stay as the model takes them."""
-    peak = float(np.max(np.abs(soundtrack))) if soundtrack.size else 0.0
-    if peak <= 1.0:
-        return soundtrack
-    return (soundtrack / np.float32(peak)).astype(np.float32, copy=False)
 
 
 def video_seconds(resolved: ResolvedJobConfig) -> float:
